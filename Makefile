@@ -1,0 +1,33 @@
+# make demo : set up .venv and run both steps on the bundled demo volume
+# make test : set up .venv and run the whole test suite
+# GPU=1 installs TensorFlow's CUDA build instead of the CPU build.
+PYTHON_BASE ?= python3
+VENV        := .venv
+PYTHON      := $(VENV)/bin/python
+GPU         ?= 0
+TF_EXTRA    := $(if $(filter 1,$(GPU)),gpu,cpu)
+STAMP       := $(VENV)/.installed-$(TF_EXTRA)
+DEMO_DIR    := demo_data
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || $(PYTHON_BASE) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e ".[$(TF_EXTRA),test]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(PYTHON) -m stardist_hpc.demo data $(DEMO_DIR)
+	$(PYTHON) local_prediction.py local_template.yaml
+	$(PYTHON) hpc_prediction.py hpc_prediction_template.yaml
+	$(PYTHON) -m stardist_hpc.demo summary $(DEMO_DIR) output/label.h5
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -q
+
+clean:
+	rm -rf output $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,238 @@
+"""The candidate file (``prediction.h5``): sparse StarDist candidates with a spatial block index.
+
+Layout (format version 1)::
+
+    prob    float32 (N,)          object probability of each candidate
+    dist    float32 (N, n_rays)   ray lengths
+    points  int32   (N, 3)        candidate centre, full-resolution z, y, x voxel coordinates
+    blocks  compound (B,)         per prediction block: core region [lo, hi), row range
+                                  [row_start, row_stop) and the largest candidate extent
+                                  (max over rays of dist * |ray component|) along z, y, x
+    attrs   format_version, image_shape, rays_json, grid, prob_thresh, nms_thresh, model_name,
+            image_path, channel, norm_lo, norm_hi, norm_pmin, norm_pmax
+
+Candidates of one block are stored contiguously, and every candidate lies in the core of
+exactly one block, so a spatial query reads only the rows of the blocks it meets.
+The file is written under a temporary name and renamed when complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .errors import UserError
+
+FORMAT_VERSION = 1
+#: rows per HDF5 chunk of the candidate datasets.
+ROWS_PER_CHUNK = 4096
+
+BLOCK_DTYPE = np.dtype([
+    ("z0", "i8"), ("y0", "i8"), ("x0", "i8"), ("z1", "i8"), ("y1", "i8"), ("x1", "i8"),
+    ("row_start", "i8"), ("row_stop", "i8"),
+    ("extent_z", "f4"), ("extent_y", "f4"), ("extent_x", "f4"),
+])
+
+
+@dataclass(frozen=True)
+class CandidateMeta:
+    """Attributes of a candidate file."""
+    image_shape: tuple
+    rays_json: str
+    grid: tuple
+    prob_thresh: float
+    nms_thresh: float
+    model_name: str = ""
+    image_path: str = ""
+    channel: int = 0
+    norm_lo: float = float("nan")
+    norm_hi: float = float("nan")
+    norm_pmin: float = float("nan")
+    norm_pmax: float = float("nan")
+
+    @property
+    def n_rays(self):
+        return len(ray_vectors(self.rays_json))
+
+
+def ray_vectors(rays_json):
+    """Unit-less ray vectors (n_rays, 3) in z, y, x voxel units, from StarDist's rays JSON."""
+    from stardist.rays3d import rays_from_json
+    return np.asarray(rays_from_json(json.loads(rays_json)).vertices, np.float64)
+
+
+def candidate_extent(dist, rays):
+    """Largest extent of each candidate along z, y, x: max over rays of dist * |ray component|.
+
+    Parameters
+    ----------
+    dist : ndarray (N, n_rays)
+    rays : ndarray (n_rays, 3)
+
+    Returns
+    -------
+    extent : ndarray of float32, shape (N, 3)
+    """
+    dist = np.asarray(dist, np.float32)
+    # one axis at a time: an (N, n_rays, 3) temporary would triple the memory of ``dist``
+    return np.stack([np.max(dist * np.abs(rays[:, axis]).astype(np.float32), axis=1)
+                     for axis in range(3)], axis=1) if len(dist) else np.zeros((0, 3), np.float32)
+
+
+def create_candidate_datasets(h5file, meta, n_rows):
+    """Create the resizable ``prob``, ``dist``, ``points`` datasets and write ``meta``.
+
+    Returns
+    -------
+    dict of name -> h5py.Dataset
+    """
+    n_rays = meta.n_rays
+    layout = (("prob", "f4", ()), ("dist", "f4", (n_rays,)), ("points", "i4", (3,)))
+    dsets = {name: h5file.create_dataset(name, (n_rows, *tail), dtype, maxshape=(None, *tail),
+                                         chunks=(ROWS_PER_CHUNK, *tail))
+             for name, dtype, tail in layout}
+    for f in fields(meta):
+        h5file.attrs[f.name] = getattr(meta, f.name)
+    h5file.attrs["format_version"] = FORMAT_VERSION
+    return dsets
+
+
+class CandidateWriter:
+    """Append candidates block by block to a new candidate file.
+
+    Use as a context manager; the file appears at ``path`` only when the ``with`` block ends
+    without an exception (it is written as ``path.tmp`` and renamed).
+    """
+
+    def __init__(self, path, meta: CandidateMeta):
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(self.path.name + ".tmp")
+        self.meta = meta
+        self._rays = ray_vectors(meta.rays_json)
+        self.n_rows = 0
+        self.n_blocks = 0
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = h5py.File(self.tmp_path, "w")
+        self._dsets = create_candidate_datasets(self._file, self.meta, 0)
+        self._blocks = self._file.create_dataset("blocks", (0,), BLOCK_DTYPE, maxshape=(None,),
+                                                 chunks=(ROWS_PER_CHUNK,))
+        return self
+
+    def append(self, core_lo, core_hi, prob, dist, points):
+        """Append the candidates of one block whose core is ``[core_lo, core_hi)``."""
+        n = len(prob)
+        start, stop = self.n_rows, self.n_rows + n
+        for name, values in (("prob", prob), ("dist", dist), ("points", points)):
+            self._dsets[name].resize(stop, axis=0)
+            self._dsets[name][start:stop] = values
+        extent = (candidate_extent(np.asarray(dist), self._rays).max(axis=0) if n
+                  else np.zeros(3, np.float32))
+        row = np.array([(*core_lo, *core_hi, start, stop, *extent)], BLOCK_DTYPE)
+        self._blocks.resize(self.n_blocks + 1, axis=0)
+        self._blocks[self.n_blocks] = row[0]
+        self.n_rows, self.n_blocks = stop, self.n_blocks + 1
+
+    def __exit__(self, exc_type, exc, tb):
+        self._file.close()
+        if exc_type is None:
+            os.replace(self.tmp_path, self.path)
+        else:
+            self.tmp_path.unlink(missing_ok=True)
+        return False
+
+
+def _attr(attrs, name, path):
+    if name not in attrs:
+        raise UserError(f"candidate file {path}: attribute '{name}' is missing")
+    value = attrs[name]
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class CandidateFile:
+    """Read access to a candidate file: attributes, block index and spatial queries.
+
+    Opens the HDF5 file lazily in each process that uses it, so instances can be shipped to
+    Dask workers.
+    """
+
+    DATASETS = ("prob", "dist", "points", "blocks")
+
+    def __init__(self, path):
+        self.path = Path(path)
+        with self._open() as f:
+            missing = [d for d in self.DATASETS if d not in f]
+            if missing:
+                raise UserError(f"candidate file {self.path}: dataset(s) {', '.join(missing)} "
+                                "missing (expected a prediction.h5 written by "
+                                "local_prediction.py)")
+            kw = {fl.name: _attr(f.attrs, fl.name, self.path) for fl in fields(CandidateMeta)
+                  if fl.name in f.attrs}
+            for required in ("image_shape", "rays_json", "grid", "prob_thresh", "nms_thresh"):
+                _attr(f.attrs, required, self.path)
+            kw["image_shape"] = tuple(int(s) for s in kw["image_shape"])
+            kw["grid"] = tuple(int(g) for g in kw["grid"])
+            self.meta = CandidateMeta(**kw)
+            self.blocks = f["blocks"][()]
+            self.n_candidates = f["prob"].shape[0]
+
+    def _open(self):
+        try:
+            return h5py.File(self.path, "r")
+        except FileNotFoundError:
+            raise UserError(f"candidate file {self.path} does not exist") from None
+        except OSError as e:
+            raise UserError(f"candidate file {self.path} is not a readable HDF5 file: {e}") \
+                from None
+
+    @property
+    def max_extent(self):
+        """Largest candidate extent along z, y, x over the whole file (float32 (3,))."""
+        if len(self.blocks) == 0:
+            return np.zeros(3, np.float32)
+        return np.array([self.blocks[f"extent_{a}"].max() for a in "zyx"], np.float32)
+
+    def blocks_meeting(self, lo, hi):
+        """Indices of blocks whose core meets the box ``[lo, hi)``."""
+        b = self.blocks
+        meets = np.ones(len(b), bool)
+        for i, a in enumerate("zyx"):
+            meets &= (b[f"{a}0"] < hi[i]) & (b[f"{a}1"] > lo[i])
+        return np.flatnonzero(meets)
+
+    def read_box(self, lo, hi):
+        """Candidates whose point lies in ``[lo, hi)``.
+
+        Returns
+        -------
+        rows : ndarray of int64
+            Row numbers in the file (a stable global identity of each candidate).
+        prob, dist, points : ndarray
+        """
+        parts = []
+        with self._open() as f:
+            for b in self.blocks[self.blocks_meeting(lo, hi)]:
+                start, stop = int(b["row_start"]), int(b["row_stop"])
+                if stop > start:
+                    parts.append((np.arange(start, stop), f["prob"][start:stop],
+                                  f["dist"][start:stop], f["points"][start:stop]))
+        if not parts:
+            return (np.zeros(0, np.int64), np.zeros(0, np.float32),
+                    np.zeros((0, self.meta.n_rays), np.float32), np.zeros((0, 3), np.int32))
+        rows, prob, dist, points = (np.concatenate(p) for p in zip(*parts))
+        inside = np.all((points >= np.asarray(lo)) & (points < np.asarray(hi)), axis=1)
+        return rows[inside], prob[inside], dist[inside], points[inside]
+
+    def read_rows(self, rows):
+        """prob, dist, points of the given (sorted, unique) rows."""
+        rows = np.asarray(rows, np.int64)
+        with self._open() as f:
+            if len(rows) == 0:
+                return (np.zeros(0, np.float32), np.zeros((0, f["dist"].shape[1]), np.float32),
+                        np.zeros((0, 3), np.int32))
+            return f["prob"][rows], f["dist"][rows], f["points"][rows]

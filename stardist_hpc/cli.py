@@ -1,0 +1,75 @@
+"""What both command-line scripts share: argument parsing, logging set-up and error handling.
+
+A script's ``main()`` parses its arguments and validates the whole config before it imports
+the stage that does the work, so ``--help`` and bad configs answer at once (and the HPC step
+never imports TensorFlow).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import config as config_module
+from .errors import EXIT_BAD_INPUT, UserError
+
+log = logging.getLogger("stardist_hpc")
+
+#: exit code after Ctrl-C, as shells report SIGINT.
+EXIT_INTERRUPTED = 130
+
+
+def _parser(description, config_help):
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help=config_help)
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                        help="override one config key, e.g. --set prediction.block_shape="
+                             "[32,128,128] (repeatable; values are YAML)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def _setup_logging(verbose):
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    # the libraries' own INFO chatter would drown the progress of the pipeline
+    for noisy in ("distributed", "tensorflow", "absl", "h5py", "numba"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_script(argv, *, description, config_cls, runner, config_help="YAML config file"):
+    """Parse ``argv``, load the config, call ``runner(config)``; map bad input to exit code 2.
+
+    Parameters
+    ----------
+    argv : list of str or None
+        Command-line arguments (None: ``sys.argv[1:]``).
+    description : str
+        ``--help`` text.
+    config_cls : type
+        Frozen config dataclass to validate the YAML into.
+    runner : str
+        ``"module:function"`` of the stage, imported only after the config is valid.
+
+    Returns
+    -------
+    int
+        Exit code: 0, 2 for bad input, 130 when interrupted.
+    """
+    args = _parser(description, config_help).parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        config = config_module.load(config_cls, args.config, args.set)
+        module_name, function_name = runner.split(":")
+        run = getattr(importlib.import_module(module_name), function_name)
+        run(config)
+    except UserError as e:
+        log.error("%s", e)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        log.error("interrupted; rerun the same command to resume")
+        return EXIT_INTERRUPTED
+    return 0

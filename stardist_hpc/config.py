@@ -1,0 +1,331 @@
+"""Typed, frozen configurations of both scripts, validated once at start-up.
+
+A YAML file maps one-to-one onto nested frozen dataclasses: every section is a dataclass, every
+key a field. Unknown keys are errors with a suggestion, every value is checked against the form
+its field's ``parse`` function expects, and relative paths are resolved against the directory of
+the config file (so a config works from any working directory).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import UserError, did_you_mean
+
+# ---------------------------------------------------------------------------------------------
+# value parsers: each takes (value, where, base_dir) and returns the typed value or raises
+
+
+def _fail(where, expected, value):
+    raise UserError(f"config key '{where}': expected {expected}, got {value!r}")
+
+
+def _int(value, where, _base, *, minimum=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(where, "an integer", value)
+    if minimum is not None and value < minimum:
+        _fail(where, f"an integer >= {minimum}", value)
+    return value
+
+
+def positive_int(value, where, base):
+    return _int(value, where, base, minimum=1)
+
+
+def optional(parse):
+    """Parser accepting ``null`` besides what ``parse`` accepts."""
+    def _parse(value, where, base):
+        return None if value is None else parse(value, where, base)
+    return _parse
+
+
+def number(value, where, _base):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(where, "a number", value)
+    return float(value)
+
+
+def unit_interval(value, where, base):
+    value = number(value, where, base)
+    if not 0.0 <= value <= 1.0:
+        _fail(where, "a number between 0 and 1", value)
+    return value
+
+
+def percentile(value, where, base):
+    value = number(value, where, base)
+    if not 0.0 <= value <= 100.0:
+        _fail(where, "a percentile between 0 and 100", value)
+    return value
+
+
+def text(value, where, _base):
+    if not isinstance(value, str) or not value:
+        _fail(where, "a non-empty string", value)
+    return value
+
+
+def path(value, where, base):
+    """A filesystem path; relative paths are taken relative to the config file's directory."""
+    p = Path(text(value, where, base)).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def choice(*options):
+    def _parse(value, where, _base):
+        if value not in options:
+            _fail(where, "one of " + ", ".join(map(repr, options)) + did_you_mean(value, options),
+                  value)
+        return value
+    return _parse
+
+
+def triple(item_parse, expected):
+    """Parser of a list of three values (z, y, x), each checked by ``item_parse``."""
+    def _parse(value, where, base):
+        if not isinstance(value, (list, tuple)) or len(value) != 3:
+            _fail(where, f"a list of three {expected} [z, y, x]", value)
+        return tuple(item_parse(v, f"{where}[{i}]", base) for i, v in enumerate(value))
+    return _parse
+
+
+def string_list(value, where, base):
+    if not isinstance(value, (list, tuple)):
+        _fail(where, "a list of strings", value)
+    return tuple(text(v, f"{where}[{i}]", base) for i, v in enumerate(value))
+
+
+def key(parse: Callable, default: Any = dataclasses.MISSING, doc: str = ""):
+    """Declare a config key: its parser, its default (none = required) and a one-line doc."""
+    return field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+# ---------------------------------------------------------------------------------------------
+# generic loading
+
+
+def _build(cls, raw, where, base):
+    """Instantiate dataclass ``cls`` from mapping ``raw``, recursing into nested sections."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        _fail(where or "<top level>", "a mapping of keys", raw)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in raw:
+        if name not in fields:
+            prefix = f"{where}." if where else ""
+            raise UserError(f"unknown config key '{prefix}{name}'" + did_you_mean(name, fields)
+                            + f"; known keys here: {', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        sub = f"{where}.{name}" if where else name
+        if "section" in f.metadata:
+            values[name] = _build(f.metadata["section"], raw.get(name), sub, base)
+        elif name in raw:
+            values[name] = f.metadata["parse"](raw[name], sub, base)
+        elif f.default is dataclasses.MISSING:
+            raise UserError(f"config key '{sub}' is required")
+        else:
+            # defaults go through the parser too, so default paths resolve like given ones
+            values[name] = f.metadata["parse"](f.default, sub, base)
+    return cls(**values)
+
+
+def section(cls):
+    """Declare a nested config section (all of its keys have defaults or are checked inside)."""
+    return field(default=None, metadata={"section": cls})
+
+
+def apply_overrides(raw, overrides):
+    """Apply ``--set a.b=value`` overrides (values parsed as YAML) to the raw config mapping."""
+    for item in overrides:
+        dotted, sep, value = item.partition("=")
+        if not sep or not dotted:
+            raise UserError(f"--set: expected key.sub=value, got {item!r}")
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {dotted}: '{p}' is not a section")
+        node[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def load(cls, config_path, overrides=()):
+    """Read, override and validate a YAML config file into the frozen dataclass ``cls``."""
+    config_path = Path(config_path)
+    try:
+        raw = yaml.safe_load(config_path.read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"config file {config_path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {config_path} cannot be read: {e}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {config_path} is not valid YAML: "
+                        + " ".join(str(e).split())) from None
+    raw = apply_overrides(raw, overrides)
+    return _build(cls, raw, "", config_path.resolve().parent)
+
+
+def describe(cls, where=""):
+    """Yield ``(dotted key, default, doc)`` for every key of ``cls``, for docs and tests."""
+    for f in dataclasses.fields(cls):
+        sub = f"{where}.{f.name}" if where else f.name
+        if "section" in f.metadata:
+            yield from describe(f.metadata["section"], sub)
+        else:
+            default = None if f.default is dataclasses.MISSING else f.default
+            yield sub, default, f.metadata["doc"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the GPU step: local_prediction.py
+
+HALO_AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class ImageSection:
+    path: Path = key(path, doc="image file: .tif/.tiff (incl. BigTIFF), .h5/.hdf5, .ims or .zarr")
+    dataset: str | None = key(optional(text), None,
+                              "dataset inside an .h5/.zarr file (null: the only 3D/4D one)")
+    channel: int = key(lambda v, w, b: _int(v, w, b, minimum=0), 0,
+                       "channel to segment, for images with a channel axis")
+    axes: str | None = key(optional(text), None,
+                           "axes of the stored array, e.g. ZYX, CZYX, ZCYX (null: guess)")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    basedir: Path = key(path, "models", "directory holding model folders")
+    name: str = key(text, "demo", "model folder inside basedir")
+
+
+@dataclass(frozen=True)
+class NormalizeSection:
+    pmin: float = key(percentile, 1.0, "lower percentile mapped to 0")
+    pmax: float = key(percentile, 99.8, "upper percentile mapped to 1")
+    sample_size: int = key(positive_int, 4_000_000,
+                           "voxels sampled (strided over the whole volume) for the percentiles")
+
+
+@dataclass(frozen=True)
+class PredictionSection:
+    block_shape: tuple = key(triple(positive_int, "positive integers"), (64, 256, 256),
+                             "image region per model call, before context is added")
+    n_tiles: tuple | None = key(optional(triple(positive_int, "positive integers")), None,
+                                "StarDist n_tiles inside a block (null: let StarDist pick)")
+    prob_thresh: float | None = key(optional(unit_interval), None,
+                                    "candidate probability threshold (null: thresholds.json)")
+    normalize: NormalizeSection = section(NormalizeSection)
+
+
+@dataclass(frozen=True)
+class LocalOutputSection:
+    path: Path = key(path, "output/prediction.h5", "candidate file to write")
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """Configuration of ``local_prediction.py``."""
+    image: ImageSection = section(ImageSection)
+    model: ModelSection = section(ModelSection)
+    prediction: PredictionSection = section(PredictionSection)
+    output: LocalOutputSection = section(LocalOutputSection)
+
+
+# ---------------------------------------------------------------------------------------------
+# the HPC step: hpc_prediction.py
+
+
+def _tile_axis(value, where, base):
+    return None if value is None else positive_int(value, where, base)
+
+
+def _halo(value, where, base):
+    if value == HALO_AUTO:
+        return value
+    if isinstance(value, (list, tuple)):
+        return triple(lambda v, w, b: _int(v, w, b, minimum=0), "integers >= 0")(value, where, base)
+    _fail(where, f"'{HALO_AUTO}' or a list of three integers >= 0", value)
+
+
+@dataclass(frozen=True)
+class InputSection:
+    prediction: Path = key(path, "output/prediction.h5",
+                           "candidate file: this project's prediction.h5 or probabilities.h5")
+
+
+@dataclass(frozen=True)
+class HpcModelSection:
+    basedir: Path | None = key(optional(path), "models",
+                               "directory holding model folders (null: use the file's attributes)")
+    name: str | None = key(optional(text), "demo", "model folder inside basedir")
+
+
+@dataclass(frozen=True)
+class HpcOutputSection:
+    labels: Path = key(path, "output/label.h5", "label volume to write")
+    work_dir: Path = key(path, "output/work", "checkpoints for resuming; safe to delete after")
+
+
+@dataclass(frozen=True)
+class NmsSection:
+    thresh: float | None = key(optional(unit_interval), None,
+                               "overlap threshold (null: the model's/file's nms threshold)")
+    tile_shape: tuple = key(triple(_tile_axis, "positive integers or null"), (None, 512, 512),
+                            "NMS tile core shape; null means the full axis")
+    halo: Any = key(_halo, HALO_AUTO, "context around each tile: 'auto' or [z, y, x] voxels")
+    backend: str = key(choice("stardist", "fast"), "stardist", "NMS implementation")
+
+
+@dataclass(frozen=True)
+class LabelingSection:
+    chunk_shape: tuple = key(triple(positive_int, "positive integers"), (64, 256, 256),
+                             "label rendering task and HDF5 chunk shape")
+
+
+@dataclass(frozen=True)
+class LocalClusterSection:
+    n_workers: int | None = key(optional(positive_int), None, "worker processes (null: all cores)")
+    threads_per_worker: int = key(positive_int, 1, "threads per worker process")
+
+
+@dataclass(frozen=True)
+class SlurmSection:
+    jobs: int = key(positive_int, 16, "worker jobs to submit")
+    cores: int = key(positive_int, 14, "cores per job")
+    processes: int = key(positive_int, 1, "worker processes per job")
+    memory: str = key(text, "32GB", "memory per job")
+    walltime: str = key(text, "24:00:00", "walltime per job")
+    queue: str | None = key(optional(text), None, "partition (sbatch -p)")
+    account: str | None = key(optional(text), None, "account (sbatch -A)")
+    interface: str | None = key(optional(text), None, "network interface of the workers")
+    local_directory: str | None = key(optional(text), None, "node-local scratch for workers")
+    job_extra_directives: tuple = key(string_list, (), "extra #SBATCH lines, e.g. ['--qos=long']")
+    job_script_prologue: tuple = key(string_list, (), "shell lines run before each worker starts")
+    scheduler_host: str = key(text, "127.0.0.1", "address the scheduler listens on")
+    worker_timeout: float = key(number, 600.0, "seconds to wait for the first worker")
+
+
+@dataclass(frozen=True)
+class ClusterSection:
+    mode: str = key(choice("local", "slurm"), "local", "local Dask cluster or SLURM jobs")
+    local: LocalClusterSection = section(LocalClusterSection)
+    slurm: SlurmSection = section(SlurmSection)
+
+
+@dataclass(frozen=True)
+class HpcConfig:
+    """Configuration of ``hpc_prediction.py``."""
+    input: InputSection = section(InputSection)
+    model: HpcModelSection = section(HpcModelSection)
+    output: HpcOutputSection = section(HpcOutputSection)
+    nms: NmsSection = section(NmsSection)
+    labeling: LabelingSection = section(LabelingSection)
+    cluster: ClusterSection = section(ClusterSection)
