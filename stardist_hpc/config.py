@@ -309,7 +309,9 @@ class SlurmSection:
     local_directory: str | None = key(optional(text), None, "node-local scratch for workers")
     job_extra_directives: tuple = key(string_list, (), "extra #SBATCH lines, e.g. ['--qos=long']")
     job_script_prologue: tuple = key(string_list, (), "shell lines run before each worker starts")
-    scheduler_host: str = key(text, "127.0.0.1", "address the scheduler listens on")
+    scheduler_host: str | None = key(optional(text), None,
+                                     "address the scheduler listens on (null: dask-jobqueue's "
+                                     "choice from interface)")
     worker_timeout: float = key(number, 600.0, "seconds to wait for the first worker")
 
 

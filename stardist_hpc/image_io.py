@@ -1,0 +1,447 @@
+"""Lazy reading of one channel of a 3D image from large files, region by region.
+
+The whole volume is never loaded: every backend gives an array that reads only the slices asked
+for (a memory map or zarr view of a TIFF, an HDF5 dataset, a zarr array).
+
+Supported files, chosen by suffix (case-insensitive):
+
+``.tif`` / ``.tiff``
+    TIFF and BigTIFF, memory-mapped when the pixels are stored uncompressed and contiguously,
+    otherwise read through tifffile's zarr view (full-resolution level of pyramidal files).
+``.h5`` / ``.hdf5``
+    The dataset named by ``image.dataset``, or the only 3D/4D dataset when it is null.
+``.ims``
+    Imaris: ``DataSet/ResolutionLevel 0/TimePoint 0/Channel {channel}/Data``, cropped to the true
+    image size of ``DataSetInfo/Image`` (Imaris pads the stored array). The layout is fixed, so
+    ``image.axes`` and ``image.dataset`` are ignored (with a warning when set).
+``.zarr``
+    A directory store holding an array, or a group in which ``image.dataset`` names the array
+    (null: the only 3D/4D array).
+
+``image.axes`` names the stored axes with the letters T, C, Z, Y, X (null: a 3D array is ZYX).
+``image.channel`` is picked along C; a T axis must have size 1. Regions are returned in z, y, x
+order whatever the stored order. Every bad input raises a one-line
+:class:`~stardist_hpc.errors.UserError` naming the config key at fault.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+import numpy as np
+import tifffile
+import zarr
+
+from .errors import UserError, did_you_mean
+
+logger = logging.getLogger(__name__)
+
+ZYX = "ZYX"
+#: every axis letter ``image.axes`` may use: time, channel and the three spatial axes.
+AXIS_LETTERS = "TCZYX"
+#: axes examples in the error asking for ``image.axes``, by number of dimensions.
+AXES_EXAMPLES = {4: "CZYX or ZCYX", 5: "TCZYX or TZCYX"}
+#: dataset ranks picked automatically when ``image.dataset`` is null: ZYX, or ZYX with C.
+AUTO_NDIMS = (3, 4)
+#: numpy dtype kinds accepted as image data: unsigned and signed integers, floats.
+NUMERIC_KINDS = "uif"
+#: names listed at most in an error message about a wrong dataset name.
+MAX_LISTED = 20
+
+IMARIS_TIMEPOINT = "DataSet/ResolutionLevel 0/TimePoint 0"
+IMARIS_CHANNEL = "Channel {}"
+IMARIS_INFO = "DataSetInfo/Image"
+
+#: what h5py, tifffile and zarr raise for unreadable or corrupt files (zarr's errors are
+#: ValueErrors, tifffile's TiffFileError too).
+_READ_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError)
+
+
+class Volume:
+    """One channel of a 3D image, read lazily region by region; create it with `open_volume`.
+
+    Parameters
+    ----------
+    path : Path
+        The image file.
+    array : array-like
+        Stored array supporting numpy basic slicing (memory map, h5py dataset, zarr array).
+    axes : str
+        Letters of the stored axes, e.g. ``"ZCYX"``.
+    channel : int
+        Index along the C axis (unused without one).
+    shape : tuple of int
+        Size (z, y, x) of the image; smaller than the stored array when that is padded.
+    close : callable
+        Releases the file.
+
+    Attributes
+    ----------
+    path : Path
+    shape : tuple of int
+        (z, y, x).
+    dtype : numpy.dtype
+        The stored dtype, which `read` returns.
+    """
+
+    def __init__(self, path, array, axes, channel, shape, close):
+        self.path = Path(path)
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(array.dtype)
+        self._array = array
+        self._close = close
+        self._axes = axes
+        self._fixed = {"C": channel, "T": 0}  # the only time point: T is checked to have size 1
+        kept = [axis for axis in axes if axis in ZYX]
+        self._order = tuple(kept.index(axis) for axis in ZYX)
+
+    def read(self, lo, hi):
+        """Read the region ``[lo, hi)``.
+
+        Parameters
+        ----------
+        lo, hi : sequence of 3 int
+            Region start (inclusive) and stop (exclusive) in z, y, x, within `shape`.
+
+        Returns
+        -------
+        ndarray
+            Writable, C-contiguous array of shape ``hi - lo`` and dtype `dtype`.
+        """
+        spans = self._spans(lo, hi)
+        index = tuple(spans[axis] if axis in ZYX else self._fixed[axis] for axis in self._axes)
+        with _reading(self.path):
+            region = np.asarray(self._array[index]).transpose(self._order)
+        if region.flags.c_contiguous and region.flags.writeable:
+            return region
+        # memory-mapped regions are read-only views of the file, transposed ones are strided
+        return np.array(region, order="C")
+
+    def _spans(self, lo, hi):
+        """Slices (by axis letter) of region ``[lo, hi)``, checked to lie in the image."""
+        if self._array is None:
+            raise ValueError(f"volume {self.path} is closed")
+        lo, hi = tuple(int(v) for v in lo), tuple(int(v) for v in hi)
+        if not (len(lo) == len(hi) == len(ZYX)
+                and all(0 <= a <= b <= n for a, b, n in zip(lo, hi, self.shape))):
+            raise ValueError(f"region [{lo}, {hi}) is not inside the image of shape {self.shape}")
+        return {axis: slice(a, b) for axis, a, b in zip(ZYX, lo, hi)}
+
+    def close(self):
+        """Release the file; further reads fail. Closing twice does nothing."""
+        if self._array is not None:
+            self._array = None
+            self._close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        return f"Volume({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def open_volume(image):
+    """Open one channel of a 3D image for lazy reading.
+
+    Parameters
+    ----------
+    image : ImageSection
+        ``path``, ``dataset``, ``channel`` and ``axes`` of the image (see the module docstring).
+
+    Returns
+    -------
+    Volume
+        Close it (or use it as a context manager) to release the file.
+
+    Raises
+    ------
+    UserError
+        For a missing, unsupported or unreadable file, or keys that do not fit the image.
+    """
+    path = Path(image.path)
+    opener = _opener(path)
+    with _reading(path):
+        stored = opener(path, image)
+    with _closing_on_error(stored.close):
+        axes, shape = _layout(stored)
+    volume = Volume(path, stored.array, axes, stored.channel, shape, stored.close)
+    logger.info("opened %s: image shape %s, dtype %s, stored shape %s as %s, channel %d",
+                path, volume.shape, volume.dtype, tuple(stored.array.shape), axes, stored.channel)
+    return volume
+
+
+# ---------------------------------------------------------------------------------------------
+# opening files
+
+
+@dataclass
+class _Stored:
+    """An opened array with the axes and channel to read it with, before validation."""
+    array: Any
+    axes: str | None  # None: guess from the number of dimensions
+    channel: int
+    close: Callable[[], None]
+    size: tuple | None = None  # true (z, y, x) size of a padded array
+
+
+def _nothing_to_close():
+    """Close function of backends holding no open file handle between reads."""
+
+
+@contextmanager
+def _reading(path):
+    """Turn a library's error about an unreadable file into a one-line `UserError`."""
+    try:
+        yield
+    except _READ_ERRORS as error:
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise UserError(f"image.path: cannot read {path}: {detail}") from error
+
+
+@contextmanager
+def _closing_on_error(close):
+    """Call ``close`` when the block raises, so that a rejected file does not stay open."""
+    try:
+        yield
+    except BaseException:
+        close()
+        raise
+
+
+def _opener(path):
+    """The function opening ``path``, chosen by its suffix."""
+    if not path.exists():
+        raise UserError(f"image.path: file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in _OPENERS:
+        raise UserError(f"image.path: expected a file ending in {', '.join(_OPENERS)}, "
+                        f"got {path}" + did_you_mean(suffix, _OPENERS))
+    return _OPENERS[suffix]
+
+
+def _warn_ignored(image, keys, kind):
+    """Log a warning for each of the config ``keys`` that is set but means nothing for ``kind``."""
+    for key in keys:
+        if getattr(image, key) is not None:
+            logger.warning("image.%s is ignored for %s (%s)", key, kind, image.path)
+
+
+def _open_tiff(path, image):
+    """Memory-map a TIFF file, or view it through zarr when its pixels cannot be mapped."""
+    _warn_ignored(image, ("dataset",), "TIFF files")
+    try:
+        array = tifffile.memmap(path, mode="r")
+    except tifffile.TiffFileError:  # not a TIFF at all: no fallback, `_reading` reports it
+        raise
+    except ValueError as error:  # compressed, tiled or non-contiguous pixel data
+        logger.debug("%s is not memory-mappable (%s); reading it through zarr", path, error)
+        return _open_tiff_zarr(path, image)
+    # the map is released with the last reference to it; closing it early would invalidate views
+    return _Stored(array, image.axes, image.channel, _nothing_to_close)
+
+
+def _open_tiff_zarr(path, image):
+    """View a TIFF file through zarr: only the tiles or strips of a region are decoded."""
+    store = tifffile.imread(path, aszarr=True, level=0)  # level 0: full resolution of a pyramid
+    with _closing_on_error(store.close):
+        array = zarr.open(store, mode="r")
+    return _Stored(array, image.axes, image.channel, store.close)
+
+
+def _open_h5(path, image):
+    """Open the dataset of an HDF5 file named by ``image.dataset`` (or the only 3D/4D one)."""
+    file = h5py.File(path, "r")
+    with _closing_on_error(file.close):
+        if image.dataset is not None and isinstance(file.get(image.dataset), h5py.Dataset):
+            dataset = file[image.dataset]  # also reaches datasets behind links, unlike listing
+        else:
+            dataset = _pick_array(_h5_datasets(file), image.dataset, path)
+    return _Stored(dataset, image.axes, image.channel, file.close)
+
+
+def _h5_datasets(file):
+    """All datasets of an HDF5 file, by path."""
+    found = {}
+
+    def collect(name, node):
+        if isinstance(node, h5py.Dataset):
+            found[name] = node  # returning None keeps visititems going
+
+    file.visititems(collect)
+    return found
+
+
+def _open_zarr(path, image):
+    """Open a zarr array, or the array of a zarr group named by ``image.dataset``."""
+    node = zarr.open(path, mode="r")
+    if isinstance(node, zarr.Group):
+        arrays = {name: member for name, member in node.members(max_depth=None)
+                  if isinstance(member, zarr.Array)}
+        node = _pick_array(arrays, image.dataset, path)
+    else:
+        _warn_ignored(image, ("dataset",), "a zarr array (not a group)")
+    return _Stored(node, image.axes, image.channel, _nothing_to_close)
+
+
+def _pick_array(arrays, name, path):
+    """The array called ``name`` in ``arrays`` (name -> array), or the only 3D/4D one if None."""
+    if name is not None:
+        key = name.strip("/")  # h5py and zarr list names without the leading slash
+        if key not in arrays:
+            raise UserError(f"image.dataset: expected one of {_listing(sorted(arrays))} in "
+                            f"{path}, got {name!r}" + did_you_mean(key, arrays))
+        return arrays[key]
+    candidates = sorted(key for key, array in arrays.items() if array.ndim in AUTO_NDIMS)
+    if len(candidates) == 1:
+        return arrays[candidates[0]]
+    if candidates:
+        raise UserError(f"image.dataset: expected one of {_listing(candidates)}, got null "
+                        f"({path} has several 3D/4D datasets)")
+    shapes = {key: tuple(array.shape) for key, array in sorted(arrays.items())}
+    raise UserError(f"image.dataset: expected the name of a dataset, got null ({path} has no "
+                    f"3D/4D dataset to pick; datasets: {_listing(shapes, shapes) or 'none'})")
+
+
+def _listing(names, shapes=None):
+    """Comma-separated quoted ``names`` (each followed by its shape, if given), capped."""
+    names = list(names)
+    items = [repr(n) + (f" {shapes[n]}" if shapes else "") for n in names[:MAX_LISTED]]
+    more = f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
+    return ", ".join(items) + more
+
+
+# ---------------------------------------------------------------------------------------------
+# Imaris
+
+
+def _open_ims(path, image):
+    """Open one channel of an Imaris file, with the true image size to crop its padding to."""
+    _warn_ignored(image, ("dataset", "axes"), "Imaris files")
+    file = h5py.File(path, "r")
+    with _closing_on_error(file.close):
+        data = _imaris_channel(file, image.channel, path)
+        size = _imaris_size(file, path)
+        _check_empty(size)
+        if data.ndim != len(ZYX) or any(s > n for s, n in zip(size, data.shape)):
+            raise UserError(f"image.path: expected Imaris data of at least the image size {size} "
+                            f"in {path}, got shape {data.shape}")
+    return _Stored(data, ZYX, 0, file.close, size=size)
+
+
+def _imaris_group(file, name, path):
+    """Group ``name`` of an Imaris file, which every Imaris file has."""
+    group = file.get(name)
+    if not isinstance(group, h5py.Group):
+        raise UserError(f"image.path: expected an Imaris file with group '{name}', got {path}")
+    return group
+
+
+def _imaris_channel(file, channel, path):
+    """Full-resolution data of ``channel`` at the first time point."""
+    timepoint = _imaris_group(file, IMARIS_TIMEPOINT, path)
+    prefix = IMARIS_CHANNEL.format("")
+    count = sum(name.startswith(prefix) for name in timepoint)
+    if not count:
+        raise UserError(f"image.path: expected channel groups '{prefix}0'... in "
+                        f"'{IMARIS_TIMEPOINT}' of the Imaris file {path}, got none")
+    _check_channel(channel, count)
+    return timepoint[f"{IMARIS_CHANNEL.format(channel)}/Data"]
+
+
+def _imaris_size(file, path):
+    """True image size (z, y, x) from the attributes X, Y, Z of ``DataSetInfo/Image``."""
+    attrs = _imaris_group(file, IMARIS_INFO, path).attrs
+    return tuple(_imaris_int(attrs, axis, path) for axis in ZYX)
+
+
+def _imaris_int(attrs, name, path):
+    """Integer attribute stored the Imaris way, as one-byte strings, e.g. [b'1', b'2', b'8']."""
+    chars = np.atleast_1d(attrs.get(name, []))
+    text = "".join(c.decode() if isinstance(c, bytes) else str(c) for c in chars)
+    if not (text.isascii() and text.isdigit()):
+        raise UserError(f"image.path: expected a whole number in attribute {name} of "
+                        f"'{IMARIS_INFO}' in {path}, got {text!r}")
+    return int(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# checking the stored array against image.axes and image.channel
+
+
+def _layout(stored):
+    """Check the stored array; return its axes letters and the (z, y, x) image size."""
+    shape = tuple(int(n) for n in stored.array.shape)
+    _check_ndim(shape)
+    _check_empty(shape)
+    _check_dtype(stored.array.dtype)
+    axes = _parse_axes(stored.axes, shape)
+    sizes = dict(zip(axes, shape))
+    if sizes.get("T", 1) != 1:
+        raise UserError(f"image.axes: expected a T axis of size 1 (one time point), "
+                        f"got {sizes['T']} time points in shape {shape}")
+    _check_channel(stored.channel, sizes.get("C"))
+    return axes, stored.size or tuple(sizes[axis] for axis in ZYX)
+
+
+def _check_ndim(shape):
+    """Check for 3 spatial axes, plus at most T and C."""
+    if not len(ZYX) <= len(shape) <= len(AXIS_LETTERS):
+        raise UserError(f"image.path: expected a 3D image (up to 5D with T and C axes), "
+                        f"got shape {shape}")
+
+
+def _check_empty(shape):
+    """Check that no axis has size 0."""
+    if 0 in shape:
+        raise UserError(f"image.path: the image is empty: shape {tuple(shape)}")
+
+
+def _check_dtype(dtype):
+    """Check for pixel values StarDist can normalize: integers or floats."""
+    if np.dtype(dtype).kind not in NUMERIC_KINDS:
+        raise UserError(f"image.path: expected an integer or float image, got dtype {dtype}")
+
+
+def _check_channel(channel, count):
+    """Check ``channel`` against ``count`` channels (None: the image has no C axis)."""
+    if count is None:
+        if channel != 0:
+            raise UserError(f"image.channel: expected 0 for an image without a C axis in "
+                            f"image.axes, got {channel}")
+    elif not 0 <= channel < count:
+        expected, noun = ("0", "channel") if count == 1 else (f"0..{count - 1}", "channels")
+        raise UserError(f"image.channel: expected {expected} for an image with {count} {noun}, "
+                        f"got {channel}")
+
+
+def _parse_axes(axes, shape):
+    """Upper-case axes letters of an array of ``shape``, checked; ZYX for 3D when ``None``."""
+    if axes is None:
+        if len(shape) == len(ZYX):
+            return ZYX
+        raise UserError(f"image.axes: a {len(shape)}D image needs its axes, "
+                        f"e.g. {AXES_EXAMPLES[len(shape)]}; got shape {shape}")
+    letters = axes.upper()
+    unknown = sorted(set(letters) - set(AXIS_LETTERS))
+    if unknown:
+        raise UserError(f"image.axes: expected letters of {AXIS_LETTERS}, got {axes!r} "
+                        f"(unknown: {', '.join(unknown)})")
+    if len(set(letters)) < len(letters):
+        raise UserError(f"image.axes: expected each letter at most once, got {axes!r}")
+    if not set(ZYX) <= set(letters):
+        raise UserError(f"image.axes: expected Z, Y and X among the axes, got {axes!r}")
+    if len(letters) != len(shape):
+        raise UserError(f"image.axes: expected {len(shape)} letters for an image of shape "
+                        f"{shape}, got {axes!r}")
+    return letters
+
+
+_OPENERS = {".tif": _open_tiff, ".tiff": _open_tiff, ".h5": _open_h5, ".hdf5": _open_h5,
+            ".ims": _open_ims, ".zarr": _open_zarr}

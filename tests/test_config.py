@@ -1,0 +1,104 @@
+"""Config loading: one-to-one keys, clear errors, overrides, paths relative to the config."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stardist_hpc.config import HpcConfig, LocalConfig, describe, load
+from stardist_hpc.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("cls, template", [(LocalConfig, "local_template.yaml"),
+                                           (HpcConfig, "hpc_prediction_template.yaml")])
+def test_templates_load_and_resolve_paths_against_their_directory(cls, template):
+    config = load(cls, REPO / template)
+    assert config.model.basedir == REPO / "models"
+
+
+@pytest.mark.parametrize("cls, template", [(LocalConfig, "local_template.yaml"),
+                                           (HpcConfig, "hpc_prediction_template.yaml")])
+def test_templates_name_every_key(cls, template):
+    raw = yaml.safe_load((REPO / template).read_text())
+
+    def has(node, dotted):
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+    assert [k for k, _, _ in describe(cls) if not has(raw, k)] == []
+
+
+@pytest.mark.parametrize("cls, doc", [(LocalConfig, "configuration_local_prediction.md"),
+                                      (HpcConfig, "configuration_hpc_prediction.md")])
+def test_every_key_is_documented(cls, doc):
+    text = (REPO / "doc" / doc).read_text()
+    assert [k for k, _, _ in describe(cls) if f"`{k}`" not in text] == []
+
+
+def test_misspelled_key_suggests_the_right_one(tmp_path):
+    path = _write(tmp_path, "image: {path: a.tif}\nprediction: {block_shap: [1, 2, 3]}\n")
+    with pytest.raises(UserError, match=r"prediction.block_shap.*did you mean 'block_shape'"):
+        load(LocalConfig, path)
+
+
+@pytest.mark.parametrize("text, field", [
+    ("prediction: {block_shape: [0, 8, 8]}", r"prediction\.block_shape\[0\]"),
+    ("prediction: {block_shape: [8, 8]}", r"prediction\.block_shape"),
+    ("prediction: {prob_thresh: high}", r"prediction\.prob_thresh"),
+    ("model: {name: 3}", r"model\.name"),
+    ("prediction: {normalize: {pmax: 101}}", r"prediction\.normalize\.pmax"),
+])
+def test_wrong_values_name_the_field(tmp_path, text, field):
+    path = _write(tmp_path, "image: {path: a.tif}\n" + text + "\n")
+    with pytest.raises(UserError, match=rf"'{field}': expected"):
+        load(LocalConfig, path)
+
+
+def test_negative_channel(tmp_path):
+    with pytest.raises(UserError, match=r"'image\.channel': expected an integer >= 0"):
+        load(LocalConfig, _write(tmp_path, "image: {path: a.tif, channel: -1}\n"))
+
+
+def test_required_key(tmp_path):
+    with pytest.raises(UserError, match="'image.path' is required"):
+        load(LocalConfig, _write(tmp_path, "model: {name: demo}\n"))
+
+
+def test_cluster_mode_is_checked(tmp_path):
+    with pytest.raises(UserError, match="cluster.mode.*'slurm'"):
+        load(HpcConfig, _write(tmp_path, "cluster: {mode: slurn}\n"))
+
+
+def test_overrides_are_yaml_and_checked(tmp_path):
+    path = _write(tmp_path, "image: {path: a.tif}\n")
+    config = load(LocalConfig, path, ["prediction.block_shape=[8, 16, 16]"])
+    assert config.prediction.block_shape == (8, 16, 16)
+    assert config.image.path == tmp_path / "a.tif"
+    with pytest.raises(UserError, match="prediction.blok"):
+        load(LocalConfig, path, ["prediction.blok=[8, 16, 16]"])
+    with pytest.raises(UserError, match="key.sub=value"):
+        load(LocalConfig, path, ["prediction.block_shape"])
+
+
+def test_missing_and_invalid_config_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load(LocalConfig, tmp_path / "nope.yaml")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load(LocalConfig, _write(tmp_path, "image: [unclosed\n"))
+
+
+def test_configs_are_frozen(tmp_path):
+    config = load(LocalConfig, _write(tmp_path, "image: {path: a.tif}\n"))
+    with pytest.raises(AttributeError):
+        config.image.channel = 3
