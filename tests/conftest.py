@@ -24,7 +24,7 @@ def demo_model_section():
 def demo_model(demo_model_section):
     """The committed demo StarDist3D model, loaded once per test session (imports TensorFlow)."""
     from stardist_hpc.predict import load_model
-    return load_model(demo_model_section)[0]
+    return load_model(demo_model_section)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,210 @@
+"""The GPU step: stream a large image block by block through StarDist3D into a candidate file.
+
+Each block's core is predicted with enough context around it for the network's receptive
+field; only candidates whose point lies in the core are kept, so every voxel is predicted once.
+Blocks at the far end of an axis are read from the image reflect-padded to a multiple of the
+network's divisor, exactly as StarDist pads a whole image, so a block-wise run gives the
+candidates of one whole-image ``predict_sparse`` call. The next block is read and normalised,
+and the previous one written, while the network runs.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from .candidates import CandidateMeta, CandidateWriter
+from .errors import UserError
+from .image_io import open_volume
+from .model_files import read_model_info
+from .normalization import percentile_normalization
+from .tiling import grid_boxes
+
+log = logging.getLogger(__name__)
+
+#: grid cells at the image border where StarDist's predict_sparse ignores candidates (its ``b``).
+BORDER_CELLS = 2
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """One model call: the core it owns and the (context-enlarged, aligned) region it reads."""
+    core_lo: tuple
+    core_hi: tuple
+    read_lo: tuple
+    read_hi: tuple     # may pass the image end: the excess is reflect-padded
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Alignment of blocks to the network: divisor, grid, context and StarDist's padded shape."""
+    shape: tuple
+    div_by: tuple
+    grid: tuple
+    context: tuple
+    padded_shape: tuple
+
+
+def _round_up(value, multiple):
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def network_geometry(model, shape):
+    """Block alignment for ``model`` on an image of ``shape`` (z, y, x)."""
+    div_by = tuple(model._axes_div_by("ZYX"))
+    context = tuple(_round_up(c, d) for c, d in zip(model._axes_tile_overlap("ZYX"), div_by))
+    padded = tuple(_round_up(s, d) for s, d in zip(shape, div_by))
+    return Geometry(shape=tuple(shape), div_by=div_by, grid=tuple(model.config.grid),
+                    context=context, padded_shape=padded)
+
+
+def aligned_block_shape(geometry, block_shape):
+    """``block_shape`` rounded up to a multiple of the network divisor, so cores stay aligned."""
+    return tuple(_round_up(b, d) for b, d in zip(block_shape, geometry.div_by))
+
+
+def plan_blocks(geometry, block_shape):
+    """Blocks whose cores partition the image, each with its aligned read region.
+
+    Parameters
+    ----------
+    geometry : Geometry
+    block_shape : tuple of 3 int
+        Core shape (see :func:`aligned_block_shape`).
+
+    Returns
+    -------
+    list of BlockPlan
+    """
+    core_shape = aligned_block_shape(geometry, block_shape)
+    plans = []
+    for core_lo, core_hi in grid_boxes(geometry.shape, core_shape):
+        read_lo = tuple(max(0, lo - c) for lo, c in zip(core_lo, geometry.context))
+        read_hi = tuple(min(p, _round_up(hi, d) + c) for hi, d, c, p in
+                        zip(core_hi, geometry.div_by, geometry.context, geometry.padded_shape))
+        plans.append(BlockPlan(tuple(core_lo), tuple(core_hi), read_lo, read_hi))
+    return plans
+
+
+def read_block(volume, plan, normalization):
+    """Read a block's region, reflect-padding past the image end as StarDist pads the image."""
+    shape = volume.shape
+    real_hi = tuple(min(h, s) for h, s in zip(plan.read_hi, shape))
+    block = normalization.apply(volume.read(plan.read_lo, real_hi))
+    pad = [(0, h - r) for h, r in zip(plan.read_hi, real_hi)]
+    if any(p for _, p in pad):
+        block = np.pad(block, pad, mode="reflect")
+    return block
+
+
+def keep_owned(points, plan, geometry):
+    """Mask of candidates (global points) in the block's core and outside StarDist's border.
+
+    StarDist drops candidates in the first and last ``BORDER_CELLS`` grid cells of the padded
+    image and those in the padding itself; the same rule applied globally keeps block-wise and
+    whole-image candidates identical.
+    """
+    grid = np.asarray(geometry.grid)
+    cells = points // grid
+    last_cell = np.asarray(geometry.padded_shape) // grid - BORDER_CELLS
+    owned = np.all((points >= plan.core_lo) & (points < plan.core_hi), axis=1)
+    owned &= np.all((cells >= BORDER_CELLS) & (cells < last_cell), axis=1)
+    return owned & np.all(points < np.asarray(geometry.shape), axis=1)
+
+
+def predict_block(model, block, plan, geometry, prob_thresh, n_tiles):
+    """Candidates (prob, dist, points in global voxel coordinates) owned by one block."""
+    prob, dist, points = model.predict_sparse(block, prob_thresh=prob_thresh, axes="ZYX",
+                                              n_tiles=n_tiles, show_tile_progress=False, b=0)
+    points = points.astype(np.int64) + np.asarray(plan.read_lo)
+    owned = keep_owned(points, plan, geometry)
+    return (prob[owned].astype(np.float32), dist[owned].astype(np.float32),
+            points[owned].astype(np.int32))
+
+
+def load_model(model_section):
+    """Load the StarDist3D model named in the config (imports TensorFlow)."""
+    from stardist.models import StarDist3D
+
+    model = StarDist3D(None, name=model_section.name, basedir=str(model_section.basedir))
+    if model.config.n_channel_in != 1:
+        raise UserError(f"model {model_section.name}: expected a single-channel model, got "
+                        f"n_channel_in {model.config.n_channel_in}")
+    return model
+
+
+def _prefetch(plans, load):
+    """Yield ``(plan, load(plan))``, loading the next block in a thread while the caller works."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read") as pool:
+        pending = pool.submit(load, plans[0])
+        for i, plan in enumerate(plans):
+            block = pending.result()
+            if i + 1 < len(plans):
+                pending = pool.submit(load, plans[i + 1])
+            yield plan, block
+
+
+@dataclass(frozen=True)
+class PredictionSummary:
+    blocks: int
+    candidates: int
+    seconds: float
+    network_seconds: float
+
+
+def predict_volume(model, volume, normalization, writer, *, block_shape, prob_thresh, n_tiles):
+    """Predict all blocks of ``volume`` and append their candidates to ``writer``.
+
+    Reading runs one block ahead and writing one block behind the network call.
+    """
+    geometry = network_geometry(model, volume.shape)
+    plans = plan_blocks(geometry, block_shape)
+    log.info("%d blocks of core %s with context %s (network divisor %s)", len(plans),
+             aligned_block_shape(geometry, block_shape), geometry.context, geometry.div_by)
+    start, network_seconds, pending_write = time.perf_counter(), 0.0, None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer_pool:
+        blocks = _prefetch(plans, lambda p: read_block(volume, p, normalization))
+        for plan, block in tqdm(blocks, total=len(plans), desc="blocks", unit="block"):
+            t0 = time.perf_counter()
+            prob, dist, points = predict_block(model, block, plan, geometry, prob_thresh,
+                                               n_tiles)
+            network_seconds += time.perf_counter() - t0
+            if pending_write is not None:
+                pending_write.result()   # surfaces write errors; at most one block in flight
+            pending_write = writer_pool.submit(writer.append, plan.core_lo, plan.core_hi,
+                                               prob, dist, points)
+        if pending_write is not None:
+            pending_write.result()
+    return PredictionSummary(len(plans), writer.n_rows, time.perf_counter() - start,
+                             network_seconds)
+
+
+def run(config):
+    """Run the GPU step for a validated :class:`~stardist_hpc.config.LocalConfig`."""
+    norm = config.prediction.normalize
+    info = read_model_info(config.model.basedir, config.model.name)   # cheap checks first
+    with open_volume(config.image) as volume:
+        model = load_model(config.model)
+        prob_thresh = (info.prob_thresh if config.prediction.prob_thresh is None
+                       else config.prediction.prob_thresh)
+        normalization = percentile_normalization(volume, norm.pmin, norm.pmax, norm.sample_size)
+        meta = CandidateMeta(
+            image_shape=tuple(volume.shape), rays_json=info.rays_json, grid=info.grid,
+            prob_thresh=prob_thresh, nms_thresh=info.nms_thresh, model_name=info.name,
+            image_path=str(volume.path), channel=config.image.channel,
+            norm_lo=normalization.lo, norm_hi=normalization.hi,
+            norm_pmin=normalization.pmin, norm_pmax=normalization.pmax)
+        with CandidateWriter(config.output.path, meta) as writer:
+            summary = predict_volume(model, volume, normalization, writer,
+                                     block_shape=config.prediction.block_shape,
+                                     prob_thresh=prob_thresh, n_tiles=config.prediction.n_tiles)
+    log.info("done: %d blocks, %d candidates in %.1f s (%.0f candidates/s; %.0f%% in the "
+             "network) -> %s", summary.blocks, summary.candidates, summary.seconds,
+             summary.candidates / max(summary.seconds, 1e-9),
+             100 * summary.network_seconds / max(summary.seconds, 1e-9), config.output.path)
+    return summary

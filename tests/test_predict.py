@@ -1,0 +1,97 @@
+"""The GPU step: block-wise candidates equal whole-image ``predict_sparse`` candidates."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from stardist_hpc.candidates import CandidateFile, CandidateMeta, CandidateWriter
+from stardist_hpc.image_io import open_volume
+from stardist_hpc.normalization import percentile_normalization
+from stardist_hpc.predict import network_geometry, plan_blocks, predict_volume
+
+REPO = Path(__file__).resolve().parents[1]
+#: network outputs agree to this tolerance between block-wise and whole-image calls
+#: (the convolutions are evaluated in a different order).
+PROB_ATOL, DIST_ATOL = 1e-4, 1e-3
+#: a candidate whose prob is this close to the threshold may flip between the two calls
+THRESH_MARGIN = 1e-4
+
+
+def _blockwise(model, image_section, tmp_path, block_shape, prob_thresh):
+    meta = CandidateMeta(image_shape=(0, 0, 0), rays_json=_rays_json(model), grid=(1, 2, 2),
+                         prob_thresh=prob_thresh, nms_thresh=0.3)
+    with open_volume(image_section) as volume:
+        norm = percentile_normalization(volume, 1.0, 99.8, sample_size=10**6)
+        with CandidateWriter(tmp_path / "c.h5", meta) as writer:
+            predict_volume(model, volume, norm, writer, block_shape=block_shape,
+                           prob_thresh=prob_thresh, n_tiles=None)
+        whole = norm.apply(volume.read((0, 0, 0), volume.shape))
+    with h5py.File(tmp_path / "c.h5") as f:
+        return whole, f["prob"][()], f["dist"][()], f["points"][()]
+
+
+def _rays_json(model):
+    import json
+    return json.dumps(model.config.rays_json)
+
+
+def _by_point(prob, dist, points):
+    order = np.lexsort(points.T[::-1])
+    return prob[order], dist[order], points[order]
+
+
+@pytest.mark.parametrize("block_shape", [(16, 48, 48), (20, 40, 56), (64, 256, 256)])
+def test_blockwise_equals_whole_image(demo_model, small_nuclei_tif, tmp_path, block_shape):
+    prob_thresh = demo_model.thresholds.prob
+    whole, prob, dist, points = _blockwise(demo_model, small_nuclei_tif, tmp_path, block_shape,
+                                           prob_thresh)
+    ref_prob, ref_dist, ref_points = demo_model.predict_sparse(whole, prob_thresh=prob_thresh)
+    ref = {tuple(p): i for i, p in enumerate(ref_points)}
+    got = {tuple(p): i for i, p in enumerate(points)}
+    assert len(got) == len(points), "a point was predicted twice"
+    only_ref = [ref[p] for p in set(ref) - set(got)]
+    only_got = [got[p] for p in set(got) - set(ref)]
+    flipped = np.concatenate([ref_prob[only_ref], prob[only_got]])
+    assert np.all(np.abs(flipped - prob_thresh) < THRESH_MARGIN), \
+        f"{len(only_ref)} candidates missing, {len(only_got)} extra"
+    common = sorted(set(ref) & set(got))
+    i_ref, i_got = [ref[p] for p in common], [got[p] for p in common]
+    np.testing.assert_allclose(prob[i_got], ref_prob[i_ref], atol=PROB_ATOL)
+    np.testing.assert_allclose(dist[i_got], ref_dist[i_ref], atol=DIST_ATOL)
+    assert len(common) > 100
+
+
+def test_block_cores_partition_the_image(demo_model):
+    geometry = network_geometry(demo_model, (37, 91, 117))
+    covered = np.zeros((37, 91, 117), np.uint8)
+    for plan in plan_blocks(geometry, (16, 40, 40)):
+        covered[tuple(slice(lo, hi) for lo, hi in zip(plan.core_lo, plan.core_hi))] += 1
+        assert all(lo % d == 0 and hi % d == 0 for lo, hi, d in
+                   zip(plan.read_lo, plan.read_hi, geometry.div_by))
+    assert np.all(covered == 1)
+
+
+def test_cli_writes_a_complete_indexed_candidate_file(small_nuclei_tif, tmp_path):
+    from local_prediction import main
+
+    config = tmp_path / "local.yaml"
+    config.write_text(f"image: {{path: {small_nuclei_tif.path}}}\n"
+                      f"model: {{basedir: {REPO / 'models'}, name: demo}}\n"
+                      "prediction: {block_shape: [20, 48, 64]}\n"
+                      "output: {path: out/prediction.h5}\n")
+    assert main([str(config)]) == 0
+    candidates = CandidateFile(tmp_path / "out" / "prediction.h5")
+    assert candidates.meta.image_shape == (37, 91, 117)
+    assert candidates.meta.model_name == "demo" and candidates.meta.n_rays == 96
+    assert candidates.meta.norm_hi > candidates.meta.norm_lo
+    assert not (tmp_path / "out" / "prediction.h5.tmp").exists()
+    blocks = candidates.blocks
+    assert blocks["row_start"][0] == 0 and blocks["row_stop"][-1] == candidates.n_candidates
+    np.testing.assert_array_equal(blocks["row_start"][1:], blocks["row_stop"][:-1])
+    for b in blocks:
+        lo, hi = (b["z0"], b["y0"], b["x0"]), (b["z1"], b["y1"], b["x1"])
+        rows, *_ = candidates.read_box(lo, hi)
+        np.testing.assert_array_equal(rows, np.arange(b["row_start"], b["row_stop"]))
