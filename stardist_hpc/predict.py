@@ -117,6 +117,16 @@ def keep_owned(points, plan, geometry):
     return owned & np.all(points < np.asarray(geometry.shape), axis=1)
 
 
+def auto_n_tiles(region_shape, max_tile_voxels):
+    """Fewest tiles per axis that bring a region under ``max_tile_voxels``, splitting the
+    longest tile side first (network memory grows with the voxels of one call)."""
+    n_tiles = [1, 1, 1]
+    while math.prod(math.ceil(r / n) for r, n in zip(region_shape, n_tiles)) > max_tile_voxels:
+        longest = max(range(3), key=lambda i: region_shape[i] / n_tiles[i])
+        n_tiles[longest] += 1
+    return tuple(n_tiles)
+
+
 def predict_block(model, block, plan, geometry, prob_thresh, n_tiles):
     """Candidates (prob, dist, points in global voxel coordinates) owned by one block."""
     prob, dist, points = model.predict_sparse(block, prob_thresh=prob_thresh, axes="ZYX",
@@ -157,10 +167,12 @@ class PredictionSummary:
     network_seconds: float
 
 
-def predict_volume(model, volume, normalization, writer, *, block_shape, prob_thresh, n_tiles):
+def predict_volume(model, volume, normalization, writer, *, block_shape, prob_thresh, n_tiles,
+                   max_tile_voxels):
     """Predict all blocks of ``volume`` and append their candidates to ``writer``.
 
-    Reading runs one block ahead and writing one block behind the network call.
+    Reading runs one block ahead and writing one block behind the network call. With
+    ``n_tiles`` None, each block is split into tiles of at most ``max_tile_voxels``.
     """
     geometry = network_geometry(model, volume.shape)
     plans = plan_blocks(geometry, block_shape)
@@ -171,8 +183,8 @@ def predict_volume(model, volume, normalization, writer, *, block_shape, prob_th
         blocks = _prefetch(plans, lambda p: read_block(volume, p, normalization))
         for plan, block in tqdm(blocks, total=len(plans), desc="blocks", unit="block"):
             t0 = time.perf_counter()
-            prob, dist, points = predict_block(model, block, plan, geometry, prob_thresh,
-                                               n_tiles)
+            tiles = n_tiles or auto_n_tiles(block.shape, max_tile_voxels)
+            prob, dist, points = predict_block(model, block, plan, geometry, prob_thresh, tiles)
             network_seconds += time.perf_counter() - t0
             if pending_write is not None:
                 pending_write.result()   # surfaces write errors; at most one block in flight
@@ -202,7 +214,8 @@ def run(config):
         with CandidateWriter(config.output.path, meta) as writer:
             summary = predict_volume(model, volume, normalization, writer,
                                      block_shape=config.prediction.block_shape,
-                                     prob_thresh=prob_thresh, n_tiles=config.prediction.n_tiles)
+                                     prob_thresh=prob_thresh, n_tiles=config.prediction.n_tiles,
+                                     max_tile_voxels=config.prediction.max_tile_voxels)
     log.info("done: %d blocks, %d candidates in %.1f s (%.0f candidates/s; %.0f%% in the "
              "network) -> %s", summary.blocks, summary.candidates, summary.seconds,
              summary.candidates / max(summary.seconds, 1e-9),

@@ -10,7 +10,7 @@ import pytest
 from stardist_hpc.candidates import CandidateFile, CandidateMeta, CandidateWriter
 from stardist_hpc.image_io import open_volume
 from stardist_hpc.normalization import percentile_normalization
-from stardist_hpc.predict import network_geometry, plan_blocks, predict_volume
+from stardist_hpc.predict import auto_n_tiles, network_geometry, plan_blocks, predict_volume
 
 REPO = Path(__file__).resolve().parents[1]
 #: network outputs agree to this tolerance between block-wise and whole-image calls
@@ -20,14 +20,15 @@ PROB_ATOL, DIST_ATOL = 1e-4, 1e-3
 THRESH_MARGIN = 1e-4
 
 
-def _blockwise(model, image_section, tmp_path, block_shape, prob_thresh):
+def _blockwise(model, image_section, tmp_path, block_shape, max_tile_voxels, prob_thresh):
     meta = CandidateMeta(image_shape=(0, 0, 0), rays_json=_rays_json(model), grid=(1, 2, 2),
                          prob_thresh=prob_thresh, nms_thresh=0.3)
     with open_volume(image_section) as volume:
         norm = percentile_normalization(volume, 1.0, 99.8, sample_size=10**6)
         with CandidateWriter(tmp_path / "c.h5", meta) as writer:
             predict_volume(model, volume, norm, writer, block_shape=block_shape,
-                           prob_thresh=prob_thresh, n_tiles=None)
+                           prob_thresh=prob_thresh, n_tiles=None,
+                           max_tile_voxels=max_tile_voxels)
         whole = norm.apply(volume.read((0, 0, 0), volume.shape))
     with h5py.File(tmp_path / "c.h5") as f:
         return whole, f["prob"][()], f["dist"][()], f["points"][()]
@@ -43,11 +44,15 @@ def _by_point(prob, dist, points):
     return prob[order], dist[order], points[order]
 
 
-@pytest.mark.parametrize("block_shape", [(16, 48, 48), (20, 40, 56), (64, 256, 256)])
-def test_blockwise_equals_whole_image(demo_model, small_nuclei_tif, tmp_path, block_shape):
+@pytest.mark.parametrize("block_shape, max_tile_voxels", [
+    ((16, 48, 48), 10**7), ((20, 40, 56), 10**7), ((64, 256, 256), 10**7),
+    ((64, 256, 256), 100_000),    # tiled inside the block by StarDist
+])
+def test_blockwise_equals_whole_image(demo_model, small_nuclei_tif, tmp_path, block_shape,
+                                      max_tile_voxels):
     prob_thresh = demo_model.thresholds.prob
     whole, prob, dist, points = _blockwise(demo_model, small_nuclei_tif, tmp_path, block_shape,
-                                           prob_thresh)
+                                           max_tile_voxels, prob_thresh)
     ref_prob, ref_dist, ref_points = demo_model.predict_sparse(whole, prob_thresh=prob_thresh)
     ref = {tuple(p): i for i, p in enumerate(ref_points)}
     got = {tuple(p): i for i, p in enumerate(points)}
@@ -62,6 +67,13 @@ def test_blockwise_equals_whole_image(demo_model, small_nuclei_tif, tmp_path, bl
     np.testing.assert_allclose(prob[i_got], ref_prob[i_ref], atol=PROB_ATOL)
     np.testing.assert_allclose(dist[i_got], ref_dist[i_ref], atol=DIST_ATOL)
     assert len(common) > 100
+
+
+def test_auto_n_tiles_bounds_the_voxels_of_one_call():
+    assert auto_n_tiles((64, 256, 256), 64 * 256 * 256) == (1, 1, 1)
+    n_tiles = auto_n_tiles((120, 352, 352), 64 * 256 * 256)
+    assert np.prod(np.ceil(np.divide((120, 352, 352), n_tiles))) <= 64 * 256 * 256
+    assert n_tiles == (1, 2, 2)
 
 
 def test_block_cores_partition_the_image(demo_model):
