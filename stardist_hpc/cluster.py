@@ -1,0 +1,140 @@
+"""The Dask cluster of the HPC step: local worker processes or SLURM jobs, and running tasks.
+
+Tasks are plain functions of picklable arguments. They are submitted with retries, so the
+tasks of a lost worker (a preempted or killed SLURM job) are redone elsewhere, and their
+results are handed back as they complete, so the caller can checkpoint and report progress.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+
+from tqdm import tqdm
+
+from .config import ClusterSection, LocalClusterSection, SlurmSection
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: loopback address: a local cluster is reachable from this machine only.
+LOCALHOST = "127.0.0.1"
+#: times a task is retried after its worker died.
+TASK_RETRIES = 2
+
+
+def local_cluster_kwargs(local: LocalClusterSection):
+    """Keyword arguments of ``distributed.LocalCluster`` for the ``cluster.local`` section."""
+    return dict(n_workers=local.n_workers or os.cpu_count(),
+                threads_per_worker=local.threads_per_worker, processes=True, host=LOCALHOST,
+                dashboard_address=f"{LOCALHOST}:0")
+
+
+def slurm_cluster_kwargs(slurm: SlurmSection):
+    """Keyword arguments of ``dask_jobqueue.SLURMCluster`` for the ``cluster.slurm`` section.
+
+    Config keys map one-to-one onto SLURMCluster arguments. With ``scheduler_host`` set, the
+    scheduler and its dashboard listen there only. Workers run without a dashboard, so they
+    open no port beyond the one the scheduler talks to.
+    """
+    scheduler_options = ({} if slurm.scheduler_host is None else
+                         {"host": slurm.scheduler_host,
+                          "dashboard_address": f"{slurm.scheduler_host}:0"})
+    return dict(cores=slurm.cores, processes=slurm.processes, memory=slurm.memory,
+                walltime=slurm.walltime, queue=slurm.queue, account=slurm.account,
+                interface=slurm.interface, local_directory=slurm.local_directory,
+                job_extra_directives=list(slurm.job_extra_directives),
+                job_script_prologue=list(slurm.job_script_prologue),
+                worker_extra_args=["--no-dashboard"],
+                scheduler_options=scheduler_options)
+
+
+def _wait_for_slurm_workers(client, slurm: SlurmSection):
+    try:
+        client.wait_for_workers(1, timeout=slurm.worker_timeout)
+    except TimeoutError:
+        raise UserError(
+            f"no SLURM worker joined within {slurm.worker_timeout:g} s: check that the jobs "
+            f"start (squeue -u $USER), that cluster.slurm.queue ({slurm.queue}) and account "
+            f"({slurm.account}) are valid, and the jobs' sbatch output (slurm-*.out) for "
+            f"errors; workers must reach the scheduler (cluster.slurm.scheduler_host, interface)"
+        ) from None
+
+
+def _quiet_distributed_logs():
+    """Keep Dask's INFO chatter out of the progress unless debug logging is on.
+
+    Importing ``distributed`` sets its logger to INFO, undoing the CLI's set-up.
+    """
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def start_cluster(cluster: ClusterSection):
+    """Start the configured Dask cluster and yield a client connected to it.
+
+    Parameters
+    ----------
+    cluster : ClusterSection
+
+    Yields
+    ------
+    distributed.Client
+
+    Raises
+    ------
+    UserError
+        If no SLURM worker joins within ``cluster.slurm.worker_timeout`` seconds.
+    """
+    import distributed
+    _quiet_distributed_logs()
+    if cluster.mode == "slurm":
+        from dask_jobqueue import SLURMCluster
+        dask_cluster = SLURMCluster(**slurm_cluster_kwargs(cluster.slurm))
+    else:
+        dask_cluster = distributed.LocalCluster(**local_cluster_kwargs(cluster.local))
+    with dask_cluster, distributed.Client(dask_cluster) as client:
+        log.info("Dask dashboard: %s", client.dashboard_link)
+        if cluster.mode == "slurm":
+            dask_cluster.scale(jobs=cluster.slurm.jobs)
+            _wait_for_slurm_workers(client, cluster.slurm)
+        yield client
+
+
+def run_tasks(client, function, argument_tuples, description):
+    """Run ``function(*arguments)`` for every tuple on the cluster; yield results as they come.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    function : callable
+        A plain module-level function (tasks are not pure: they write checkpoints).
+    argument_tuples : sequence of tuple
+    description : str
+        Progress bar label.
+
+    Yields
+    ------
+    object
+        Each task's result, in completion order.
+    """
+    import distributed
+    if not argument_tuples:
+        return
+    futures = client.map(function, *zip(*argument_tuples), pure=False, retries=TASK_RETRIES)
+    with tqdm(total=len(futures), desc=description, file=sys.stderr, unit="task") as progress:
+        for future in distributed.as_completed(futures):
+            yield future.result()
+            progress.update()
+            future.release()
+
+
+def run_in_process(function, argument_tuples, description):
+    """Executor with the interface of :func:`run_tasks` that runs the tasks here, in order.
+
+    For tests and debugging: the same task functions, without a cluster.
+    """
+    log.debug("%s: %d task(s) in process", description, len(argument_tuples))
+    return [function(*arguments) for arguments in argument_tuples]

@@ -1,0 +1,122 @@
+"""``label.h5``: the uint32 label volume of the whole image, assembled from rendered chunks.
+
+Layout (format version 1)::
+
+    labels   uint32 image_shape, chunks = labeling.chunk_shape, gzip   0 = background
+    data     soft link to /labels (the name the original pipeline used)
+    objects  compound (K,)  per object, by id: id, prob, centroid_z/y/x, bbox z0, y0, x0,
+                            z1, y1, x1 (half-open, of the rendered voxels), voxel_count
+    attrs    format_version, image_shape, rays_json, prob_thresh, nms_thresh, source,
+             n_objects
+
+Chunks arrive already deflate-compressed and are written as they are
+(``write_direct_chunk``), so the driver never holds more than one chunk. Objects that rendered
+no voxel (covered by more probable ones) have voxel_count 0, NaN centroids and an empty bbox.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from .checkpoint import atomic_path, load_record
+from .render import ChunkStats, chunk_files
+
+FORMAT_VERSION = 1
+LABELS = "labels"
+#: name of the label dataset in the original pipeline's label file.
+ORIGINAL_LABELS = "data"
+OBJECTS = "objects"
+
+OBJECT_DTYPE = np.dtype([
+    ("id", "u4"), ("prob", "f4"),
+    ("centroid_z", "f8"), ("centroid_y", "f8"), ("centroid_x", "f8"),
+    ("z0", "i8"), ("y0", "i8"), ("x0", "i8"), ("z1", "i8"), ("y1", "i8"), ("x1", "i8"),
+    ("voxel_count", "i8"),
+])
+
+
+@dataclass(frozen=True)
+class LabelAttributes:
+    """Provenance written as attributes of ``label.h5``."""
+    image_shape: tuple
+    rays_json: str
+    prob_thresh: float
+    nms_thresh: float
+    source: str
+
+
+class ObjectStatistics:
+    """Per-object statistics summed over chunks (arrays of size K, indexed by id - 1)."""
+
+    def __init__(self, n_objects):
+        self.voxel_count = np.zeros(n_objects, np.int64)
+        self.coord_sum = np.zeros((n_objects, 3), np.int64)
+        self.bbox_lo = np.full((n_objects, 3), np.iinfo(np.int64).max)
+        self.bbox_hi = np.full((n_objects, 3), np.iinfo(np.int64).min)
+
+    def add(self, stats: ChunkStats):
+        """Add the statistics of one chunk."""
+        at = stats.ids.astype(np.int64) - 1
+        self.voxel_count[at] += stats.voxel_count
+        self.coord_sum[at] += stats.coord_sum
+        self.bbox_lo[at] = np.minimum(self.bbox_lo[at], stats.bbox_lo)
+        self.bbox_hi[at] = np.maximum(self.bbox_hi[at], stats.bbox_hi)
+
+    def table(self, prob):
+        """The ``objects`` table, given the probability of each object by id - 1."""
+        table = np.zeros(len(self.voxel_count), OBJECT_DTYPE)
+        table["id"] = np.arange(1, len(table) + 1)
+        table["prob"] = prob
+        table["voxel_count"] = self.voxel_count
+        rendered = self.voxel_count > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            centroid = self.coord_sum / self.voxel_count[:, None]
+        for axis, name in enumerate("zyx"):
+            table[f"centroid_{name}"] = np.where(rendered, centroid[:, axis], np.nan)
+            table[f"{name}0"] = np.where(rendered, self.bbox_lo[:, axis], 0)
+            table[f"{name}1"] = np.where(rendered, self.bbox_hi[:, axis], 0)
+        return table
+
+
+def _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics):
+    """Copy the compressed chunks into ``dset`` and sum their statistics."""
+    for index in tqdm(chunk_indices, desc="write label.h5", file=sys.stderr, unit="chunk"):
+        files = chunk_files(chunk_dir, index)
+        stats = load_record(files.stats, ChunkStats)
+        if len(stats.ids):
+            dset.id.write_direct_chunk(grid.box(index).lo, files.labels.read_bytes())
+            statistics.add(stats)
+
+
+def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes: LabelAttributes):
+    """Assemble ``label.h5`` from checkpointed chunks; it appears at ``path`` when complete.
+
+    Parameters
+    ----------
+    path : Path
+    grid : Grid
+        The chunk grid (its box shape is the HDF5 chunk shape).
+    chunk_dir : Path
+        Where :func:`stardist_hpc.render.render_chunk` wrote the chunks.
+    chunk_indices : sequence of int
+        Chunks that were rendered; all others are background.
+    prob : ndarray (K,)
+        Probability of each object, by id - 1.
+    attributes : LabelAttributes
+    """
+    statistics = ObjectStatistics(len(prob))
+    with atomic_path(Path(path)) as tmp_path, h5py.File(tmp_path, "w") as f:
+        dset = f.create_dataset(LABELS, grid.image_shape, np.uint32, chunks=grid.box_shape,
+                                compression="gzip", fillvalue=0)
+        _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics)
+        f[ORIGINAL_LABELS] = h5py.SoftLink(f"/{LABELS}")
+        f.create_dataset(OBJECTS, data=statistics.table(prob))
+        f.attrs.update(format_version=FORMAT_VERSION, image_shape=attributes.image_shape,
+                       rays_json=attributes.rays_json, prob_thresh=attributes.prob_thresh,
+                       nms_thresh=attributes.nms_thresh, source=attributes.source,
+                       n_objects=len(prob))

@@ -1,0 +1,334 @@
+"""Tile-wise non-maximum suppression that equals StarDist's NMS over the whole volume.
+
+Tiles partition the volume into cores; a tile's NMS sees the candidates of its core plus a halo
+(its *context*) and owns the decisions about the candidates whose point lies in its core.
+A fixed halo alone is not exact, because chains of suppression can cross it. Greedy NMS in one
+total order has a unique fixed point, though: a candidate is kept iff no kept, higher ranked
+candidate overlaps it. So after a first round of independent tiles, every tile compares the
+fates it assumed for its halo candidates with their owners' decisions; a tile whose
+assumptions were wrong is rerun with the halo fates fixed to the owners' decisions, and rounds
+repeat until no assumption changes. With a halo at least as wide as two candidates can reach,
+this converges to the single-process result (by induction on rank).
+
+Every tile result of every round is checkpointed (``tile_dir/round{r}/tile{i}.npz``), so a run
+killed at any point redoes only the missing tiles.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, NamedTuple
+
+import numpy as np
+
+from .candidates import CandidateFile
+from .checkpoint import Survivors, load_record, save_record
+from .config import HALO_AUTO
+from .errors import UserError
+from .order import MAX_RANKED, rank_scores, total_order
+from .render import polyhedron_bboxes, ray_geometry, stardist_rays
+from .tiling import Box, Grid
+
+log = logging.getLogger(__name__)
+
+
+def resolve_halo(halo, max_extent):
+    """Halo (z, y, x) in voxels: as configured, or wide enough for any two candidates to meet.
+
+    Parameters
+    ----------
+    halo : 'auto' or tuple of 3 int
+    max_extent : array_like (3,)
+        Largest candidate extent along z, y, x (see ``CandidateFile.max_extent``).
+
+    Returns
+    -------
+    tuple of 3 int
+        For 'auto', ``ceil(2 * max_extent) + 1``: two candidates can only overlap if their
+        points are closer than the sum of their extents.
+    """
+    if halo == HALO_AUTO:
+        return tuple(math.ceil(2 * float(e)) + 1 for e in max_extent)
+    return tuple(int(h) for h in halo)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """One NMS tile: the core it owns, the context it reads and the tiles that share it."""
+    index: int
+    core: Box
+    context: Box
+    neighbours: tuple
+
+
+def plan_tiles(image_shape, tile_shape, halo):
+    """Tiles of ``tile_shape`` (None = full axis) with contexts grown by ``halo``.
+
+    Neighbours are the other tiles whose core meets a tile's context (a symmetric relation).
+    """
+    grid = Grid(image_shape, tile_shape)
+    contexts = [core.grow(halo, grid.image_shape) for core in grid]
+    tiles, met = grid.boxes_meeting([c.lo for c in contexts], [c.hi for c in contexts])
+    # pairs come sorted by tile, and every context meets its own core
+    met_by_tile = np.split(met, np.searchsorted(tiles, np.arange(1, len(grid))))
+    return [TilePlan(index, core, context, tuple(int(t) for t in met if t != index))
+            for index, (core, context, met) in enumerate(zip(grid, contexts, met_by_tile))]
+
+
+@dataclass(frozen=True)
+class NmsJob:
+    """What every NMS task shares: the candidates, the rays, the threshold and checkpoints."""
+    candidate_path: Path
+    rays_json: str
+    thresh: float
+    image_shape: tuple
+    tile_dir: Path
+
+
+class TileOutcome(NamedTuple):
+    """What one task reports about a tile in one round."""
+    index: int
+    round: int
+    rerun: bool          # False: the tile's previous result still holds
+    core_changed: bool   # whether the decisions about its own candidates changed
+    n_owned_kept: int
+
+
+class TileResult(NamedTuple):
+    """Fates of all candidates in a tile's context, by increasing file row."""
+    rows: np.ndarray     # int64
+    owned: np.ndarray    # point in the tile's core
+    kept: np.ndarray     # survived this tile's NMS run
+    assumed: np.ndarray  # halo fates the run was given (free runs: their own outcome)
+
+
+def tile_path(tile_dir, round_, index):
+    """Checkpoint file of tile ``index`` in round ``round_``."""
+    return Path(tile_dir) / f"round{round_}" / f"tile{index}.npz"
+
+
+def _load_result(job, index, round_):
+    return load_record(tile_path(job.tile_dir, round_, index), TileResult)
+
+
+def _no_result():
+    """Result arrays of a checkpoint that keeps the tile's previous result."""
+    return TileResult(np.zeros(0, np.int64), *(np.zeros(0, bool) for _ in range(3)))
+
+
+# ---------------------------------------------------------------------------------------------
+# one tile
+
+
+def suppress(prob, dist, points, rows, rays, thresh):
+    """StarDist's NMS over the given candidates, ranked in the total order.
+
+    Returns
+    -------
+    kept : ndarray of bool (N,)
+    """
+    if len(prob) == 0:
+        return np.zeros(0, bool)
+    from stardist.nms import non_maximum_suppression_3d_inds
+    scores = rank_scores(total_order(prob, points, rows))
+    return non_maximum_suppression_3d_inds(dist, points, rays, scores, thresh, verbose=False)
+
+
+def _read_context(job, plan):
+    """Candidates of a tile's context, by increasing row."""
+    rows, prob, dist, points = CandidateFile(job.candidate_path).read_box(*plan.context)
+    if len(rows) > MAX_RANKED:
+        raise UserError(f"NMS tile {plan.core} holds {len(rows)} candidates with its halo, "
+                        f"more than {MAX_RANKED}; use a smaller nms.tile_shape")
+    by_row = np.argsort(rows)
+    return rows[by_row], prob[by_row], dist[by_row], points[by_row]
+
+
+def _run_tile_nms(job, plan, halo_fates=None):
+    """NMS over a tile's context; halo candidates take ``halo_fates`` if given.
+
+    Halo candidates fixed as suppressed are left out of the run; those fixed as kept take
+    part (and may still be suppressed here by a kept core candidate that outranks them).
+    """
+    rows, prob, dist, points = _read_context(job, plan)
+    owned = plan.core.contains(points)
+    assumed = np.ones(len(rows), bool)
+    if halo_fates is not None:
+        assumed[~owned] = halo_fates
+    kept = np.zeros(len(rows), bool)
+    kept[assumed] = suppress(prob[assumed], dist[assumed], points[assumed], rows[assumed],
+                             stardist_rays(job.rays_json), job.thresh)
+    if halo_fates is None:
+        assumed = kept.copy()
+    return TileResult(rows, owned, kept, assumed)
+
+
+def _checkpoint_outcome(job, plan, round_, result, *, rerun, core_changed):
+    """Save a tile's outcome (with ``result`` if it was rerun) and return the outcome."""
+    outcome = TileOutcome(plan.index, round_, rerun, core_changed,
+                          n_owned_kept=int(np.sum(result.kept & result.owned)))
+    save_record(tile_path(job.tile_dir, round_, plan.index), outcome,
+                result if rerun else _no_result())
+    return outcome
+
+
+def _owner_fates(job, plan, versions, halo_rows):
+    """The decisions of the owners (neighbour tiles) about ``halo_rows``."""
+    owned_rows, owned_kept = [np.zeros(0, np.int64)], [np.zeros(0, bool)]
+    for neighbour in plan.neighbours:
+        result = _load_result(job, neighbour, versions[neighbour])
+        owned_rows.append(result.rows[result.owned])
+        owned_kept.append(result.kept[result.owned])
+    rows, kept = np.concatenate(owned_rows), np.concatenate(owned_kept)
+    by_row = np.argsort(rows)
+    at = np.minimum(np.searchsorted(rows[by_row], halo_rows), max(len(rows) - 1, 0))
+    if len(halo_rows) and not np.array_equal(rows[by_row][at], halo_rows):
+        raise RuntimeError(f"tile {plan.index}: halo candidates without an owner tile")
+    return kept[by_row][at]
+
+
+def nms_tile(job, plan, round_, versions):
+    """Process one tile in one round and checkpoint its outcome (the task of the NMS stage).
+
+    Round 0 runs the tile's NMS freely. Later rounds rerun it only if the fates it assumed for
+    its halo candidates disagree with their owners' decisions, fixing them to those decisions.
+
+    Parameters
+    ----------
+    job : NmsJob
+    plan : TilePlan
+    round_ : int
+    versions : mapping of int to int
+        Round of the latest result of this tile and of each of its neighbours (unused in
+        round 0).
+
+    Returns
+    -------
+    TileOutcome
+    """
+    if round_ == 0:
+        return _checkpoint_outcome(job, plan, 0, _run_tile_nms(job, plan), rerun=True,
+                                   core_changed=True)
+    return _settle_tile(job, plan, round_, versions)
+
+
+def _settle_tile(job, plan, round_, versions):
+    """Rerun a tile if its halo assumptions disagree with the owners' decisions."""
+    previous = _load_result(job, plan.index, versions[plan.index])
+    halo = ~previous.owned
+    fates = _owner_fates(job, plan, versions, previous.rows[halo])
+    # A rerun would repeat the previous result if the owners' fates equal the ones it was
+    # given, or the ones it arrived at (halo candidates it suppressed itself suppress nothing).
+    if np.array_equal(fates, previous.assumed[halo]) or np.array_equal(fates, previous.kept[halo]):
+        return _checkpoint_outcome(job, plan, round_, previous, rerun=False, core_changed=False)
+    result = _run_tile_nms(job, plan, fates)
+    core_changed = not np.array_equal(result.kept[result.owned], previous.kept[previous.owned])
+    return _checkpoint_outcome(job, plan, round_, result, rerun=True, core_changed=core_changed)
+
+
+# ---------------------------------------------------------------------------------------------
+# the rounds
+
+#: ``execute(function, argument_tuples, description)`` runs ``function(*arguments)`` for each
+#: tuple (anywhere, in any order) and returns or yields the results as they complete; see
+#: ``cluster.run_tasks`` and ``cluster.run_in_process``.
+Executor = Callable[[Callable, list, str], Iterable]
+
+
+class NmsSummary(NamedTuple):
+    """Where the final tile results are and how the rounds went."""
+    versions: tuple       # round of the final result of each tile
+    n_owned_kept: tuple   # survivors owned by each tile
+    n_rounds: int
+    n_reruns: int
+
+
+def _execute_round(job, round_, plans, versions, execute):
+    """Outcomes of one round over ``plans``, loading those already checkpointed."""
+    outcomes, arguments = [], []
+    for plan in plans:
+        path = tile_path(job.tile_dir, round_, plan.index)
+        if path.exists():
+            outcomes.append(load_record(path, TileOutcome))
+        else:
+            arguments.append((job, plan, round_, _neighbourhood_versions(plan, versions)))
+    if arguments:
+        outcomes.extend(execute(nms_tile, arguments, f"NMS round {round_}"))
+    return outcomes
+
+
+def tiles_to_check(plans, changed):
+    """Tiles whose halo holds candidates of a tile in ``changed`` (sorted)."""
+    return sorted({n for index in changed for n in plans[index].neighbours})
+
+
+def run_rounds(job, plans, execute):
+    """Run NMS rounds until no tile's halo assumptions change.
+
+    Parameters
+    ----------
+    job : NmsJob
+    plans : list of TilePlan
+    execute : Executor
+
+    Returns
+    -------
+    NmsSummary
+    """
+    versions, n_owned_kept = [0] * len(plans), [0] * len(plans)
+    round_, n_reruns, to_process = 0, 0, plans
+    while to_process:
+        outcomes = _execute_round(job, round_, to_process, versions, execute)
+        for outcome in outcomes:
+            n_owned_kept[outcome.index] = outcome.n_owned_kept
+            if outcome.rerun:
+                versions[outcome.index] = outcome.round
+        if round_ > 0:
+            n_reruns += sum(outcome.rerun for outcome in outcomes)
+        changed = [outcome.index for outcome in outcomes if outcome.core_changed]
+        to_process = [plans[t] for t in tiles_to_check(plans, changed)]
+        round_ += 1
+    log.info("NMS converged after %d round(s) with %d tile rerun(s)", round_, n_reruns)
+    return NmsSummary(tuple(versions), tuple(n_owned_kept), round_, n_reruns)
+
+
+def _neighbourhood_versions(plan, versions):
+    """Round of the latest result of a tile and of its neighbours."""
+    return {t: versions[t] for t in (plan.index, *plan.neighbours)}
+
+
+# ---------------------------------------------------------------------------------------------
+# gathering the survivors
+
+
+class TileSurvivors(NamedTuple):
+    """The survivors owned by one tile."""
+    index: int
+    survivors: Survivors
+
+
+def gather_tile(job, plan, version):
+    """The kept candidates owned by one tile, with their render boxes (no ids yet).
+
+    Parameters
+    ----------
+    job : NmsJob
+    plan : TilePlan
+    version : int
+        Round of the tile's final result.
+
+    Returns
+    -------
+    TileSurvivors
+    """
+    result = _load_result(job, plan.index, version)
+    kept_rows = result.rows[result.owned & result.kept]
+    rows, prob, dist, points = CandidateFile(job.candidate_path).read_box(*plan.core)
+    pick = np.isin(rows, kept_rows)
+    by_row = np.argsort(rows[pick])
+    rows, prob, dist, points = (a[pick][by_row] for a in (rows, prob, dist, points))
+    lo, hi = polyhedron_bboxes(dist, points, ray_geometry(job.rays_json), job.image_shape)
+    return TileSurvivors(plan.index, Survivors(rows, prob, points, dist, lo.astype(np.int32),
+                                               hi.astype(np.int32)))

@@ -1,0 +1,253 @@
+"""The HPC step end to end: label.h5 equals StarDist's single-process result."""
+import contextlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from scipy import ndimage
+
+from conftest import (SYNTHETIC_NMS_THRESH, SYNTHETIC_RAYS, StarDistResult, ellipsoid_dist,
+                      write_candidate_file)
+from stardist_hpc import hpc
+from stardist_hpc.candidates import CandidateFile
+from stardist_hpc.cluster import run_in_process
+from stardist_hpc.config import HpcConfig, load
+from stardist_hpc.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("single_openmp_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = "labels"
+
+
+def _config(tmp_path, candidate_path, *, tile_shape=(None, 24, 24), chunk_shape=(8, 32, 32),
+            model=None, **nms):
+    """An HpcConfig as hpc_prediction.py loads it from YAML."""
+    raw = {"input": {"prediction": str(candidate_path)},
+           "model": {"basedir": None if model is None else str(model.parent),
+                     "name": None if model is None else model.name},
+           "output": {"labels": str(tmp_path / "label.h5"), "work_dir": str(tmp_path / "work")},
+           "nms": {"tile_shape": list(tile_shape), **nms},
+           "labeling": {"chunk_shape": list(chunk_shape)},
+           "cluster": {"mode": "local", "local": {"n_workers": 2, "threads_per_worker": 1}}}
+    path = tmp_path / "hpc.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load(HpcConfig, path)
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """Make hpc.run execute its tasks in this process instead of on a Dask cluster."""
+    monkeypatch.setattr(hpc, "start_cluster", lambda cluster: contextlib.nullcontext())
+    monkeypatch.setattr(hpc, "run_tasks", lambda client, *task: run_in_process(*task))
+
+
+def _segment(config, execute=run_in_process):
+    """Run the stages of ``config`` in this process with ``execute``."""
+    hpc.segment(hpc.resolve_job(config, CandidateFile(config.input.prediction), None), execute)
+
+
+def _read_labels(path):
+    with h5py.File(path, "r") as f:
+        return f[LABELS][()], f["objects"][()]
+
+
+def _first_differences(actual, expected, n=5):
+    where = np.argwhere(actual != expected)
+    listed = ", ".join(f"{tuple(p)}: {actual[tuple(p)]} != {expected[tuple(p)]}"
+                       for p in where[:n])
+    return f"{len(where)} voxel(s) differ; first: {listed}"
+
+
+def _assert_objects_match(objects, reference, candidate_path):
+    """The objects table describes the reference's rendered voxels, id by id."""
+    labels, n = reference.labels, len(reference.rows)
+    with h5py.File(candidate_path, "r") as f:
+        prob = f["prob"][()]
+    np.testing.assert_array_equal(objects["id"], np.arange(1, n + 1))
+    np.testing.assert_array_equal(objects["prob"], prob[reference.rows])
+    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    np.testing.assert_array_equal(objects["voxel_count"], counts)
+    rendered = np.flatnonzero(counts)
+    centroids = np.array(ndimage.center_of_mass(np.ones_like(labels), labels, rendered + 1))
+    boxes = ndimage.find_objects(labels)
+    for axis, name in enumerate("zyx"):
+        np.testing.assert_allclose(objects[f"centroid_{name}"][rendered], centroids[:, axis])
+        np.testing.assert_array_equal(objects[f"{name}0"][rendered],
+                                      [boxes[i][axis].start for i in rendered])
+        np.testing.assert_array_equal(objects[f"{name}1"][rendered],
+                                      [boxes[i][axis].stop for i in rendered])
+
+
+@pytest.mark.parametrize("tile_shape, chunk_shape", [
+    ((None, 24, 24), (8, 32, 32)),
+    ((7, 13, 19), (5, 17, 23)),
+    ((None, None, None), (3, 7, 64)),   # chunks wider than the image are clipped
+])
+def test_labels_equal_stardist(tmp_path, nuclei_candidates, nuclei_reference, tile_shape,
+                               chunk_shape):
+    config = _config(tmp_path, nuclei_candidates, tile_shape=tile_shape, chunk_shape=chunk_shape)
+    _segment(config)
+    labels, objects = _read_labels(config.output.labels)
+    assert labels.dtype == np.uint32
+    assert np.array_equal(labels, nuclei_reference.labels), \
+        _first_differences(labels, nuclei_reference.labels)
+    _assert_objects_match(objects, nuclei_reference, nuclei_candidates)
+
+
+def test_chain_across_small_tiles_equals_stardist(tmp_path, chain_candidates):
+    config = _config(tmp_path, chain_candidates, tile_shape=(None, 8, 7),
+                     chunk_shape=(3, 5, 11))
+    _segment(config)
+    labels, _ = _read_labels(config.output.labels)
+    expected = StarDistResult(chain_candidates).labels
+    assert np.array_equal(labels, expected), _first_differences(labels, expected)
+
+
+def _tiny_grid_candidates(path):
+    """One tiny polyhedron every 4 voxels of a 40x400x400 volume: 80000 objects survive."""
+    from stardist import Rays_GoldenSpiral
+    rays = Rays_GoldenSpiral(SYNTHETIC_RAYS, anisotropy=(2, 1, 1))
+    image_shape = (40, 400, 400)
+    grid = np.mgrid[2:40:5, 2:400:4, 2:400:4].reshape(3, -1).T.astype(np.int32)
+    dist = np.tile(ellipsoid_dist(rays, (0.8, 1.5, 1.5)), (len(grid), 1)).astype(np.float32)
+    prob = np.random.default_rng(0).uniform(0.5, 1.0, len(grid)).astype(np.float32)
+    return write_candidate_file(path, image_shape, rays, prob, dist, grid,
+                                block_shape=(None, 100, 100))
+
+
+def test_more_than_65535_objects_are_uint32(tmp_path):
+    path = _tiny_grid_candidates(tmp_path / "prediction.h5")
+    config = _config(tmp_path, path, tile_shape=(None, 200, 200), chunk_shape=(40, 200, 200))
+    _segment(config)
+    with h5py.File(config.output.labels, "r") as f:
+        assert f[LABELS].dtype == np.uint32
+        assert f[LABELS][()].max() == 80000 > np.iinfo(np.uint16).max
+        assert len(f["objects"]) == 80000 == f.attrs["n_objects"]
+        assert np.all(f["objects"]["voxel_count"] > 0)
+
+
+def _stored_chunks(path):
+    """Every stored chunk of the label dataset as its compressed bytes."""
+    with h5py.File(path, "r") as f:
+        dset = f[LABELS]
+        return [dset.id.read_direct_chunk(dset.id.get_chunk_info(i).chunk_offset)[1]
+                for i in range(dset.id.get_num_chunks())]
+
+
+def test_resume_redoes_only_deleted_checkpoints(tmp_path, nuclei_candidates):
+    config = _config(tmp_path, nuclei_candidates, chunk_shape=(8, 16, 16))
+    _segment(config)
+    first = _stored_chunks(config.output.labels), _read_labels(config.output.labels)[1]
+    work = config.output.work_dir
+    (work / "nms" / "round0" / "tile2.npz").unlink()
+    rendered = sorted(int(p.stem) for p in (work / "chunks").glob("*.npz"))
+    deleted_chunks = rendered[1], rendered[-1]
+    for index in deleted_chunks:
+        (work / "chunks" / f"{index}.npz").unlink()
+    executed = []
+
+    def recording_executor(function, argument_tuples, description):
+        executed.extend((function.__name__, args[1].index) for args in argument_tuples)
+        return run_in_process(function, argument_tuples, description)
+
+    _segment(config, recording_executor)
+    assert sorted(executed) == [("nms_tile", 2), *(("render_chunk", i) for i in deleted_chunks)]
+    second = _stored_chunks(config.output.labels), _read_labels(config.output.labels)[1]
+    assert second[0] == first[0]
+    np.testing.assert_array_equal(second[1], first[1])
+
+
+def test_zero_candidates_give_background_only(tmp_path, in_process):
+    from stardist import Rays_GoldenSpiral
+    rays = Rays_GoldenSpiral(SYNTHETIC_RAYS, anisotropy=(2, 1, 1))
+    path = write_candidate_file(tmp_path / "empty.h5", (9, 20, 30), rays,
+                                np.zeros(0, np.float32),
+                                np.zeros((0, SYNTHETIC_RAYS), np.float32),
+                                np.zeros((0, 3), np.int32))
+    summary = hpc.run(_config(tmp_path, path, tile_shape=(None, 8, 8)))
+    labels, objects = _read_labels(tmp_path / "label.h5")
+    assert summary.n_objects == 0 and labels.dtype == np.uint32
+    assert labels.shape == (9, 20, 30) and not labels.any()
+    assert len(objects) == 0
+
+
+def _model_folder(tmp_path, n_rays, nms_thresh=SYNTHETIC_NMS_THRESH):
+    """A StarDist3D model folder (JSON files only) with ``n_rays`` golden-spiral rays."""
+    folder = tmp_path / "models" / f"rays{n_rays}"
+    folder.mkdir(parents=True)
+    rays_json = {"name": "Rays_GoldenSpiral", "kwargs": {"n": n_rays, "anisotropy": [2, 1, 1]}}
+    folder.joinpath("config.json").write_text(json.dumps(
+        {"n_dim": 3, "n_rays": n_rays, "grid": [1, 2, 2], "rays_json": rays_json}))
+    folder.joinpath("thresholds.json").write_text(json.dumps({"prob": 0.5, "nms": nms_thresh}))
+    return folder
+
+
+def test_rays_mismatch_is_a_user_error(tmp_path, nuclei_candidates, in_process):
+    config = _config(tmp_path, nuclei_candidates, model=_model_folder(tmp_path, 96))
+    with pytest.raises(UserError, match="rays mismatch: model rays96 has 96 rays, prediction "
+                                        "file has 32"):
+        hpc.run(config)
+
+
+def test_fast_backend_is_not_implemented(tmp_path, nuclei_candidates, in_process):
+    with pytest.raises(UserError, match="'fast' is not implemented"):
+        hpc.run(_config(tmp_path, nuclei_candidates, backend="fast"))
+
+
+def test_work_dir_of_another_run_is_refused(tmp_path, chain_candidates, in_process):
+    hpc.run(_config(tmp_path, chain_candidates))
+    with pytest.raises(UserError, match="nms_thresh changed"):
+        hpc.run(_config(tmp_path, chain_candidates, thresh=0.5))
+
+
+def test_original_probabilities_file_is_indexed_and_segmented(tmp_path, nuclei_candidates,
+                                                               in_process):
+    pytest.importorskip("stardist_hpc.original_format")
+    original = tmp_path / "probabilities.h5"
+    with h5py.File(nuclei_candidates, "r") as src, h5py.File(original, "w") as dst:
+        for name in ("prob", "dist", "points"):
+            dst[name] = src[name][()]
+        dst["shape_inst"] = src.attrs["image_shape"]
+    config = _config(tmp_path, original, model=_model_folder(tmp_path, SYNTHETIC_RAYS))
+    hpc.run(config)
+    labels, _ = _read_labels(config.output.labels)
+    # StarDist on the converted file (its rows, the last tie breaker, are in a new order)
+    expected = StarDistResult(config.output.work_dir / hpc.INDEXED_INPUT).labels
+    assert np.array_equal(labels, expected), _first_differences(labels, expected)
+
+
+def test_an_in_process_run_imports_no_tensorflow(tmp_path, chain_candidates, in_process):
+    before = set(sys.modules)
+    hpc.run(_config(tmp_path, chain_candidates))
+    assert not [m for m in set(sys.modules) - before if m.split(".")[0] == "tensorflow"]
+
+
+def test_cli_on_a_local_cluster_equals_stardist_and_reruns_identically(
+        tmp_path, nuclei_candidates, nuclei_reference):
+    config = _config(tmp_path, nuclei_candidates, tile_shape=(None, 16, 40),
+                     chunk_shape=(16, 20, 20))
+    # -X importtime is passed on to the worker processes too: nothing may import TensorFlow
+    command = [sys.executable, "-X", "importtime", str(REPO / "hpc_prediction.py"),
+               str(tmp_path / "hpc.yaml")]
+    cli = subprocess.run(command, capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "tensorflow" not in cli.stderr
+    assert f"-> {len(nuclei_reference.rows)} objects" in cli.stderr
+    with h5py.File(config.output.labels, "r") as f:   # plain h5py, no project code
+        labels = f["data"][()]                        # the original pipeline's name
+        assert f.get("data", getlink=True).path == "/labels"
+        assert tuple(f.attrs["image_shape"]) == labels.shape
+        assert f.attrs["n_objects"] == len(nuclei_reference.rows)
+        assert f.attrs["nms_thresh"] == pytest.approx(SYNTHETIC_NMS_THRESH)
+        assert json.loads(f.attrs["rays_json"])["kwargs"]["n"] == SYNTHETIC_RAYS
+    assert np.array_equal(labels, nuclei_reference.labels), \
+        _first_differences(labels, nuclei_reference.labels)
+    first = _stored_chunks(config.output.labels)
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert _stored_chunks(config.output.labels) == first

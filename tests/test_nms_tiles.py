@@ -1,0 +1,92 @@
+"""Tile-wise NMS with fixed-fate reruns equals StarDist's NMS over the whole volume."""
+import numpy as np
+import pytest
+
+from conftest import StarDistResult
+from stardist_hpc.candidates import CandidateFile
+from stardist_hpc.cluster import run_in_process
+from stardist_hpc.nms import (NmsJob, gather_tile, plan_tiles, resolve_halo, run_rounds,
+                              tile_path)
+
+pytestmark = pytest.mark.usefixtures("single_openmp_thread")
+
+THRESH = 0.3
+
+
+def _nms_job(candidate_path, tile_dir):
+    meta = CandidateFile(candidate_path).meta
+    return NmsJob(candidate_path, meta.rays_json, THRESH, meta.image_shape, tile_dir)
+
+
+def _plans(candidate_path, tile_shape):
+    candidates = CandidateFile(candidate_path)
+    halo = resolve_halo("auto", candidates.max_extent)
+    return plan_tiles(candidates.meta.image_shape, tile_shape, halo)
+
+
+def _survivor_rows(job, plans, versions):
+    return np.sort(np.concatenate([gather_tile(job, plan, v).survivors.rows
+                                   for plan, v in zip(plans, versions)]))
+
+
+def test_auto_halo_covers_two_extents():
+    assert resolve_halo("auto", [2.0, 4.2, 0.1]) == (5, 10, 2)
+    assert resolve_halo((1, 2, 3), [9, 9, 9]) == (1, 2, 3)
+
+
+def test_neighbours_are_the_tiles_whose_core_meets_the_context():
+    plans = plan_tiles((10, 30, 40), (4, 7, None), (2, 3, 0))
+    for plan in plans:
+        expected = {p.index for p in plans if p.index != plan.index and all(
+            max(a, b) < min(c, d) for a, c, b, d in
+            zip(plan.context.lo, plan.context.hi, p.core.lo, p.core.hi))}
+        assert set(plan.neighbours) == expected
+        assert all(plan.index in plans[n].neighbours for n in plan.neighbours)
+
+
+@pytest.mark.parametrize("tile_shape", [(None, 24, 24), (7, 13, 19), (5, 10, 12),
+                                        (None, None, None)])
+def test_tiled_nms_equals_stardist(tmp_path, nuclei_candidates, nuclei_reference, tile_shape):
+    job = _nms_job(nuclei_candidates, tmp_path)
+    plans = _plans(nuclei_candidates, tile_shape)
+    summary = run_rounds(job, plans, run_in_process)
+    survivors = _survivor_rows(job, plans, summary.versions)
+    expected = np.sort(nuclei_reference.rows)
+    assert np.array_equal(survivors, expected), (
+        f"missing rows {np.setdiff1d(expected, survivors)}, "
+        f"extra rows {np.setdiff1d(survivors, expected)}")
+    assert sum(summary.n_owned_kept) == len(expected)
+
+
+@pytest.mark.parametrize("tile_shape", [(None, None, 12), (None, None, 7)])
+def test_rounds_follow_a_suppression_chain_across_tiles(tmp_path, chain_candidates,
+                                                        tile_shape):
+    job = _nms_job(chain_candidates, tmp_path)
+    plans = _plans(chain_candidates, tile_shape)
+    summary = run_rounds(job, plans, run_in_process)
+    expected = np.sort(StarDistResult(chain_candidates).rows)
+    # the greedy fates alternate along the chain
+    kept_x = CandidateFile(chain_candidates).read_rows(expected)[2][:, 2]
+    np.testing.assert_array_equal(np.sort(kept_x), np.arange(0, 60, 6))
+    round_zero = _survivor_rows(job, plans, [0] * len(plans))
+    assert not np.array_equal(round_zero, expected), "a fixed halo alone would have sufficed"
+    np.testing.assert_array_equal(_survivor_rows(job, plans, summary.versions), expected)
+    assert summary.n_rounds > 2
+
+
+def test_resume_redoes_only_missing_tiles(tmp_path, nuclei_candidates):
+    job = _nms_job(nuclei_candidates, tmp_path)
+    plans = _plans(nuclei_candidates, (None, 24, 24))
+    first = run_rounds(job, plans, run_in_process)
+    deleted = [(0, 1), (0, 4), (1, 2)]
+    for round_, index in deleted:
+        tile_path(tmp_path, round_, index).unlink(missing_ok=False)
+    executed = []
+
+    def recording_executor(function, argument_tuples, description):
+        executed.extend((args[2], args[1].index) for args in argument_tuples)
+        return run_in_process(function, argument_tuples, description)
+
+    second = run_rounds(job, plans, recording_executor)
+    assert sorted(executed) == deleted
+    assert second == first
