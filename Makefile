@@ -8,6 +8,10 @@ GPU         ?= 0
 TF_EXTRA    := $(if $(filter 1,$(GPU)),gpu,cpu)
 STAMP       := $(VENV)/.installed-$(TF_EXTRA)
 DEMO_DIR    := demo_data
+# the demo volume is small: cut it finer than the defaults so that blocks, tiles and chunks
+# really meet at boundaries
+DEMO_LOCAL  := --set prediction.block_shape=[64,128,128]
+DEMO_HPC    := --set nms.tile_shape=[null,128,128] --set labeling.chunk_shape=[32,128,128]
 
 .PHONY: demo test venv clean
 
@@ -22,8 +26,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PYTHON) -m stardist_hpc.demo data $(DEMO_DIR)
-	$(PYTHON) local_prediction.py local_template.yaml
-	$(PYTHON) hpc_prediction.py hpc_prediction_template.yaml
+	$(PYTHON) local_prediction.py local_template.yaml $(DEMO_LOCAL)
+	rm -rf output/work
+	$(PYTHON) hpc_prediction.py hpc_prediction_template.yaml $(DEMO_HPC)
 	$(PYTHON) -m stardist_hpc.demo summary $(DEMO_DIR) output/label.h5
 
 test: $(STAMP)
