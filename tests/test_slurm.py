@@ -96,10 +96,10 @@ def _read(path):
         return f["labels"][()], f["objects"][()]
 
 
-def _local_reference(directory, candidates):
+def _local_reference(directory, candidates, tile_shape=(None, 48, 48)):
     """label.h5 of an in-process run of hpc_prediction.main on a local Dask cluster."""
     config = _write_config(directory / "local.yaml", candidates, directory / "local",
-                           tile_shape=(None, 48, 48), chunk_shape=(24, 64, 64),
+                           tile_shape=tile_shape, chunk_shape=(24, 64, 64),
                            cluster={"mode": "slurm"})   # overridden below, as users would
     assert hpc_prediction.main([str(config), "--set", "cluster.mode=local",
                                 "--set", "cluster.local.n_workers=2",
@@ -110,11 +110,23 @@ def _local_reference(directory, candidates):
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    """A 24x96x96 volume with 40 nuclei (32 rays) and its local reference labels."""
-    directory = tmp_path_factory.mktemp("small")
-    candidates = _candidates(directory, (24, 96, 96), 40, 32, seed=11)
-    return candidates, _local_reference(directory, candidates)
+def demo_run(tmp_path_factory):
+    """Candidates of the GPU step on the demo volume, and their labels from one local NMS tile
+    over the whole volume (so the SLURM run's tiling is checked too)."""
+    import local_prediction
+    from stardist_hpc.demo import IMAGE_NAME, write_demo_data
+
+    directory = tmp_path_factory.mktemp("demo")
+    write_demo_data(directory)
+    config = directory / "local.yaml"
+    config.write_text(yaml.safe_dump({
+        "image": {"path": str(directory / IMAGE_NAME)},
+        "model": {"basedir": str(REPO / "models"), "name": "demo"},
+        "prediction": {"block_shape": [64, 128, 128]},
+        "output": {"path": str(directory / "prediction.h5")}}))
+    assert local_prediction.main([str(config)]) == 0
+    candidates = directory / "prediction.h5"
+    return candidates, _local_reference(directory, candidates, tile_shape=(None, None, None))
 
 
 @pytest.fixture(scope="module")
@@ -226,10 +238,10 @@ def _check_run(env, tmp_path, driver_id, reference):
     return workers, joined
 
 
-def test_sbatch_driver_matches_local_run(slurm_env, small_run, tmp_path):
-    candidates, reference = small_run
-    config = _slurm_config(tmp_path, candidates, tile_shape=(None, 32, 32),
-                           chunk_shape=(12, 48, 48))
+def test_sbatch_driver_matches_local_run(slurm_env, demo_run, tmp_path):
+    candidates, reference = demo_run
+    config = _slurm_config(tmp_path, candidates, tile_shape=(None, 128, 128),
+                           chunk_shape=(32, 128, 128))
     driver_id = _submit_driver(slurm_env, tmp_path, config)
     _wait_until_done(slurm_env, driver_id, tmp_path / f"driver-{driver_id}.log")
     _check_run(slurm_env, tmp_path, driver_id, reference)
