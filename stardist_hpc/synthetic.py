@@ -1,9 +1,12 @@
-"""Synthetic nuclei volumes with ground truth, for training the demo model and for tests.
+"""Synthetic nuclei: volumes with ground truth (demo model, tests) and StarDist candidates
+(HPC-step tests and benchmarks).
 
 The nuclei are anisotropic, blurred, noisy ellipsoids: the z axis is sampled ``anisotropy``
 times more coarsely than y and x, as in light-sheet and confocal stacks.
 """
 from __future__ import annotations
+
+import json
 
 import numpy as np
 from scipy import ndimage
@@ -12,7 +15,7 @@ from scipy import ndimage
 DEFAULT_ANISOTROPY = (2.0, 1.0, 1.0)
 #: default physical nucleus radius range, in x/y voxels.
 DEFAULT_RADIUS_RANGE = (5.0, 9.0)
-#: fraction of candidate nucleus placements attempted per accepted nucleus before giving up.
+#: placements tried per requested nucleus before giving up on a crowded volume.
 _PLACEMENT_ATTEMPTS_PER_NUCLEUS = 20
 
 
@@ -117,3 +120,67 @@ def nuclei_volume(shape, n_nuclei, *, anisotropy=DEFAULT_ANISOTROPY, seed=0):
     """
     labels = nuclei_labels(shape, n_nuclei, anisotropy=anisotropy, seed=seed)
     return nuclei_image(labels, anisotropy=anisotropy, seed=seed + 1), labels
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic StarDist candidates, as a network predicts them around each nucleus
+
+#: default ray count of synthetic candidates: small enough for fast tests.
+SYNTHETIC_RAYS = 32
+#: NMS threshold written into synthetic candidate files.
+SYNTHETIC_NMS_THRESH = 0.3
+
+
+def ellipsoid_dist(rays, radii):
+    """Ray lengths (n_rays,) from the centre to the surface of an axis-aligned ellipsoid."""
+    return 1.0 / np.sqrt(np.sum((rays.vertices / np.asarray(radii)) ** 2, axis=1))
+
+
+def synthetic_candidates(image_shape, centres, *, n_rays=SYNTHETIC_RAYS, radius_range=(4.0, 7.0),
+                         candidates_per_nucleus=(10, 40), seed=0):
+    """Candidates like a network's: many jittered around each nucleus centre, prob ties at 1.
+
+    Returns
+    -------
+    rays : stardist Rays
+    prob : float32 (N,)
+    dist : float32 (N, n_rays)
+    points : int32 (N, 3)
+    """
+    from stardist import Rays_GoldenSpiral
+    rays = Rays_GoldenSpiral(n_rays, anisotropy=DEFAULT_ANISOTROPY)
+    rng = np.random.default_rng(seed)
+    prob, dist, points = [], [], []
+    for centre in np.asarray(centres):
+        n = int(rng.integers(*candidates_per_nucleus, endpoint=True))
+        radius = rng.uniform(*radius_range)
+        jitter = rng.integers(-2, 3, size=(n, 3)) * np.array([1, 2, 2]) // 2
+        points.append(np.clip(centre + jitter, 0, np.asarray(image_shape) - 1))
+        shape_noise = rng.uniform(0.8, 1.2, (n, 1)) * rng.uniform(0.9, 1.1, (n, n_rays))
+        dist.append(ellipsoid_dist(rays, (radius / 2, radius, radius)) * shape_noise)
+        # the best candidates of a nucleus often saturate at exactly 1.0
+        prob.append(np.where(rng.random(n) < 0.3, 1.0, rng.uniform(0.5, 1.0, n)))
+    return (rays, np.concatenate(prob).astype(np.float32),
+            np.concatenate(dist).astype(np.float32), np.concatenate(points).astype(np.int32))
+
+
+def write_candidate_file(path, image_shape, rays, prob, dist, points, *,
+                         block_shape=(None, 32, 32), nms_thresh=SYNTHETIC_NMS_THRESH):
+    """Write candidates as local_prediction.py does: block by block, shuffled within blocks."""
+    from .candidates import CandidateMeta, CandidateWriter
+    from .tiling import grid_boxes
+    meta = CandidateMeta(image_shape=tuple(image_shape), rays_json=json.dumps(rays.to_json()),
+                         grid=(1, 2, 2), prob_thresh=0.5, nms_thresh=nms_thresh,
+                         model_name="synthetic")
+    rng = np.random.default_rng(len(prob))
+    with CandidateWriter(path, meta) as writer:
+        for box in grid_boxes(image_shape, block_shape):
+            inside = rng.permutation(np.flatnonzero(box.contains(points)))
+            writer.append(box.lo, box.hi, prob[inside], dist[inside], points[inside])
+    return path
+
+
+def random_centres(image_shape, n, seed):
+    """``n`` random nucleus centres inside ``image_shape``."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(0, s, n) for s in image_shape], axis=1)

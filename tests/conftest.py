@@ -8,7 +8,9 @@ import pytest
 import tifffile
 
 from stardist_hpc.config import ImageSection, ModelSection
-from stardist_hpc.synthetic import nuclei_volume
+from stardist_hpc.synthetic import (SYNTHETIC_NMS_THRESH, SYNTHETIC_RAYS,  # noqa: F401
+                                    ellipsoid_dist, nuclei_volume, random_centres,
+                                    synthetic_candidates, write_candidate_file)
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -43,69 +45,6 @@ def small_nuclei_tif(tmp_path, small_nuclei):
 
 # ---------------------------------------------------------------------------------------------
 # synthetic StarDist candidates for the HPC step, and StarDist's single-process result on them
-
-#: default ray count of synthetic candidates: small enough for fast tests.
-SYNTHETIC_RAYS = 32
-#: NMS threshold written into synthetic candidate files.
-SYNTHETIC_NMS_THRESH = 0.3
-
-
-def ellipsoid_dist(rays, radii):
-    """Ray lengths (n_rays,) from the centre to the surface of an axis-aligned ellipsoid."""
-    return 1.0 / np.sqrt(np.sum((rays.vertices / np.asarray(radii)) ** 2, axis=1))
-
-
-def synthetic_candidates(image_shape, centres, *, n_rays=SYNTHETIC_RAYS, radius_range=(4.0, 7.0),
-                         candidates_per_nucleus=(10, 40), seed=0):
-    """Candidates like a network's: many jittered around each nucleus centre, prob ties at 1.
-
-    Returns
-    -------
-    rays : stardist Rays
-    prob : float32 (N,)
-    dist : float32 (N, n_rays)
-    points : int32 (N, 3)
-    """
-    from stardist import Rays_GoldenSpiral
-    rays = Rays_GoldenSpiral(n_rays, anisotropy=(2, 1, 1))
-    rng = np.random.default_rng(seed)
-    prob, dist, points = [], [], []
-    for centre in np.asarray(centres):
-        n = int(rng.integers(*candidates_per_nucleus, endpoint=True))
-        radius = rng.uniform(*radius_range)
-        jitter = rng.integers(-2, 3, size=(n, 3)) * np.array([1, 2, 2]) // 2
-        points.append(np.clip(centre + jitter, 0, np.asarray(image_shape) - 1))
-        shape_noise = rng.uniform(0.8, 1.2, (n, 1)) * rng.uniform(0.9, 1.1, (n, n_rays))
-        dist.append(ellipsoid_dist(rays, (radius / 2, radius, radius)) * shape_noise)
-        # the best candidates of a nucleus often saturate at exactly 1.0
-        prob.append(np.where(rng.random(n) < 0.3, 1.0, rng.uniform(0.5, 1.0, n)))
-    return (rays, np.concatenate(prob).astype(np.float32),
-            np.concatenate(dist).astype(np.float32), np.concatenate(points).astype(np.int32))
-
-
-def write_candidate_file(path, image_shape, rays, prob, dist, points, *,
-                         block_shape=(None, 32, 32), nms_thresh=SYNTHETIC_NMS_THRESH):
-    """Write candidates as local_prediction.py does: block by block, shuffled within blocks."""
-    import json
-
-    from stardist_hpc.candidates import CandidateMeta, CandidateWriter
-    from stardist_hpc.tiling import grid_boxes
-    meta = CandidateMeta(image_shape=tuple(image_shape), rays_json=json.dumps(rays.to_json()),
-                         grid=(1, 2, 2), prob_thresh=0.5, nms_thresh=nms_thresh,
-                         model_name="synthetic")
-    rng = np.random.default_rng(len(prob))
-    with CandidateWriter(path, meta) as writer:
-        for box in grid_boxes(image_shape, block_shape):
-            inside = rng.permutation(np.flatnonzero(box.contains(points)))
-            writer.append(box.lo, box.hi, prob[inside], dist[inside], points[inside])
-    return path
-
-
-def random_centres(image_shape, n, seed):
-    """``n`` random nucleus centres inside ``image_shape``."""
-    rng = np.random.default_rng(seed)
-    return np.stack([rng.integers(0, s, n) for s in image_shape], axis=1)
-
 
 #: shape of the ``nuclei_candidates`` volume; its first nuclei sit on corners of 8/16/24 grids.
 NUCLEI_SHAPE = (16, 48, 56)

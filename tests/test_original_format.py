@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from stardist import Rays_GoldenSpiral
 
-from stardist_hpc.candidates import CandidateFile, candidate_extent, ray_vectors
+from stardist_hpc.candidates import candidate_extent, ray_vectors
 from stardist_hpc.errors import UserError
 from stardist_hpc.model_files import ModelInfo
 from stardist_hpc.original_format import index_original_file, is_original_format

@@ -1,0 +1,337 @@
+#!/usr/bin/env python
+"""Benchmark of the HPC step (distributed NMS + labeling), measured side by side in one run.
+
+What it measures
+----------------
+1. Writes two synthetic candidate files (``prediction.h5`` as local_prediction.py writes it):
+   one of ``--shape`` with ``--nuclei`` nuclei, and one twice as large along every axis with
+   8x the nuclei (the same density). Each nucleus gets 20-30 jittered candidates with
+   ellipsoid ray lengths, like a network's output (the generator mirrors the one in
+   ``tests/conftest.py``; the library has none).
+2. Runs ``hpc_prediction.py``'s ``main`` (cluster.mode local) on each file in a fresh
+   subprocess, with the same ``--tile-shape`` and ``--chunk-shape`` (so the large file has 8x
+   the NMS tiles and label chunks) and a fresh work_dir per run. Each child reports, as one
+   JSON line, the driver's own peak RSS (``getrusage(RUSAGE_SELF)``: the Dask worker processes
+   are not included), its RSS after the imports, its CPU seconds, the wall time of ``main``
+   and the ``RunSummary`` that ``hpc.run`` returns (including the seconds per stage).
+3. Runs the large file once more with 1 worker, for the parallel efficiency.
+4. Prints a table and the ratios with their targets (PASS/MISS):
+
+   * driver peak RSS large / small (2 workers each), target <= 1.25 (the driver holds only
+     per-tile and per-object arrays, so its memory should not grow with the volume);
+   * parallel efficiency t1 / (2 * t2) of ``hpc.run`` on the large file, target >= 0.9.
+
+How to run
+----------
+::
+
+    .venv/bin/python benchmarks/hpc_step.py
+    .venv/bin/python benchmarks/hpc_step.py --shape 32 256 256 --nuclei 150 --rays 64
+
+The report goes to stdout, progress to stderr; each child's log is kept in ``--workdir``
+(default: a temporary directory, deleted at the end).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+from stardist_hpc.synthetic import random_centres, synthetic_candidates, write_candidate_file
+
+log = logging.getLogger("benchmarks.hpc_step")
+
+REPO = Path(__file__).resolve().parents[1]
+#: default shape (z, y, x) of the small candidate volume; the large one is 2x per axis.
+DEFAULT_SHAPE = (16, 128, 128)
+#: default nuclei in the small volume (the large one gets 8x: ~150 in 32x256x256).
+DEFAULT_NUCLEI = 19
+#: default rays per candidate: few, to keep the benchmark fast.
+DEFAULT_RAYS = 32
+#: default NMS tile core and label chunk shapes (same for both volumes).
+DEFAULT_TILE_SHAPE = (16, 64, 64)
+DEFAULT_CHUNK_SHAPE = (16, 64, 64)
+#: the large volume is this many times the small one along every axis.
+SCALE_PER_AXIS = 2
+#: candidates per nucleus (inclusive range).
+CANDIDATES_PER_NUCLEUS = (20, 30)
+#: prediction block shape the candidate files are written in (as local_prediction.py would).
+CANDIDATE_BLOCK_SHAPE = (None, 64, 64)
+SEED = 0
+#: worker counts compared for the parallel efficiency.
+WORKERS_SERIAL, WORKERS_PARALLEL = 1, 2
+#: targets of the report.
+MEMORY_RATIO_TARGET = 1.25
+EFFICIENCY_TARGET = 0.9
+#: ru_maxrss is in KiB on Linux.
+KIB_PER_MIB = 1024
+EPSILON_SECONDS = 1e-9
+#: prefix of the JSON line a child prints on stdout.
+RESULT_PREFIX = "HPC_STEP_RESULT "
+LOG_TAIL_LINES = 30
+#: fields of the "cpu" line of /proc/stat (user nice system idle iowait irq softirq steal).
+IDLE_FIELD, IOWAIT_FIELD, STEAL_FIELD = 3, 4, 7
+STAGES = ("index", "nms", "gather", "labeling", "write")
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic candidates
+
+
+def write_candidates(path, shape, n_nuclei, n_rays, seed):
+    """Write a synthetic candidate file block by block; return its candidate count."""
+    centres = random_centres(shape, n_nuclei, seed)
+    rays, prob, dist, points = synthetic_candidates(
+        shape, centres, n_rays=n_rays, candidates_per_nucleus=CANDIDATES_PER_NUCLEUS, seed=seed)
+    write_candidate_file(path, shape, rays, prob, dist, points, block_shape=CANDIDATE_BLOCK_SHAPE)
+    log.info("wrote %s: shape %s, %d nuclei, %d candidates", path, shape, n_nuclei, len(prob))
+    return len(prob)
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements inside a child process
+
+
+def peak_rss_mib():
+    """Peak resident set size of this process alone (not its children), in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
+
+
+def current_rss_mib():
+    """Current resident set size of this process, in MiB (Linux /proc)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / KIB_PER_MIB ** 2
+
+
+def system_busy_seconds():
+    """CPU seconds all processes of the machine have spent busy since boot (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[IDLE_FIELD] + fields[IOWAIT_FIELD]
+    return (sum(fields[:STEAL_FIELD + 1]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds():
+    """CPU seconds of this process and its reaped children (the Dask workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, workers.ru_utime + workers.ru_stime
+
+
+def _recording(run, summaries):
+    """Wrap ``hpc.run`` so that the ``RunSummary`` it returns (main drops it) is kept."""
+    def wrapped(config):
+        summaries.append(run(config))
+        return summaries[-1]
+    return wrapped
+
+
+def child_main(config_path, n_workers):
+    """Run hpc_prediction's main on ``config_path``; print the measurements as one JSON line."""
+    sys.path.insert(0, str(REPO))
+    import distributed  # noqa: F401  (imported here so the baseline includes it)
+
+    import hpc_prediction
+    from stardist_hpc import hpc
+    baseline = current_rss_mib()
+    load = os.getloadavg()[0]
+    summaries = []
+    hpc.run = _recording(hpc.run, summaries)
+    busy_before, (driver_before, _) = system_busy_seconds(), own_cpu_seconds()
+    start = time.perf_counter()
+    code = hpc_prediction.main([str(config_path), "--set",
+                                f"cluster.local.n_workers={n_workers}"])
+    wall = time.perf_counter() - start
+    # the worker processes are children of the driver, reaped when the cluster closes
+    driver_cpu, worker_cpu = own_cpu_seconds()
+    ours = driver_cpu - driver_before + worker_cpu
+    other_cores = (system_busy_seconds() - busy_before - ours) / max(wall, EPSILON_SECONDS)
+    if code != 0 or not summaries:
+        return code or 1
+    summary = summaries[-1]
+    result = dict(n_candidates=summary.n_candidates, n_objects=summary.n_objects,
+                  n_rounds=summary.n_rounds, n_reruns=summary.n_reruns,
+                  seconds=asdict(summary.seconds), wall_seconds=wall,
+                  peak_rss_mib=peak_rss_mib(), baseline_rss_mib=baseline,
+                  cpu_seconds=driver_cpu, worker_cpu_seconds=worker_cpu, load_1min=load,
+                  other_cores=other_cores)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the parent: candidate files, configs, children, report
+
+
+def write_config(path, candidates, run_dir, args):
+    """Write the HpcConfig YAML of one run (its own labels and work_dir in ``run_dir``)."""
+    import yaml
+    raw = {"input": {"prediction": str(candidates)},
+           "model": {"basedir": None, "name": None},
+           "output": {"labels": str(run_dir / "label.h5"), "work_dir": str(run_dir / "work")},
+           "nms": {"tile_shape": list(args.tile_shape)},
+           "labeling": {"chunk_shape": list(args.chunk_shape)},
+           "cluster": {"mode": "local", "local": {"n_workers": WORKERS_PARALLEL,
+                                                  "threads_per_worker": 1}}}
+    Path(path).write_text(yaml.safe_dump(raw))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One child run: which volume, how many workers, what it measured."""
+    volume: str
+    shape: tuple
+    n_workers: int
+    result: dict
+
+
+def run_child(config_path, n_workers, log_path):
+    """Run one measurement in a fresh Python process; return its result dict (or a failure)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(config_path),
+           str(n_workers)]
+    with open(log_path, "w") as child_log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=child_log, text=True,
+                                cwd=REPO)
+        out, _ = proc.communicate()
+    lines = [l for l in out.splitlines() if l.startswith(RESULT_PREFIX)]
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1][len(RESULT_PREFIX):])
+    tail = Path(log_path).read_text().splitlines()[-LOG_TAIL_LINES:]
+    log.error("child failed (exit code %d); end of its log:\n%s", proc.returncode,
+              "\n".join(tail))
+    return {"failed": f"exit code {proc.returncode}"}
+
+
+def measure_all(workdir, args):
+    """Write both candidate files and run the three children; return the runs."""
+    shapes = {"small": tuple(args.shape), "large": tuple(SCALE_PER_AXIS * s for s in args.shape)}
+    nuclei = {"small": args.nuclei, "large": args.nuclei * SCALE_PER_AXIS ** 3}
+    files = {}
+    for i, name in enumerate(shapes):
+        files[name] = workdir / f"{name}_prediction.h5"
+        write_candidates(files[name], shapes[name], nuclei[name], args.rays, SEED + i)
+    plan = [("small", WORKERS_PARALLEL), ("large", WORKERS_PARALLEL), ("large", WORKERS_SERIAL)]
+    runs = []
+    for name, n_workers in plan:
+        run_dir = workdir / f"{name}_{n_workers}w"
+        run_dir.mkdir()
+        config = run_dir / "hpc.yaml"
+        write_config(config, files[name], run_dir, args)
+        log.info("running the %s volume %s with %d worker(s)", name, shapes[name], n_workers)
+        result = run_child(config, n_workers, run_dir / "child.log")
+        log.info("%s, %d worker(s): %s", name, n_workers, result)
+        runs.append(Run(name, shapes[name], n_workers, result))
+    return runs
+
+
+def verdict(ok):
+    """PASS or MISS."""
+    return "PASS" if ok else "MISS"
+
+
+def print_table(runs):
+    """Print one row per run: counts, wall and stage seconds, driver CPU and memory."""
+    header = (f"{'volume':<17}{'wk':>3}{'cand':>7}{'obj':>6}{'wall':>6}{'run':>6}"
+              + "".join(f"{s[:5]:>6}" for s in STAGES)
+              + f"{'drvCPU':>7}{'wkCPU':>6}{'load':>5}{'oth':>5}{'base':>5}{'peak':>5}")
+    print(header)
+    print("-" * len(header))
+    for run in runs:
+        r, label = run.result, f"{run.volume} {'x'.join(map(str, run.shape))}"
+        if "failed" in r:
+            print(f"{label:<17}{run.n_workers:>3}  FAILED: {r['failed']}")
+            continue
+        seconds = r["seconds"]
+        print(f"{label:<17}{run.n_workers:>3}{r['n_candidates']:>7}{r['n_objects']:>6}"
+              f"{r['wall_seconds']:>6.1f}{sum(seconds.values()):>6.1f}"
+              + "".join(f"{seconds[s]:>6.1f}" for s in STAGES)
+              + f"{r['cpu_seconds']:>7.1f}{r['worker_cpu_seconds']:>6.1f}{r['load_1min']:>5.1f}"
+              f"{r['other_cores']:>5.1f}"
+              f"{r['baseline_rss_mib']:>5.0f}{r['peak_rss_mib']:>5.0f}")
+    print("wall: main() incl. cluster start/stop; run: sum of hpc.run's stages (s); drvCPU / "
+          "wkCPU: CPU s of the driver / all workers;\nload: 1-min load average at the run's "
+          "start; oth: cores other processes kept busy during it;\nbase/peak: driver RSS MiB "
+          "after imports / peak (workers excluded)")
+
+
+def print_ratios(small, large, serial):
+    """Print the memory ratio and the parallel efficiency against their targets."""
+    ratio = large["peak_rss_mib"] / small["peak_rss_mib"]
+    growth = [r["peak_rss_mib"] - r["baseline_rss_mib"] for r in (small, large)]
+    print(f"driver peak RSS large/small: {ratio:.2f}  target <= {MEMORY_RATIO_TARGET}  "
+          f"{verdict(ratio <= MEMORY_RATIO_TARGET)}  (above the import baseline: "
+          f"{growth[0]:.0f} vs {growth[1]:.0f} MiB)")
+    t1, t2 = (sum(r["seconds"].values()) for r in (serial, large))
+    efficiency = t1 / (WORKERS_PARALLEL * max(t2, EPSILON_SECONDS))
+    print(f"parallel efficiency t1/(2*t2), large: {efficiency:.2f} (hpc.run stages: "
+          f"{t1:.1f} s vs {t2:.1f} s)  target >= {EFFICIENCY_TARGET}  "
+          f"{verdict(efficiency >= EFFICIENCY_TARGET)}")
+    free = os.cpu_count() - large["other_cores"]
+    print(f"  cores other processes left to the 2-worker run: {free:.1f} of {os.cpu_count()}, "
+          f"so its efficiency could reach about {free / WORKERS_PARALLEL:.2f} at best")
+    w1, w2 = serial["wall_seconds"], large["wall_seconds"]
+    print(f"  same from main()'s wall time (incl. cluster start): {w1 / (2 * w2):.2f} "
+          f"({w1:.1f} s vs {w2:.1f} s)")
+
+
+def parse_args(argv):
+    """Command-line options (``--child`` is internal: it runs one measurement)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    triple = dict(type=int, nargs=3, metavar=("Z", "Y", "X"))
+    parser.add_argument("--shape", default=DEFAULT_SHAPE, **triple,
+                        help="small volume shape; the large one is 2x per axis")
+    parser.add_argument("--nuclei", type=int, default=DEFAULT_NUCLEI,
+                        help="nuclei in the small volume (the large one gets 8x)")
+    parser.add_argument("--rays", type=int, default=DEFAULT_RAYS, help="rays per candidate")
+    parser.add_argument("--tile-shape", default=DEFAULT_TILE_SHAPE, **triple,
+                        help="nms.tile_shape of every run")
+    parser.add_argument("--chunk-shape", default=DEFAULT_CHUNK_SHAPE, **triple,
+                        help="labeling.chunk_shape of every run")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where candidate files, configs and logs go (default: a temp dir)")
+    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "N_WORKERS"),
+                        help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """Run the benchmark (or, with ``--child``, one of its measurements) and print the report."""
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args.child[0], int(args.child[1]))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    load_before = os.getloadavg()
+    workdir_context = (tempfile.TemporaryDirectory(prefix="hpc_step_") if args.workdir is None
+                       else nullcontext(args.workdir))
+    with workdir_context as workdir:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        runs = measure_all(Path(workdir).resolve(), args)
+    load_after = os.getloadavg()
+    print(f"HPC step benchmark: {args.rays} rays, tile {'x'.join(map(str, args.tile_shape))}, "
+          f"chunk {'x'.join(map(str, args.chunk_shape))}, {args.nuclei} / "
+          f"{args.nuclei * SCALE_PER_AXIS ** 3} nuclei, cluster.mode local")
+    print(f"machine: {os.cpu_count()} cores (2 workers use all of them: the efficiency is "
+          f"bounded by the driver's own work and anything else running); load average "
+          f"(1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print_table(runs)
+    small, large, serial = (run.result for run in runs)
+    if any("failed" in r for r in (small, large, serial)):
+        print("a run failed: no ratios (see the log above)")
+        return 1
+    print_ratios(small, large, serial)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
