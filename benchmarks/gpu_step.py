@@ -23,9 +23,12 @@ What it measures
    * whole-image peak RSS vs block-wise peak RSS on the same (large) volume.
 
 Peak RSS includes TensorFlow (the baseline column: the RSS right after importing it) and the
-resident pages of the memory-mapped TIFF. Note that a volume that fits in one block is read
-without context, while blocks of a larger volume carry the network's context on inner sides,
-so their model calls are larger. ``cpu s`` is the child's CPU time (imports included): far
+resident pages of the memory-mapped TIFF. Peak memory is set by the largest model call: a
+block's core plus the network's context on its inner sides (or the StarDist tiles it is split
+into under ``prediction.max_tile_voxels``). A volume only one or two blocks wide has no block
+with context on both sides, so the defaults use small blocks and a small volume three blocks
+wide along every axis: both volumes then reach the same largest call, and the ratio shows
+whether anything else grows with the image. ``cpu s`` is the child's CPU time (imports included): far
 less than cores x wall time means the child waited for cores other processes held.
 
 How to run
@@ -60,10 +63,11 @@ from stardist_hpc.demo import DEMO_NUCLEI, DEMO_SEED, DEMO_SHAPE
 
 log = logging.getLogger("benchmarks.gpu_step")
 
-#: default image shape (z, y, x) of the small volume: the demo volume's.
-DEFAULT_SHAPE = DEMO_SHAPE
-#: default block (core) shape of both block-wise runs: the config's default.
-DEFAULT_BLOCK_SHAPE = (64, 256, 256)
+#: default image shape (z, y, x) of the small volume: three default blocks along every axis.
+DEFAULT_SHAPE = (24, 96, 96)
+#: default block (core) shape of both block-wise runs: small, so that both volumes have blocks
+#: with context on every side (see the module docstring).
+DEFAULT_BLOCK_SHAPE = (8, 32, 32)
 #: nuclei per voxel: the demo volume's.
 NUCLEI_DENSITY = DEMO_NUCLEI / math.prod(DEMO_SHAPE)
 #: the large volume is this many times the small one along every axis.

@@ -221,7 +221,7 @@ class PredictionSection:
     n_tiles: tuple | None = key(optional(triple(positive_int, "positive integers")), None,
                                 "StarDist n_tiles inside a block (null: picked so that each "
                                 "tile has at most max_tile_voxels)")
-    max_tile_voxels: int = key(positive_int, 4_194_304,
+    max_tile_voxels: int = key(positive_int, 8_388_608,
                                "voxels per network call (with context) when n_tiles is null")
     prob_thresh: float | None = key(optional(unit_interval), None,
                                     "candidate probability threshold (null: thresholds.json)")

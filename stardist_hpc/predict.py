@@ -117,12 +117,25 @@ def keep_owned(points, plan, geometry):
     return owned & np.all(points < np.asarray(geometry.shape), axis=1)
 
 
-def auto_n_tiles(region_shape, max_tile_voxels):
-    """Fewest tiles per axis that bring a region under ``max_tile_voxels``, splitting the
-    longest tile side first (network memory grows with the voxels of one call)."""
+def _tile_voxels(region_shape, context, n_tiles):
+    """Voxels of one StarDist tile: its share of the region plus context on both sides."""
+    return math.prod(min(r, math.ceil(r / n) + 2 * c)
+                     for r, c, n in zip(region_shape, context, n_tiles))
+
+
+def auto_n_tiles(region_shape, context, max_tile_voxels):
+    """Fewest StarDist tiles per axis that keep one network call under ``max_tile_voxels``.
+
+    StarDist adds the receptive field (``context``) around every tile, so the longest tile side
+    is split first. Network memory grows with the voxels of one call; if even the thinnest
+    tiles stay above the budget, the tiling that comes closest is returned.
+    """
     n_tiles = [1, 1, 1]
-    while math.prod(math.ceil(r / n) for r, n in zip(region_shape, n_tiles)) > max_tile_voxels:
-        longest = max(range(3), key=lambda i: region_shape[i] / n_tiles[i])
+    while _tile_voxels(region_shape, context, n_tiles) > max_tile_voxels:
+        splittable = [i for i in range(3) if math.ceil(region_shape[i] / n_tiles[i]) > 1]
+        if not splittable:
+            break
+        longest = max(splittable, key=lambda i: region_shape[i] / n_tiles[i])
         n_tiles[longest] += 1
     return tuple(n_tiles)
 
@@ -183,7 +196,7 @@ def predict_volume(model, volume, normalization, writer, *, block_shape, prob_th
         blocks = _prefetch(plans, lambda p: read_block(volume, p, normalization))
         for plan, block in tqdm(blocks, total=len(plans), desc="blocks", unit="block"):
             t0 = time.perf_counter()
-            tiles = n_tiles or auto_n_tiles(block.shape, max_tile_voxels)
+            tiles = n_tiles or auto_n_tiles(block.shape, geometry.context, max_tile_voxels)
             prob, dist, points = predict_block(model, block, plan, geometry, prob_thresh, tiles)
             network_seconds += time.perf_counter() - t0
             if pending_write is not None:
