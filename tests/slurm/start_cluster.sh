@@ -170,7 +170,13 @@ munge -S "$MUNGE_SOCKET" -n | unmunge -S "$MUNGE_SOCKET" >/dev/null \
 
 # --- slurmctld and slurmd -------------------------------------------------------------------
 if ! alive "$RUN_DIR/run/slurmctld.pid"; then
-    slurmctld -f "$CONF" 9>&- || { tails; die "slurmctld did not start"; }
+    # a fresh controller forgets the jobs of its previous life (-c): jobs recovered half
+    # completed can hold the node's CPUs for minutes; their completion log is set aside so
+    # that `sacct -c` lists this life's jobs only (job ids start again)
+    if [ -f "$RUN_DIR/log/jobcomp.txt" ]; then
+        mv "$RUN_DIR/log/jobcomp.txt" "$RUN_DIR/log/jobcomp.previous.txt"
+    fi
+    slurmctld -c -f "$CONF" 9>&- || { tails; die "slurmctld did not start"; }
 fi
 for _ in $(seq "$TIMEOUT"); do
     scontrol ping 2>/dev/null | grep -q UP && break
