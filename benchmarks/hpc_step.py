@@ -53,9 +53,11 @@ log = logging.getLogger("benchmarks.hpc_step")
 
 REPO = Path(__file__).resolve().parents[1]
 #: default shape (z, y, x) of the small candidate volume; the large one is 2x per axis.
-DEFAULT_SHAPE = (16, 128, 128)
-#: default nuclei in the small volume (the large one gets 8x: ~150 in 32x256x256).
-DEFAULT_NUCLEI = 19
+DEFAULT_SHAPE = (32, 256, 256)
+#: default nuclei in the small volume (the large one gets 8x: 1216 in 64x512x512). Enough work
+#: (about a minute on one worker) that the workers' one-off start-up (imports, numba cache)
+#: does not dominate the parallel efficiency.
+DEFAULT_NUCLEI = 152
 #: default rays per candidate: few, to keep the benchmark fast.
 DEFAULT_RAYS = 32
 #: default NMS tile core and label chunk shapes (same for both volumes).
