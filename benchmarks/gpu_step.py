@@ -72,9 +72,6 @@ DEFAULT_BLOCK_SHAPE = (8, 32, 32)
 NUCLEI_DENSITY = DEMO_NUCLEI / math.prod(DEMO_SHAPE)
 #: the large volume is this many times the small one along every axis.
 SCALE_PER_AXIS = 2
-#: brightest value of the uint16 image, as in stardist_hpc.demo.
-UINT16_PEAK = 60000
-UINT16_MAX = 65535
 #: seed of the small volume (the demo's, unseen in training); the large one uses the next one.
 SEED = DEMO_SEED
 #: ru_maxrss is in KiB on Linux.
@@ -172,15 +169,12 @@ def child_main(kind, config_path):
 
 def write_volume(path, shape, seed):
     """Write a synthetic nuclei volume of ``shape`` as uint16 TIFF; return its nucleus count."""
-    import numpy as np
-    import tifffile
-
+    from stardist_hpc.demo import write_uint16_tiff
     from stardist_hpc.synthetic import nuclei_volume
 
     n_nuclei = round(NUCLEI_DENSITY * math.prod(shape))
     image, labels = nuclei_volume(shape, n_nuclei, seed=seed)
-    scaled = (image - image.min()) / np.ptp(image) * UINT16_PEAK
-    tifffile.imwrite(path, np.clip(scaled, 0, UINT16_MAX).astype(np.uint16))
+    write_uint16_tiff(path, image)
     log.info("wrote %s: shape %s, %d nuclei", path, shape, labels.max())
     return int(labels.max())
 

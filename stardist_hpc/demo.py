@@ -27,6 +27,14 @@ DEMO_SEED = 4242
 IMAGE_NAME, TRUTH_NAME = "nuclei.tif", "ground_truth.tif"
 #: IoU at which a predicted nucleus counts as matching a true one (the field's usual choice).
 MATCH_IOU = 0.5
+#: brightest value of the written uint16 image: headroom below 65535, as cameras leave it.
+UINT16_PEAK = 60000
+
+
+def write_uint16_tiff(path, image):
+    """Write a float image as a uint16 TIFF spanning 0..UINT16_PEAK, as a microscope would."""
+    scaled = (image - image.min()) / max(float(np.ptp(image)), np.finfo(np.float32).eps)
+    tifffile.imwrite(path, np.round(scaled * UINT16_PEAK).astype(np.uint16))
 
 
 def write_demo_data(directory):
@@ -34,8 +42,7 @@ def write_demo_data(directory):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     image, truth = nuclei_volume(DEMO_SHAPE, DEMO_NUCLEI, seed=DEMO_SEED)
-    scaled = np.clip((image - image.min()) / np.ptp(image) * 60000, 0, 65535).astype(np.uint16)
-    tifffile.imwrite(directory / IMAGE_NAME, scaled)
+    write_uint16_tiff(directory / IMAGE_NAME, image)
     tifffile.imwrite(directory / TRUTH_NAME, truth)
     log.info("demo volume %s with %d nuclei written to %s", DEMO_SHAPE, truth.max(), directory)
 

@@ -68,7 +68,8 @@ tails() {
 
 # --- slurm.conf for this host ---------------------------------------------------------------
 NODE="$(hostname -s)"
-CPUS="$(nproc)"
+# nproc obeys OMP_NUM_THREADS, which Dask sets to 1 in the processes that start this script
+CPUS="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"
 mem_mb=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 ))
 headroom=$(( mem_mb / 10 > 1024 ? mem_mb / 10 : 1024 ))   # 10 %, at least 1 GB, for the OS
 REAL_MEM=$(( mem_mb - headroom ))
