@@ -49,7 +49,6 @@ import json
 import logging
 import math
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -58,6 +57,8 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from measure import KIB_PER_MIB, current_rss_mib, peak_rss_mib, verdict
 
 from stardist_hpc.demo import DEMO_NUCLEI, DEMO_SEED, DEMO_SHAPE
 
@@ -74,8 +75,6 @@ NUCLEI_DENSITY = DEMO_NUCLEI / math.prod(DEMO_SHAPE)
 SCALE_PER_AXIS = 2
 #: seed of the small volume (the demo's, unseen in training); the large one uses the next one.
 SEED = DEMO_SEED
-#: ru_maxrss is in KiB on Linux.
-KIB_PER_MIB = 1024
 #: targets of the report.
 MEMORY_RATIO_TARGET = 1.25
 NETWORK_SHARE_TARGET = 0.8
@@ -94,15 +93,6 @@ OUT_OF_MEMORY_EXIT_CODES = (-signal.SIGABRT, -signal.SIGKILL)
 # measurements inside a child process
 
 
-def peak_rss_mib():
-    """Peak resident set size of this process so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
-
-
-def current_rss_mib():
-    """Current resident set size of this process, in MiB (Linux /proc)."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / KIB_PER_MIB ** 2
 
 
 def _import_tensorflow_baseline():
@@ -253,10 +243,6 @@ def measure_all(workdir, args):
         runs.append(Run(label, "x".join(map(str, shapes[name])), result))
     return runs
 
-
-def verdict(ok):
-    """PASS or MISS."""
-    return "PASS" if ok else "MISS"
 
 
 def _share(result):

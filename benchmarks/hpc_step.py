@@ -46,6 +46,8 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from measure import current_rss_mib, peak_rss_mib, verdict
+
 
 from stardist_hpc.synthetic import random_centres, synthetic_candidates, write_candidate_file
 
@@ -75,8 +77,6 @@ WORKERS_SERIAL, WORKERS_PARALLEL = 1, 2
 #: targets of the report.
 MEMORY_RATIO_TARGET = 1.25
 EFFICIENCY_TARGET = 0.9
-#: ru_maxrss is in KiB on Linux.
-KIB_PER_MIB = 1024
 EPSILON_SECONDS = 1e-9
 #: prefix of the JSON line a child prints on stdout.
 RESULT_PREFIX = "HPC_STEP_RESULT "
@@ -104,15 +104,6 @@ def write_candidates(path, shape, n_nuclei, n_rays, seed):
 # measurements inside a child process
 
 
-def peak_rss_mib():
-    """Peak resident set size of this process alone (not its children), in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
-
-
-def current_rss_mib():
-    """Current resident set size of this process, in MiB (Linux /proc)."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / KIB_PER_MIB ** 2
 
 
 def system_busy_seconds():
@@ -234,10 +225,6 @@ def measure_all(workdir, args):
         runs.append(Run(name, shapes[name], n_workers, result))
     return runs
 
-
-def verdict(ok):
-    """PASS or MISS."""
-    return "PASS" if ok else "MISS"
 
 
 def print_table(runs):
