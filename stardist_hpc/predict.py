@@ -174,6 +174,7 @@ def _prefetch(plans, load):
 
 @dataclass(frozen=True)
 class PredictionSummary:
+    """What a GPU-step run did; ``seconds`` and ``network_seconds`` cover the block loop."""
     blocks: int
     candidates: int
     seconds: float
