@@ -8,6 +8,7 @@ the config file (so a config works from any working directory).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -73,6 +74,29 @@ def path(value, where, base):
     """A filesystem path; relative paths are taken relative to the config file's directory."""
     p = Path(text(value, where, base)).expanduser()
     return p if p.is_absolute() else (base / p)
+
+
+def writable(kind):
+    """Parser of a path the script writes, a ``kind`` ("file" or "directory").
+
+    Checked at start-up, so that a run does not fail only when it writes its result: an
+    existing path must be a ``kind``, otherwise its nearest existing ancestor must be a
+    writable directory (the missing directories below it are created when writing).
+    """
+    def _parse(value, where, base):
+        target = path(value, where, base)
+        if target.exists():
+            if target.is_dir() != (kind == "directory"):
+                _fail(where, f"the path of a {kind} to write ({target} exists and is not a "
+                             f"{kind})", value)
+            return target
+        ancestor = next(p for p in target.parents if p.exists())
+        if not ancestor.is_dir():
+            _fail(where, f"a path below a directory ({ancestor} is a file)", value)
+        if not os.access(ancestor, os.W_OK):
+            _fail(where, f"a path in a writable directory ({ancestor} is not writable)", value)
+        return target
+    return _parse
 
 
 def choice(*options):
@@ -187,6 +211,8 @@ def describe(cls, where=""):
 # the GPU step: local_prediction.py
 
 HALO_AUTO = "auto"
+NMS_BACKEND_STARDIST = LABELING_BACKEND_STARDIST = "stardist"
+NMS_BACKEND_FAST = LABELING_BACKEND_FAST = "fast"
 
 
 @dataclass(frozen=True)
@@ -230,7 +256,7 @@ class PredictionSection:
 
 @dataclass(frozen=True)
 class LocalOutputSection:
-    path: Path = key(path, "output/prediction.h5", "candidate file to write")
+    path: Path = key(writable("file"), "output/prediction.h5", "candidate file to write")
 
 
 @dataclass(frozen=True)
@@ -273,8 +299,9 @@ class HpcModelSection:
 
 @dataclass(frozen=True)
 class HpcOutputSection:
-    labels: Path = key(path, "output/label.h5", "label volume to write")
-    work_dir: Path = key(path, "output/work", "checkpoints for resuming; safe to delete after")
+    labels: Path = key(writable("file"), "output/label.h5", "label volume to write")
+    work_dir: Path = key(writable("directory"), "output/work",
+                         "checkpoints for resuming; safe to delete after")
 
 
 @dataclass(frozen=True)
@@ -284,13 +311,19 @@ class NmsSection:
     tile_shape: tuple = key(triple(_tile_axis, "positive integers or null"), (None, 512, 512),
                             "NMS tile core shape; null means the full axis")
     halo: Any = key(_halo, HALO_AUTO, "context around each tile: 'auto' or [z, y, x] voxels")
-    backend: str = key(choice("stardist", "fast"), "stardist", "NMS implementation")
+    backend: str = key(choice(NMS_BACKEND_STARDIST, NMS_BACKEND_FAST), NMS_BACKEND_FAST,
+                       "NMS implementation: 'fast' (voxel counting, this package) or 'stardist' "
+                       "(StarDist's own)")
 
 
 @dataclass(frozen=True)
 class LabelingSection:
     chunk_shape: tuple = key(triple(positive_int, "positive integers"), (64, 256, 256),
                              "label rendering task and HDF5 chunk shape")
+    backend: str = key(choice(LABELING_BACKEND_STARDIST, LABELING_BACKEND_FAST),
+                       LABELING_BACKEND_STARDIST,
+                       "voxel inside test: 'stardist' (StarDist's renderer, ported) or 'fast' "
+                       "(cone table)")
 
 
 @dataclass(frozen=True)

@@ -54,9 +54,11 @@ class HpcJob:
     rays_json: str
     prob_thresh: float
     nms_thresh: float
+    nms_backend: str
     tile_shape: tuple
     halo: tuple
     chunk_shape: tuple
+    labeling_backend: str
     work_dir: Path
     label_path: Path
 
@@ -68,9 +70,11 @@ class RunSignature:
     input_size: int
     input_mtime_ns: int
     nms_thresh: float
+    nms_backend: str
     tile_shape: tuple
     halo: tuple
     chunk_shape: tuple
+    labeling_backend: str
 
 
 @dataclass
@@ -130,13 +134,15 @@ def _open_candidates(config: HpcConfig, model):
 def _check_rays(model, candidates):
     """Refuse a model whose rays differ from the ones the candidates were predicted with."""
     model_rays, file_rays = ray_vectors(model.rays_json), ray_vectors(candidates.meta.rays_json)
+    fix = ("expected the model that predicted the file: check model.name, or set model.basedir "
+           "and model.name to null to use the file's rays")
     if len(model_rays) != len(file_rays):
         raise UserError(f"rays mismatch: model {model.name} has {len(model_rays)} rays, "
-                        f"prediction file has {len(file_rays)}")
+                        f"prediction file has {len(file_rays)} ({candidates.path}); {fix}")
     if not np.allclose(model_rays, file_rays):
         raise UserError(f"rays mismatch: model {model.name} and prediction file "
                         f"{candidates.path} have different ray directions "
-                        f"({len(file_rays)} rays each)")
+                        f"({len(file_rays)} rays each); {fix}")
 
 
 def _nms_thresh(config, model, candidates):
@@ -148,8 +154,6 @@ def _nms_thresh(config, model, candidates):
 
 def resolve_job(config: HpcConfig, candidates: CandidateFile, model):
     """The job of ``config`` on ``candidates`` (rays checked against ``model`` if given)."""
-    if config.nms.backend == "fast":
-        raise UserError("nms.backend: 'fast' is not implemented yet; use 'stardist'")
     if model is not None:
         _check_rays(model, candidates)
     meta = candidates.meta
@@ -157,16 +161,19 @@ def resolve_job(config: HpcConfig, candidates: CandidateFile, model):
     return HpcJob(candidate_path=candidates.path, image_shape=meta.image_shape,
                   rays_json=meta.rays_json, prob_thresh=float(meta.prob_thresh),
                   nms_thresh=float(_nms_thresh(config, model, candidates)),
+                  nms_backend=config.nms.backend,
                   tile_shape=config.nms.tile_shape,
                   halo=resolve_halo(config.nms.halo, candidates.max_extent),
-                  chunk_shape=chunk_shape, work_dir=config.output.work_dir,
+                  chunk_shape=chunk_shape, labeling_backend=config.labeling.backend,
+                  work_dir=config.output.work_dir,
                   label_path=config.output.labels)
 
 
 def _signature(config, job):
     stat = Path(config.input.prediction).stat()
     return RunSignature(str(config.input.prediction), stat.st_size, stat.st_mtime_ns,
-                        job.nms_thresh, job.tile_shape, job.halo, job.chunk_shape)
+                        job.nms_thresh, job.nms_backend, job.tile_shape, job.halo, job.chunk_shape,
+                        job.labeling_backend)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,12 +182,12 @@ def _signature(config, job):
 
 def _nms_job(job):
     return NmsJob(job.candidate_path, job.rays_json, job.nms_thresh, job.image_shape,
-                  job.work_dir / NMS_DIR)
+                  job.work_dir / NMS_DIR, job.nms_backend)
 
 
 def _nms_stage(job, plans, execute):
-    log.info("NMS: %d tile(s) of %s with halo %s, thresh %g", len(plans), job.tile_shape,
-             job.halo, job.nms_thresh)
+    log.info("NMS (%s): %d tile(s) of %s with halo %s, thresh %g", job.nms_backend, len(plans),
+             job.tile_shape, job.halo, job.nms_thresh)
     return run_rounds(_nms_job(job), plans, execute)
 
 
@@ -209,11 +216,11 @@ def _labeling_stage(job, survivors, execute):
     bbox_lo, bbox_hi = survivors.read_columns("bbox_lo", "bbox_hi")
     tasks = chunk_tasks(bbox_lo, bbox_hi, _chunk_grid(job))
     render_job = RenderJob(survivors.path, job.rays_json, job.image_shape, job.chunk_shape,
-                           job.work_dir / CHUNK_DIR)
+                           job.work_dir / CHUNK_DIR, job.labeling_backend)
     missing = [(render_job, task) for task in tasks
                if not chunk_files(render_job.chunk_dir, task.index).stats.exists()]
-    log.info("labeling: %d chunk(s) of %s hold objects, %d to render", len(tasks),
-             job.chunk_shape, len(missing))
+    log.info("labeling (%s): %d chunk(s) of %s hold objects, %d to render",
+             job.labeling_backend, len(tasks), job.chunk_shape, len(missing))
     for _ in execute(render_chunk, missing, "labeling"):
         pass
     return [task.index for task in tasks]

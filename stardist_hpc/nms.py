@@ -25,8 +25,9 @@ import numpy as np
 
 from .candidates import CandidateFile
 from .checkpoint import Survivors, load_record, save_record
-from .config import HALO_AUTO
+from .config import HALO_AUTO, NMS_BACKEND_FAST
 from .errors import UserError
+from .nms_fast import non_maximum_suppression
 from .order import MAX_RANKED, rank_scores, total_order
 from .render import polyhedron_bboxes, ray_geometry, stardist_rays
 from .tiling import Box, Grid
@@ -79,12 +80,13 @@ def plan_tiles(image_shape, tile_shape, halo):
 
 @dataclass(frozen=True)
 class NmsJob:
-    """What every NMS task shares: the candidates, the rays, the threshold and checkpoints."""
+    """What every NMS task shares: the candidates, the rays, the rule and checkpoints."""
     candidate_path: Path
     rays_json: str
     thresh: float
     image_shape: tuple
     tile_dir: Path
+    backend: str
 
 
 class TileOutcome(NamedTuple):
@@ -122,8 +124,17 @@ def _no_result():
 # one tile
 
 
-def suppress(prob, dist, points, rows, rays, thresh):
-    """StarDist's NMS over the given candidates, ranked in the total order.
+def suppress(prob, dist, points, rows, rays_json, thresh, backend):
+    """Greedy NMS over the given candidates, ranked in the total order.
+
+    Parameters
+    ----------
+    prob, dist, points, rows : ndarray
+        Candidates (any order); ``rows`` break ties in the total order.
+    rays_json : str
+    thresh : float
+    backend : {'stardist', 'fast'}
+        StarDist's own NMS, or :mod:`.nms_fast` (same rule, overlap always counted in voxels).
 
     Returns
     -------
@@ -131,9 +142,15 @@ def suppress(prob, dist, points, rows, rays, thresh):
     """
     if len(prob) == 0:
         return np.zeros(0, bool)
+    order = total_order(prob, points, rows)
+    if backend == NMS_BACKEND_FAST:
+        kept = np.empty(len(order), bool)
+        kept[order] = non_maximum_suppression(dist[order], points[order],
+                                              ray_geometry(rays_json), thresh)
+        return kept
     from stardist.nms import non_maximum_suppression_3d_inds
-    scores = rank_scores(total_order(prob, points, rows))
-    return non_maximum_suppression_3d_inds(dist, points, rays, scores, thresh, verbose=False)
+    return non_maximum_suppression_3d_inds(dist, points, stardist_rays(rays_json),
+                                           rank_scores(order), thresh, verbose=False)
 
 
 def _read_context(job, plan):
@@ -159,7 +176,7 @@ def _run_tile_nms(job, plan, halo_fates=None):
         assumed[~owned] = halo_fates
     kept = np.zeros(len(rows), bool)
     kept[assumed] = suppress(prob[assumed], dist[assumed], points[assumed], rows[assumed],
-                             stardist_rays(job.rays_json), job.thresh)
+                             job.rays_json, job.thresh, job.backend)
     if halo_fates is None:
         assumed = kept.copy()
     return TileResult(rows, owned, kept, assumed)

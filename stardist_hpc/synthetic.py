@@ -184,3 +184,69 @@ def random_centres(image_shape, n, seed):
     """``n`` random nucleus centres inside ``image_shape``."""
     rng = np.random.default_rng(seed)
     return np.stack([rng.integers(0, s, n) for s in image_shape], axis=1)
+
+
+def separated_centres(image_shape, n, min_distance, *, anisotropy=DEFAULT_ANISOTROPY, seed=0):
+    """Up to ``n`` random nucleus centres at least ``min_distance`` apart (physical units).
+
+    Random sequential addition: like nuclei in tissue, which press against each other but do
+    not interpenetrate (``min_distance`` about the sum of two radii), unlike
+    :func:`random_centres`. Returns fewer centres when the volume is full.
+    """
+    rng = np.random.default_rng(seed)
+    scale = np.asarray(anisotropy, np.float64)
+    centres = np.zeros((0, 3), np.int64)
+    for _ in range(n * _PLACEMENT_ATTEMPTS_PER_NUCLEUS):
+        if len(centres) == n:
+            break
+        centre = np.array([rng.integers(0, s) for s in image_shape])
+        if np.all(np.linalg.norm((centres - centre) * scale, axis=1) >= min_distance):
+            centres = np.vstack([centres, centre])
+    return centres
+
+
+def _ray_lengths_to_ellipsoid(offsets, directions, radii):
+    """Lengths (N, n_rays) of rays from ``offsets`` (N, 3) inside an axis-aligned ellipsoid
+    (semi-axes ``radii``, centred at 0) along ``directions`` (n_rays, 3) to its surface."""
+    p = offsets[:, None, :] / radii
+    u = directions[None, :, :] / radii
+    a = np.sum(u * u, axis=-1)
+    b = np.sum(p * u, axis=-1)
+    c = np.sum(p * p, axis=-1) - 1.0
+    return (-b + np.sqrt(b * b - a * c)) / a
+
+
+def dense_candidates(image_shape, centres, *, n_rays=96, anisotropy=DEFAULT_ANISOTROPY,
+                     radius_range=DEFAULT_RADIUS_RANGE, candidates_per_nucleus=110,
+                     inner_fraction=0.5, seed=0):
+    """Candidates as dense as a trained network's: many per nucleus, spread over its interior.
+
+    Each nucleus is an ellipsoid (z semi-axis divided by the anisotropy); its candidates sit at
+    random voxels within ``inner_fraction`` of its radii, with the exact ray lengths from their
+    point to its surface times a little noise, and probabilities that fall off from the centre.
+
+    Returns
+    -------
+    rays : stardist Rays
+    prob : float32 (N,)
+    dist : float32 (N, n_rays)
+    points : int32 (N, 3)
+    """
+    from stardist import Rays_GoldenSpiral
+    rays = Rays_GoldenSpiral(n_rays, anisotropy=anisotropy)
+    directions = np.asarray(rays.vertices, np.float64)
+    rng = np.random.default_rng(seed)
+    prob, dist, points = [], [], []
+    for centre in np.asarray(centres):
+        radii = rng.uniform(*radius_range) / np.asarray(anisotropy, np.float64)
+        unit = rng.normal(size=(candidates_per_nucleus, 3))
+        unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+        spread = inner_fraction * rng.random((candidates_per_nucleus, 1)) ** (1 / 3)
+        offsets = np.rint(unit * spread * radii)
+        point = np.clip(centre + offsets, 0, np.asarray(image_shape) - 1)
+        noise = rng.uniform(0.95, 1.05, (candidates_per_nucleus, n_rays))
+        dist.append(_ray_lengths_to_ellipsoid(point - centre, directions, radii) * noise)
+        points.append(point)
+        prob.append(np.clip(1.0 - spread[:, 0] + rng.normal(0, 0.05, len(spread)), 0.5, 1.0))
+    return (rays, np.concatenate(prob).astype(np.float32),
+            np.concatenate(dist).astype(np.float32), np.concatenate(points).astype(np.int32))

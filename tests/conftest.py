@@ -60,19 +60,20 @@ def nuclei_candidates(tmp_path_factory):
     return write_candidate_file(path, NUCLEI_SHAPE, rays, prob, dist, points)
 
 
-class StarDistResult:
-    """StarDist's single-process NMS and rendering of a candidate file, in the total order.
+class SingleProcessResult:
+    """One NMS over a whole candidate file, in the total order, rendered by StarDist.
 
-    Computed with StarDist's own functions only: the total order is spelled out here (decreasing
-    prob, then point z, y, x, then file row) rather than taken from stardist_hpc.
+    With ``backend='stardist'`` everything is StarDist's own (its NMS and polyhedron_to_label);
+    with ``backend='fast'`` the kept set comes from ``stardist_hpc.nms_fast`` run once over the
+    whole file. The total order is spelled out here (decreasing prob, then point z, y, x, then
+    file row) rather than taken from stardist_hpc.
     """
 
-    def __init__(self, path, thresh=SYNTHETIC_NMS_THRESH):
+    def __init__(self, path, thresh=SYNTHETIC_NMS_THRESH, backend="stardist"):
         import json
 
         import h5py
         from stardist.geometry import polyhedron_to_label
-        from stardist.nms import non_maximum_suppression_3d_inds
         from stardist.rays3d import rays_from_json
         with h5py.File(path, "r") as f:
             prob, dist, points = f["prob"][()], f["dist"][()], f["points"][()]
@@ -82,7 +83,7 @@ class StarDistResult:
         order = np.lexsort((rows, points[:, 2], points[:, 1], points[:, 0], -prob.astype(float)))
         scores = np.empty(len(prob), np.float32)
         scores[order] = np.arange(len(prob), 0, -1)
-        kept = non_maximum_suppression_3d_inds(dist, points, rays, scores, thresh, verbose=False)
+        kept = _single_process_nms(dist, points, rays, scores, order, thresh, backend)
         #: file rows of the kept candidates, by id (id 1 first)
         self.rows = order[kept[order]]
         ids = np.arange(1, len(self.rows) + 1)
@@ -90,10 +91,24 @@ class StarDistResult:
                                           prob=scores[self.rows], labels=ids, verbose=False)
 
 
+def _single_process_nms(dist, points, rays, scores, order, thresh, backend):
+    """Kept flags by file row."""
+    if backend == "stardist":
+        from stardist.nms import non_maximum_suppression_3d_inds
+        return non_maximum_suppression_3d_inds(dist, points, rays, scores, thresh, verbose=False)
+    from stardist_hpc.nms_fast import non_maximum_suppression
+    from stardist_hpc.render import RayGeometry
+    geometry = RayGeometry(np.asarray(rays.vertices, np.float32), np.asarray(rays.faces, np.int32))
+    kept = np.empty(len(order), bool)
+    kept[order] = non_maximum_suppression(dist[order], points[order], geometry, thresh)
+    return kept
+
+
 @pytest.fixture(scope="session")
-def nuclei_reference(nuclei_candidates):
-    """StarDist's single-process result on ``nuclei_candidates``."""
-    return StarDistResult(nuclei_candidates)
+def nuclei_references(nuclei_candidates):
+    """Single-process results on ``nuclei_candidates``, by NMS backend."""
+    return {backend: SingleProcessResult(nuclei_candidates, backend=backend)
+            for backend in ("stardist", "fast")}
 
 
 def _stardist_libgomp():

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from scipy import ndimage
 
-from conftest import (SYNTHETIC_NMS_THRESH, SYNTHETIC_RAYS, StarDistResult, ellipsoid_dist,
+from conftest import (SYNTHETIC_NMS_THRESH, SYNTHETIC_RAYS, SingleProcessResult, ellipsoid_dist,
                       write_candidate_file)
 from stardist_hpc import hpc
 from stardist_hpc.candidates import CandidateFile
@@ -26,14 +26,14 @@ LABELS = "labels"
 
 
 def _config(tmp_path, candidate_path, *, tile_shape=(None, 24, 24), chunk_shape=(8, 32, 32),
-            model=None, **nms):
+            model=None, labeling_backend="stardist", **nms):
     """An HpcConfig as hpc_prediction.py loads it from YAML."""
     raw = {"input": {"prediction": str(candidate_path)},
            "model": {"basedir": None if model is None else str(model.parent),
                      "name": None if model is None else model.name},
            "output": {"labels": str(tmp_path / "label.h5"), "work_dir": str(tmp_path / "work")},
            "nms": {"tile_shape": list(tile_shape), **nms},
-           "labeling": {"chunk_shape": list(chunk_shape)},
+           "labeling": {"chunk_shape": list(chunk_shape), "backend": labeling_backend},
            "cluster": {"mode": "local", "local": {"n_workers": 2, "threads_per_worker": 1}}}
     path = tmp_path / "hpc.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -84,28 +84,40 @@ def _assert_objects_match(objects, reference, candidate_path):
                                       [boxes[i][axis].stop for i in rendered])
 
 
+@pytest.mark.parametrize("backend", ["stardist", "fast"])
 @pytest.mark.parametrize("tile_shape, chunk_shape", [
     ((None, 24, 24), (8, 32, 32)),
     ((7, 13, 19), (5, 17, 23)),
     ((None, None, None), (3, 7, 64)),   # chunks wider than the image are clipped
 ])
-def test_labels_equal_stardist(tmp_path, nuclei_candidates, nuclei_reference, tile_shape,
-                               chunk_shape):
-    config = _config(tmp_path, nuclei_candidates, tile_shape=tile_shape, chunk_shape=chunk_shape)
+def test_labels_equal_single_process(tmp_path, nuclei_candidates, nuclei_references, tile_shape,
+                                     chunk_shape, backend):
+    config = _config(tmp_path, nuclei_candidates, tile_shape=tile_shape, chunk_shape=chunk_shape,
+                     backend=backend)
     _segment(config)
     labels, objects = _read_labels(config.output.labels)
+    reference = nuclei_references[backend]
     assert labels.dtype == np.uint32
-    assert np.array_equal(labels, nuclei_reference.labels), \
-        _first_differences(labels, nuclei_reference.labels)
-    _assert_objects_match(objects, nuclei_reference, nuclei_candidates)
+    assert np.array_equal(labels, reference.labels), _first_differences(labels, reference.labels)
+    _assert_objects_match(objects, reference, nuclei_candidates)
+
+
+def test_fast_labeling_renders_the_same_voxels_here(tmp_path, nuclei_candidates,
+                                                   nuclei_references):
+    config = _config(tmp_path, nuclei_candidates, tile_shape=(7, 13, 19), chunk_shape=(5, 17, 23),
+                     labeling_backend="fast")
+    _segment(config)
+    labels, _ = _read_labels(config.output.labels)
+    expected = nuclei_references["fast"].labels
+    assert np.array_equal(labels, expected), _first_differences(labels, expected)
 
 
 def test_chain_across_small_tiles_equals_stardist(tmp_path, chain_candidates):
     config = _config(tmp_path, chain_candidates, tile_shape=(None, 8, 7),
-                     chunk_shape=(3, 5, 11))
+                     chunk_shape=(3, 5, 11), backend="stardist")
     _segment(config)
     labels, _ = _read_labels(config.output.labels)
-    expected = StarDistResult(chain_candidates).labels
+    expected = SingleProcessResult(chain_candidates).labels
     assert np.array_equal(labels, expected), _first_differences(labels, expected)
 
 
@@ -196,11 +208,6 @@ def test_rays_mismatch_is_a_user_error(tmp_path, nuclei_candidates, in_process):
         hpc.run(config)
 
 
-def test_fast_backend_is_not_implemented(tmp_path, nuclei_candidates, in_process):
-    with pytest.raises(UserError, match="'fast' is not implemented"):
-        hpc.run(_config(tmp_path, nuclei_candidates, backend="fast"))
-
-
 def test_work_dir_of_another_run_is_refused(tmp_path, chain_candidates, in_process):
     hpc.run(_config(tmp_path, chain_candidates))
     with pytest.raises(UserError, match="nms_thresh changed"):
@@ -230,7 +237,7 @@ def test_original_probabilities_file_equals_own_format(tmp_path, nuclei_candidat
     config = _config(tmp_path, original, model=_model_folder(tmp_path, SYNTHETIC_RAYS))
     hpc.run(config)
     labels, _ = _read_labels(config.output.labels)
-    expected = StarDistResult(own).labels
+    expected = SingleProcessResult(own, backend="fast").labels
     assert np.array_equal(labels, expected), _first_differences(labels, expected)
 
 
@@ -240,8 +247,9 @@ def test_an_in_process_run_imports_no_tensorflow(tmp_path, chain_candidates, in_
     assert not [m for m in set(sys.modules) - before if m.split(".")[0] == "tensorflow"]
 
 
-def test_cli_on_a_local_cluster_equals_stardist_and_reruns_identically(
-        tmp_path, nuclei_candidates, nuclei_reference):
+def test_cli_on_a_local_cluster_equals_single_process_and_reruns_identically(
+        tmp_path, nuclei_candidates, nuclei_references):
+    nuclei_reference = nuclei_references["fast"]   # the default backend
     config = _config(tmp_path, nuclei_candidates, tile_shape=(None, 16, 40),
                      chunk_shape=(16, 20, 20))
     # -X importtime is passed on to the worker processes too: nothing may import TensorFlow

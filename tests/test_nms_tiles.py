@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import StarDistResult
+from conftest import SingleProcessResult
 from stardist_hpc.candidates import CandidateFile
 from stardist_hpc.cluster import run_in_process
 from stardist_hpc.nms import (NmsJob, gather_tile, plan_tiles, resolve_halo, run_rounds,
@@ -13,9 +13,9 @@ pytestmark = pytest.mark.usefixtures("single_openmp_thread")
 THRESH = 0.3
 
 
-def _nms_job(candidate_path, tile_dir):
+def _nms_job(candidate_path, tile_dir, backend="stardist"):
     meta = CandidateFile(candidate_path).meta
-    return NmsJob(candidate_path, meta.rays_json, THRESH, meta.image_shape, tile_dir)
+    return NmsJob(candidate_path, meta.rays_json, THRESH, meta.image_shape, tile_dir, backend)
 
 
 def _plans(candidate_path, tile_shape):
@@ -44,14 +44,16 @@ def test_neighbours_are_the_tiles_whose_core_meets_the_context():
         assert all(plan.index in plans[n].neighbours for n in plan.neighbours)
 
 
+@pytest.mark.parametrize("backend", ["stardist", "fast"])
 @pytest.mark.parametrize("tile_shape", [(None, 24, 24), (7, 13, 19), (5, 10, 12),
                                         (None, None, None)])
-def test_tiled_nms_equals_stardist(tmp_path, nuclei_candidates, nuclei_reference, tile_shape):
-    job = _nms_job(nuclei_candidates, tmp_path)
+def test_tiled_nms_equals_single_process(tmp_path, nuclei_candidates, nuclei_references,
+                                         tile_shape, backend):
+    job = _nms_job(nuclei_candidates, tmp_path, backend)
     plans = _plans(nuclei_candidates, tile_shape)
     summary = run_rounds(job, plans, run_in_process)
     survivors = _survivor_rows(job, plans, summary.versions)
-    expected = np.sort(nuclei_reference.rows)
+    expected = np.sort(nuclei_references[backend].rows)
     assert np.array_equal(survivors, expected), (
         f"missing rows {np.setdiff1d(expected, survivors)}, "
         f"extra rows {np.setdiff1d(survivors, expected)}")
@@ -64,7 +66,7 @@ def test_rounds_follow_a_suppression_chain_across_tiles(tmp_path, chain_candidat
     job = _nms_job(chain_candidates, tmp_path)
     plans = _plans(chain_candidates, tile_shape)
     summary = run_rounds(job, plans, run_in_process)
-    expected = np.sort(StarDistResult(chain_candidates).rows)
+    expected = np.sort(SingleProcessResult(chain_candidates).rows)
     # the greedy fates alternate along the chain
     kept_x = CandidateFile(chain_candidates).read_rows(expected)[2][:, 2]
     np.testing.assert_array_equal(np.sort(kept_x), np.arange(0, 60, 6))

@@ -1,0 +1,159 @@
+"""The fast NMS backend keeps the same candidates as StarDist's NMS."""
+import json
+
+import numpy as np
+import pytest
+from stardist import Rays_GoldenSpiral
+from stardist.geometry import polyhedron_to_label
+from stardist.nms import non_maximum_suppression_3d_inds
+
+from conftest import ellipsoid_dist
+from stardist_hpc import nms_fast, star_geometry
+from stardist_hpc.nms_fast import non_maximum_suppression
+from stardist_hpc.star_geometry import prepare_polyhedra
+from stardist_hpc.order import rank_scores, total_order
+from stardist_hpc.render import ray_geometry
+from stardist_hpc.synthetic import dense_candidates, random_centres
+
+pytestmark = pytest.mark.usefixtures("single_openmp_thread")
+
+THRESH = 0.3
+
+
+def _geometry(rays):
+    return ray_geometry(json.dumps(rays.to_json()))
+
+
+def _both(rays, prob, dist, points, thresh=THRESH):
+    """Kept flags (in the total order) of StarDist's NMS and of the fast one."""
+    order = total_order(prob, points, np.arange(len(prob)))
+    dist, points = dist[order], points[order]
+    scores = rank_scores(np.arange(len(prob)))
+    stardist = non_maximum_suppression_3d_inds(dist, points, rays, scores, thresh, verbose=False)
+    return stardist, non_maximum_suppression(dist, points, _geometry(rays), thresh)
+
+
+def _assert_same_kept(rays, prob, dist, points, thresh=THRESH):
+    stardist, fast = _both(rays, prob, dist, points, thresh)
+    assert np.array_equal(fast, stardist), (
+        f"{np.sum(fast != stardist)} of {len(fast)} differ: fast keeps {fast.sum()}, "
+        f"StarDist {stardist.sum()}")
+    return fast
+
+
+@pytest.mark.parametrize("n_rays", [32, 64, 96, 128])
+def test_dense_candidates_agree_for_all_ray_counts(n_rays):
+    shape = (24, 64, 64)
+    rays, prob, dist, points = dense_candidates(shape, random_centres(shape, 8, seed=n_rays),
+                                                n_rays=n_rays, candidates_per_nucleus=40,
+                                                seed=n_rays)
+    kept = _assert_same_kept(rays, prob, dist, points)
+    assert 4 <= kept.sum() <= 12
+
+
+@pytest.mark.parametrize("anisotropy", [(1, 1, 1), (4, 1, 1), (8, 1, 1), (1, 1, 3)])
+def test_extreme_anisotropy_agrees(anisotropy):
+    shape = (32, 96, 96)
+    rays, prob, dist, points = dense_candidates(
+        shape, random_centres(shape, 6, seed=1), n_rays=64, anisotropy=anisotropy,
+        radius_range=(12.0, 16.0), candidates_per_nucleus=30, seed=2)
+    _assert_same_kept(rays, prob, dist, points)
+
+
+def test_one_candidate_is_kept():
+    rays = Rays_GoldenSpiral(32, anisotropy=(2, 1, 1))
+    dist = ellipsoid_dist(rays, (2, 4, 4))[None].astype(np.float32)
+    kept = non_maximum_suppression(dist, np.array([[5, 9, 9]]), _geometry(rays), THRESH)
+    np.testing.assert_array_equal(kept, [True])
+
+
+def test_no_candidates():
+    rays = Rays_GoldenSpiral(32)
+    kept = non_maximum_suppression(np.zeros((0, 32), np.float32), np.zeros((0, 3), int),
+                                   _geometry(rays), THRESH)
+    assert kept.shape == (0,)
+
+
+def test_identical_candidates_keep_only_the_first():
+    rays = Rays_GoldenSpiral(64, anisotropy=(2, 1, 1))
+    n = 25
+    dist = np.tile(ellipsoid_dist(rays, (3, 6, 6)), (n, 1)).astype(np.float32)
+    points = np.tile([10, 20, 20], (n, 1))
+    prob = np.ones(n, np.float32)
+    kept = _assert_same_kept(rays, prob, dist, points)
+    np.testing.assert_array_equal(kept, np.arange(n) == 0)
+
+
+def test_touching_objects_are_both_kept():
+    rays = Rays_GoldenSpiral(96, anisotropy=(2, 1, 1))
+    radii = (4, 8, 8)
+    dist = np.tile(ellipsoid_dist(rays, radii), (4, 1)).astype(np.float32)
+    # side by side along x and along z, each pair touching at one point
+    points = np.array([[12, 30, 20], [12, 30, 36], [4, 30, 20], [20, 30, 36]])
+    prob = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    kept = _assert_same_kept(rays, prob, dist, points)
+    assert kept.all()
+
+
+def test_objects_cut_by_the_volume_border_agree():
+    shape = (16, 48, 48)
+    corners = np.array([[0, 0, 0], [15, 47, 47], [0, 47, 0], [8, 0, 24], [15, 24, 0]])
+    rays, prob, dist, points = dense_candidates(shape, corners, n_rays=64,
+                                                candidates_per_nucleus=40, seed=5)
+    assert (points == 0).any() and (points == np.array(shape) - 1).any()
+    kept = _assert_same_kept(rays, prob, dist, points)
+    assert kept.sum() == len(corners)
+
+
+def test_offsets_beyond_the_cone_table_are_located_by_search(monkeypatch):
+    shape = (24, 64, 64)
+    rays, prob, dist, points = dense_candidates(shape, random_centres(shape, 8, seed=3),
+                                                n_rays=64, candidates_per_nucleus=30, seed=3)
+    expected = _both(rays, prob, dist, points)[1]
+    monkeypatch.setattr(star_geometry, "MAX_TABLE_OFFSETS", 27)   # a table of 3x3x3 offsets
+    star_geometry._cone_table.cache_clear()
+    try:
+        np.testing.assert_array_equal(_both(rays, prob, dist, points)[1], expected)
+    finally:
+        star_geometry._cone_table.cache_clear()
+
+
+def test_volumes_and_boxes_match_stardist():
+    shape = (24, 64, 64)
+    rays, _, dist, points = dense_candidates(shape, random_centres(shape, 5, seed=4), n_rays=96,
+                                             candidates_per_nucleus=10, seed=4)
+    polyhedra = prepare_polyhedra(dist, points, _geometry(rays))
+    np.testing.assert_allclose(polyhedra.volumes, rays.volume(dist), rtol=1e-4)
+    for i in range(len(dist)):
+        big = np.array(shape) + 40
+        mask = polyhedron_to_label(dist[i:i + 1], points[i:i + 1] + 20, rays, tuple(big),
+                                   verbose=False) > 0
+        voxels = np.argwhere(mask) - 20
+        assert (voxels >= polyhedra.lo[i]).all() and (voxels <= polyhedra.hi[i]).all()
+
+
+def test_inside_test_agrees_with_stardist_rendering():
+    shape = (24, 64, 64)
+    rays, _, dist, points = dense_candidates(shape, random_centres(shape, 6, seed=6), n_rays=96,
+                                             candidates_per_nucleus=5, seed=6)
+    geometry = _geometry(rays)
+    polyhedra = prepare_polyhedra(dist, points, geometry)
+    table = star_geometry.cone_table(geometry, (16, 24, 24))
+    differing = total = 0
+    for i in range(len(dist)):
+        mask, _ = nms_fast._rasterise(i, *polyhedra[:2], polyhedra.lo, polyhedra.hi, table,
+                                      np.empty(3))
+        lo, hi = polyhedra.lo[i], polyhedra.hi[i] + 1
+        shifted = points[i:i + 1] - lo + 1
+        stardist = polyhedron_to_label(dist[i:i + 1], shifted, rays, tuple(hi - lo + 2),
+                                       verbose=False)[1:-1, 1:-1, 1:-1] > 0
+        differing += np.sum(mask != stardist)
+        total += stardist.sum()
+    assert differing <= 1e-3 * total, f"{differing} of {total} voxels differ"
+
+
+def test_non_integer_points_are_refused():
+    rays = Rays_GoldenSpiral(32)
+    dist = np.ones((1, 32), np.float32)
+    with pytest.raises(ValueError, match="integer candidate points"):
+        non_maximum_suppression(dist, np.array([[1.5, 2, 3]]), _geometry(rays), THRESH)
