@@ -185,10 +185,13 @@ class CandidateFile:
         try:
             return h5py.File(self.path, "r")
         except FileNotFoundError:
-            raise UserError(f"candidate file {self.path} does not exist") from None
+            raise UserError(f"candidate file {self.path} does not exist (check "
+                            "input.prediction)") from None
         except OSError as e:
-            raise UserError(f"candidate file {self.path} is not a readable HDF5 file: {e}") \
-                from None
+            # h5py names the cause, e.g. "file signature not found" or "truncated file"
+            raise UserError(f"candidate file {self.path} is not a readable HDF5 file: "
+                            + " ".join(str(e).split())
+                            + " (expected the prediction.h5 of local_prediction.py)") from None
 
     @property
     def max_extent(self):

@@ -31,6 +31,15 @@ def _parser(description, config_help):
     return parser
 
 
+class _AsWarning(logging.Filter):
+    """Lower a library's ERROR records to warnings, keeping their text."""
+
+    def filter(self, record):
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def _setup_logging(verbose):
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
@@ -38,6 +47,9 @@ def _setup_logging(verbose):
     # the libraries' own INFO chatter would drown the progress of the pipeline
     for noisy in ("distributed", "tensorflow", "absl", "h5py", "numba"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # tifffile logs a damaged file as errors while it parses on; the file is then either read
+    # or rejected with the script's own one-line error, which must stay the only ERROR line
+    logging.getLogger("tifffile").addFilter(_AsWarning())
 
 
 def run_script(argv, *, description, config_cls, runner, config_help="YAML config file"):
@@ -67,7 +79,8 @@ def run_script(argv, *, description, config_cls, runner, config_help="YAML confi
         run = getattr(importlib.import_module(module_name), function_name)
         run(config)
     except UserError as e:
-        log.error("%s", e)
+        # one line, whatever a library's message quoted inside it holds
+        log.error("%s", " ".join(str(e).split()))
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         log.error("interrupted; rerun the same command to resume")

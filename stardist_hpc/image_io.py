@@ -111,11 +111,17 @@ class Volume:
         -------
         ndarray
             Writable, C-contiguous array of shape ``hi - lo`` and dtype `dtype`.
+
+        Raises
+        ------
+        UserError
+            If the region cannot be read, or holds NaN or inf values.
         """
         spans = self._spans(lo, hi)
         index = tuple(spans[axis] if axis in ZYX else self._fixed[axis] for axis in self._axes)
         with _reading(self.path):
             region = np.asarray(self._array[index]).transpose(self._order)
+        _check_finite(region, spans, self.path)
         if region.flags.c_contiguous and region.flags.writeable:
             return region
         # memory-mapped regions are read-only views of the file, transposed ones are strided
@@ -240,11 +246,31 @@ def _open_tiff(path, image):
         array = tifffile.memmap(path, mode="r")
     except tifffile.TiffFileError:  # not a TIFF at all: no fallback, `_reading` reports it
         raise
-    except ValueError as error:  # compressed, tiled or non-contiguous pixel data
+    except ValueError as error:  # compressed, tiled or non-contiguous pixel data, or truncated
+        _check_tiff_length(path)
         logger.debug("%s is not memory-mappable (%s); reading it through zarr", path, error)
         return _open_tiff_zarr(path, image)
     # the map is released with the last reference to it; closing it early would invalidate views
     return _Stored(array, image.axes, image.channel, _nothing_to_close)
+
+
+def _check_tiff_length(path):
+    """Check that a TIFF with contiguous pixel data holds all the bytes its header promises.
+
+    A truncated file (an interrupted copy) cannot be memory-mapped; read through zarr, its
+    missing pixels would fail only when their block is read, with a less helpful message.
+    """
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0].levels[0]
+        # compressed or tiled data: decoding reports what is missing; no data: the image is
+        # empty, which the layout check reports
+        if series.dataoffset is None or not series.nbytes:
+            return
+        needed = series.dataoffset + series.nbytes
+    size = path.stat().st_size
+    if size < needed:
+        raise UserError(f"image.path: {path} is truncated: expected {needed} bytes of header "
+                        f"and pixel data, got a file of {size} bytes")
 
 
 def _open_tiff_zarr(path, image):
@@ -400,7 +426,21 @@ def _check_ndim(shape):
 def _check_empty(shape):
     """Check that no axis has size 0."""
     if 0 in shape:
-        raise UserError(f"image.path: the image is empty: shape {tuple(shape)}")
+        raise UserError(f"image.path: the image is empty: shape {tuple(shape)}; expected at "
+                        "least one voxel along every axis")
+
+
+def _check_finite(region, spans, path):
+    """Check that a region read from ``path`` holds no NaN or inf.
+
+    Every region is checked as it is read, because the normalisation sample sees only part of
+    the image; a NaN would otherwise spread through the network into the candidates.
+    """
+    if region.dtype.kind == "f" and not np.isfinite(region).all():
+        where = ", ".join(f"{axis.lower()} {s.start}:{s.stop}" for axis, s in spans.items())
+        raise UserError(f"image.path: image {path} contains NaN or inf values (in the region "
+                        f"{where}); expected finite pixel values: replace them, e.g. with 0, "
+                        "before prediction")
 
 
 def _check_dtype(dtype):

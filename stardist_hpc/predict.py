@@ -215,10 +215,11 @@ def run(config):
     norm = config.prediction.normalize
     info = read_model_info(config.model.basedir, config.model.name)   # cheap checks first
     with open_volume(config.image) as volume:
+        # the sample finds unreadable or non-finite pixels before TensorFlow takes its time
+        normalization = percentile_normalization(volume, norm.pmin, norm.pmax, norm.sample_size)
         model = load_model(config.model)
         prob_thresh = (info.prob_thresh if config.prediction.prob_thresh is None
                        else config.prediction.prob_thresh)
-        normalization = percentile_normalization(volume, norm.pmin, norm.pmax, norm.sample_size)
         meta = CandidateMeta(
             image_shape=tuple(volume.shape), rays_json=info.rays_json, grid=info.grid,
             prob_thresh=prob_thresh, nms_thresh=info.nms_thresh, model_name=info.name,
