@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -17,6 +18,8 @@ import numpy as np
 
 from .errors import UserError
 from .order import total_order
+
+log = logging.getLogger(__name__)
 
 #: file in the work directory recording which run its checkpoints belong to.
 SIGNATURE_FILE = "run.json"
@@ -35,6 +38,31 @@ def atomic_path(path):
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True   # a process of another user
+    return True
+
+
+def remove_stale_temporaries(path):
+    """Delete the temporaries of ``path`` that killed processes of this host left behind.
+
+    :func:`atomic_path` names a temporary after the writing process, which removes it unless it
+    is killed. Only for files that processes of this host write (the driver's outputs): a
+    worker on another node may be writing a temporary whose PID means nothing here.
+    """
+    path = Path(path)
+    for temporary in path.parent.glob(f"{path.name}.*.tmp"):
+        pid = temporary.name[len(path.name) + 1:-len(".tmp")]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            log.info("removing %s, left by an interrupted run", temporary)
+            temporary.unlink(missing_ok=True)
 
 
 def write_bytes(path, data):

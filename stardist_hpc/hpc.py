@@ -27,7 +27,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .candidates import CandidateFile, ray_vectors
-from .checkpoint import SurvivorFile, check_signature, write_survivor_table
+from .checkpoint import (SurvivorFile, check_signature, remove_stale_temporaries,
+                         write_survivor_table)
 from .cluster import run_tasks, start_cluster
 from .config import HpcConfig
 from .errors import UserError
@@ -196,6 +197,7 @@ def _gather_stage(job, plans, nms_summary, execute):
     path = job.work_dir / SURVIVORS
     if path.exists():
         return SurvivorFile(path)
+    remove_stale_temporaries(path)
     counts = np.asarray(nms_summary.n_owned_kept, np.int64)
     starts = np.cumsum(counts) - counts
     arguments = [(_nms_job(job), plan, nms_summary.versions[plan.index]) for plan in plans
@@ -232,6 +234,7 @@ def _write_stage(job, survivors, chunk_indices):
     prob_by_id[ids.astype(np.int64) - 1] = prob
     attributes = LabelAttributes(job.image_shape, job.rays_json, job.prob_thresh,
                                  job.nms_thresh, str(job.candidate_path))
+    remove_stale_temporaries(job.label_path)
     write_label_file(job.label_path, _chunk_grid(job), job.work_dir / CHUNK_DIR, chunk_indices,
                      prob_by_id, attributes)
 

@@ -397,3 +397,17 @@ def test_killed_gpu_step_leaves_no_output_and_restarts_cleanly(tmp_path):
 
     assert not temporary.exists()
     _assert_same_hdf5(_read_hdf5(output), uninterrupted)
+
+
+def test_temporaries_left_by_killed_writers_are_removed(tmp_path):
+    from stardist_hpc.checkpoint import remove_stale_temporaries
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    label_path = tmp_path / "label.h5"
+    stale = tmp_path / f"label.h5.{finished.pid}.tmp"
+    being_written = tmp_path / f"label.h5.{os.getpid()}.tmp"
+    for path in (stale, being_written):
+        path.write_bytes(b"partial")
+    remove_stale_temporaries(label_path)
+    assert not stale.exists()
+    assert being_written.exists()
