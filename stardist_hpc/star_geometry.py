@@ -21,6 +21,8 @@ MAX_TABLE_OFFSETS = 2 ** 21
 #: half-sizes of cached cone tables are rounded up to a multiple of this, so that tiles with
 #: slightly different candidate extents share one table.
 TABLE_HALF_STEP = 8
+#: a ray coordinate this far above 0 (relative to the offset) is inside a cone beyond rounding
+CONE_MARGIN = 1e-9
 #: the smallest ray length used in ``1 / d`` (StarDist's distances are positive; this keeps a
 #: zero distance from turning ``0 / d`` into NaN).
 MIN_DIST = 1e-6
@@ -67,11 +69,13 @@ def _coords_in_face(inverse, f, oz, oy, ox, out):
 def _locate(inverse, oz, oy, ox, hint, out):
     """Face whose cone holds the offset, and its ray coordinates (written to ``out``).
 
-    The ``hint`` face (a neighbouring offset's) is accepted when it holds the offset; otherwise
-    the face whose smallest coordinate is largest wins (the cone that holds the offset, robust
-    to rounding on shared edges).
+    The face whose smallest coordinate is largest wins: the cone that holds the offset, robust
+    to rounding on shared edges, and the same whatever the table's size. The ``hint`` face (a
+    neighbouring offset's) is taken without the search when the offset lies clearly inside its
+    cone (beyond rounding), where no other face can win.
     """
-    if hint >= 0 and _coords_in_face(inverse, hint, oz, oy, ox, out) >= 0:
+    margin = CONE_MARGIN * (abs(oz) + abs(oy) + abs(ox))
+    if hint >= 0 and _coords_in_face(inverse, hint, oz, oy, ox, out) > margin:
         return hint
     best, best_min = 0, -np.inf
     for f in range(inverse.shape[0]):
