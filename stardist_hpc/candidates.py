@@ -13,11 +13,14 @@ Layout (format version 1)::
 
 Candidates of one block are stored contiguously, and every candidate lies in the core of
 exactly one block, so a spatial query reads only the rows of the blocks it meets.
-The file is written under a temporary name and renamed when complete.
+The file is written under a temporary name and renamed when complete; a temporary file that an
+interrupted run left behind is continued after its last complete block when the new run's
+``resume_key`` (what the blocks were predicted from) is the same.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,7 +30,11 @@ import numpy as np
 
 from .errors import UserError
 
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
+#: attribute of a temporary candidate file: what its blocks were predicted from.
+RESUME_KEY = "resume_key"
 #: rows per HDF5 chunk of the candidate datasets.
 ROWS_PER_CHUNK = 4096
 
@@ -105,24 +112,65 @@ class CandidateWriter:
     """Append candidates block by block to a new candidate file.
 
     Use as a context manager; the file appears at ``path`` only when the ``with`` block ends
-    without an exception (it is written as ``path.tmp`` and renamed).
+    without an exception (it is written as ``path.tmp`` and renamed). The temporary file is
+    flushed after every block; it is kept when the run is interrupted (KeyboardInterrupt, or a
+    kill) and continued by the next writer with the same ``resume_key``, deleted on any other
+    error.
+
+    Attributes
+    ----------
+    completed_cores : list of (lo, hi)
+        Cores of the blocks already in the file, in the order they were appended.
     """
 
-    def __init__(self, path, meta: CandidateMeta):
+    def __init__(self, path, meta: CandidateMeta, resume_key=""):
         self.path = Path(path)
         self.tmp_path = self.path.with_name(self.path.name + ".tmp")
         self.meta = meta
+        self.resume_key = resume_key
         self._rays = ray_vectors(meta.rays_json)
         self.n_rows = 0
-        self.n_blocks = 0
+        self.completed_cores = []
+
+    @property
+    def n_blocks(self):
+        return len(self.completed_cores)
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self.tmp_path, "w")
-        self._dsets = create_candidate_datasets(self._file, self.meta, 0)
-        self._blocks = self._file.create_dataset("blocks", (0,), BLOCK_DTYPE, maxshape=(None,),
-                                                 chunks=(ROWS_PER_CHUNK,))
+        if not self._continue_interrupted():
+            self._file = h5py.File(self.tmp_path, "w")
+            self._dsets = create_candidate_datasets(self._file, self.meta, 0)
+            self._blocks = self._file.create_dataset("blocks", (0,), BLOCK_DTYPE,
+                                                     maxshape=(None,), chunks=(ROWS_PER_CHUNK,))
+            self._file.attrs[RESUME_KEY] = self.resume_key
         return self
+
+    def _continue_interrupted(self):
+        """Reopen the temporary file of an interrupted run made from the same resume key."""
+        if not (self.resume_key and self.tmp_path.exists()):
+            return False
+        try:
+            f = h5py.File(self.tmp_path, "r+")
+        except OSError as error:   # killed while HDF5 was writing its metadata
+            log.warning("cannot continue %s (%s); starting again", self.tmp_path, error)
+            return False
+        try:
+            blocks = f["blocks"][()] if f.attrs.get(RESUME_KEY) == self.resume_key else None
+            dsets = {name: f[name] for name in ("prob", "dist", "points")}
+        except (KeyError, OSError):
+            blocks = None
+        n_rows = int(blocks["row_stop"][-1]) if blocks is not None and len(blocks) else 0
+        if blocks is None or any(len(d) < n_rows for d in dsets.values()):
+            f.close()
+            return False
+        for dset in dsets.values():
+            dset.resize(n_rows, axis=0)   # rows of a block whose index entry never came
+        self._file, self._dsets, self._blocks = f, dsets, f["blocks"]
+        self.n_rows = n_rows
+        self.completed_cores = [(tuple(int(b[a]) for a in ("z0", "y0", "x0")),
+                                 tuple(int(b[a]) for a in ("z1", "y1", "x1"))) for b in blocks]
+        return True
 
     def append(self, core_lo, core_hi, prob, dist, points):
         """Append the candidates of one block whose core is ``[core_lo, core_hi)``."""
@@ -134,15 +182,21 @@ class CandidateWriter:
         extent = (candidate_extent(np.asarray(dist), self._rays).max(axis=0) if n
                   else np.zeros(3, np.float32))
         row = np.array([(*core_lo, *core_hi, start, stop, *extent)], BLOCK_DTYPE)
+        # the block's index entry comes last: a block without one is not in the file
         self._blocks.resize(self.n_blocks + 1, axis=0)
         self._blocks[self.n_blocks] = row[0]
-        self.n_rows, self.n_blocks = stop, self.n_blocks + 1
+        self._file.flush()
+        self.n_rows = stop
+        self.completed_cores.append((tuple(int(v) for v in core_lo),
+                                     tuple(int(v) for v in core_hi)))
 
     def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            del self._file.attrs[RESUME_KEY]
         self._file.close()
         if exc_type is None:
             os.replace(self.tmp_path, self.path)
-        else:
+        elif not issubclass(exc_type, KeyboardInterrupt):
             self.tmp_path.unlink(missing_ok=True)
         return False
 

@@ -12,6 +12,6 @@ class UserError(Exception):
 
 
 def did_you_mean(name, choices):
-    """Suffix suggesting the closest of ``choices`` to a misspelled ``name`` ('' if none is close)."""
+    """Suffix suggesting the closest of ``choices`` to a misspelled ``name`` ('' if none)."""
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""

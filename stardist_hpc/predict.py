@@ -9,11 +9,14 @@ and the previous one written, while the network runs.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: grid cells at the image border where StarDist's predict_sparse ignores candidates (its ``b``).
 BORDER_CELLS = 2
+#: the weights StarDist3D loads from a model folder.
+WEIGHTS_FILE = "weights_best.h5"
 
 
 @dataclass(frozen=True)
@@ -181,21 +186,33 @@ class PredictionSummary:
     network_seconds: float
 
 
+def _blocks_to_predict(plans, writer):
+    """The plans after the blocks ``writer`` already holds (from an interrupted run)."""
+    done = writer.completed_cores
+    if [(p.core_lo, p.core_hi) for p in plans[:len(done)]] != done:
+        raise RuntimeError(f"{writer.tmp_path}: its blocks are not the planned ones; delete it")
+    if done:
+        log.info("continuing %s after %d of %d blocks", writer.tmp_path, len(done), len(plans))
+    return plans[len(done):]
+
+
 def predict_volume(model, volume, normalization, writer, *, block_shape, prob_thresh, n_tiles,
                    max_tile_voxels):
-    """Predict all blocks of ``volume`` and append their candidates to ``writer``.
+    """Predict the blocks of ``volume`` that ``writer`` lacks and append their candidates.
 
     Reading runs one block ahead and writing one block behind the network call. With
     ``n_tiles`` None, each block is split into tiles of at most ``max_tile_voxels``.
     """
     geometry = network_geometry(model, volume.shape)
-    plans = plan_blocks(geometry, block_shape)
-    log.info("%d blocks of core %s with context %s (network divisor %s)", len(plans),
+    all_plans = plan_blocks(geometry, block_shape)
+    log.info("%d blocks of core %s with context %s (network divisor %s)", len(all_plans),
              aligned_block_shape(geometry, block_shape), geometry.context, geometry.div_by)
+    plans = _blocks_to_predict(all_plans, writer)
     start, network_seconds, pending_write = time.perf_counter(), 0.0, None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer_pool:
         blocks = _prefetch(plans, lambda p: read_block(volume, p, normalization))
-        for plan, block in tqdm(blocks, total=len(plans), desc="blocks", unit="block"):
+        for plan, block in tqdm(blocks, total=len(all_plans), initial=len(all_plans) - len(plans),
+                                desc="blocks", unit="block"):
             t0 = time.perf_counter()
             tiles = n_tiles or auto_n_tiles(block.shape, geometry.context, max_tile_voxels)
             prob, dist, points = predict_block(model, block, plan, geometry, prob_thresh, tiles)
@@ -206,8 +223,28 @@ def predict_volume(model, volume, normalization, writer, *, block_shape, prob_th
                                                prob, dist, points)
         if pending_write is not None:
             pending_write.result()
-    return PredictionSummary(len(plans), writer.n_rows, time.perf_counter() - start,
+    return PredictionSummary(len(all_plans), writer.n_rows, time.perf_counter() - start,
                              network_seconds)
+
+
+def _file_state(path):
+    """Size and modification time of a file (or directory, e.g. a .zarr store)."""
+    stat = Path(path).stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def resume_key(config, meta):
+    """What a run's blocks are predicted from: the file's attributes, the image and weights
+    files as they are now, and the block settings. An interrupted run's temporary file is
+    continued only by a run with the same key."""
+    weights = Path(config.model.basedir) / config.model.name / WEIGHTS_FILE
+    return json.dumps({"meta": dataclasses.asdict(meta),
+                       "image": _file_state(meta.image_path),
+                       "weights": _file_state(weights) if weights.exists() else None,
+                       "block_shape": config.prediction.block_shape,
+                       "n_tiles": config.prediction.n_tiles,
+                       "max_tile_voxels": config.prediction.max_tile_voxels},
+                      sort_keys=True, default=str)
 
 
 def run(config):
@@ -226,7 +263,7 @@ def run(config):
             image_path=str(volume.path), channel=config.image.channel,
             norm_lo=normalization.lo, norm_hi=normalization.hi,
             norm_pmin=normalization.pmin, norm_pmax=normalization.pmax)
-        with CandidateWriter(config.output.path, meta) as writer:
+        with CandidateWriter(config.output.path, meta, resume_key(config, meta)) as writer:
             summary = predict_volume(model, volume, normalization, writer,
                                      block_shape=config.prediction.block_shape,
                                      prob_thresh=prob_thresh, n_tiles=config.prediction.n_tiles,

@@ -376,7 +376,7 @@ def _blocks_predicted(log_path):
     return _progress(log_path.read_text(errors="replace")).get("blocks", (0, 0))
 
 
-def test_killed_gpu_step_leaves_no_output_and_restarts_cleanly(tmp_path):
+def test_killed_gpu_step_leaves_no_output_and_continues_after_its_last_block(tmp_path):
     from local_prediction import main
     config_path = _write_local_config(tmp_path)
     output = tmp_path / "out" / "prediction.h5"
@@ -388,13 +388,17 @@ def test_killed_gpu_step_leaves_no_output_and_restarts_cleanly(tmp_path):
     command = _command("local_prediction.py", config_path)
     log_path = tmp_path / "killed.log"
     with _started(command, log_path) as process:
-        _kill_when(process, lambda: _blocks_predicted(log_path)[0] > 0, "a predicted block")
+        # a block counts once the next one is predicted, and its write has been waited for
+        _kill_when(process, lambda: _blocks_predicted(log_path)[0] >= 2, "two predicted blocks")
     done, total = _blocks_predicted(log_path)
-    assert 0 < done < total
+    assert 2 <= done < total
     assert temporary.exists() and not output.exists()
 
-    _run(command)   # over the killed run's temporary file
+    rerun_log = _run(command)
 
+    continued = re.search(r"continuing \S+ after (\d+) of (\d+) blocks", rerun_log)
+    assert continued, rerun_log[-2000:]
+    assert 1 <= int(continued[1]) <= done and int(continued[2]) == total
     assert not temporary.exists()
     _assert_same_hdf5(_read_hdf5(output), uninterrupted)
 

@@ -1,0 +1,105 @@
+"""The candidate writer continues an interrupted run's temporary file, or starts again."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+from stardist import Rays_GoldenSpiral
+
+from stardist_hpc.candidates import CandidateFile, CandidateMeta, CandidateWriter
+
+N_RAYS = 8
+SHAPE = (4, 8, 8)
+
+
+def _meta():
+    rays_json = json.dumps(Rays_GoldenSpiral(N_RAYS).to_json())
+    return CandidateMeta(image_shape=SHAPE, rays_json=rays_json, grid=(1, 1, 1), prob_thresh=0.5,
+                         nms_thresh=0.3)
+
+
+def _block(index, n):
+    """Candidates of the block whose core is z slice ``index``."""
+    rng = np.random.default_rng(index)
+    points = np.stack([np.full(n, index), rng.integers(0, 8, n), rng.integers(0, 8, n)], axis=1)
+    return ((index, 0, 0), (index + 1, 8, 8), rng.random(n).astype(np.float32),
+            rng.uniform(1, 2, (n, N_RAYS)).astype(np.float32), points.astype(np.int32))
+
+
+def _interrupted(path, key, n_blocks):
+    """Write ``n_blocks`` blocks, then be interrupted as by Ctrl-C."""
+    with pytest.raises(KeyboardInterrupt):
+        with CandidateWriter(path, _meta(), key) as writer:
+            for index in range(n_blocks):
+                writer.append(*_block(index, 3 + index))
+            raise KeyboardInterrupt
+
+
+def _finish(path, key):
+    """Write the blocks a writer with ``key`` lacks; return how many it found done."""
+    with CandidateWriter(path, _meta(), key) as writer:
+        found = writer.n_blocks
+        for index in range(found, SHAPE[0]):
+            writer.append(*_block(index, 3 + index))
+    return found
+
+
+def _contents(path):
+    with h5py.File(path, "r") as f:
+        return {name: f[name][()] for name in f}, dict(f.attrs)
+
+
+@pytest.fixture
+def uninterrupted(tmp_path):
+    path = tmp_path / "reference" / "prediction.h5"
+    assert _finish(path, "key") == 0
+    return _contents(path)
+
+
+def _assert_same(path, expected):
+    datasets, attrs = _contents(path)
+    assert datasets.keys() == expected[0].keys() and attrs.keys() == expected[1].keys()
+    for name, values in expected[0].items():
+        np.testing.assert_array_equal(datasets[name], values)
+
+
+def test_an_interrupted_file_is_continued_after_its_last_block(tmp_path, uninterrupted):
+    path = tmp_path / "prediction.h5"
+    _interrupted(path, "key", 2)
+    assert path.with_name("prediction.h5.tmp").exists() and not path.exists()
+    assert _finish(path, "key") == 2
+    _assert_same(path, uninterrupted)
+    assert CandidateFile(path).n_candidates == sum(3 + i for i in range(SHAPE[0]))
+
+
+def test_rows_of_a_block_without_its_index_entry_are_dropped(tmp_path, uninterrupted):
+    path = tmp_path / "prediction.h5"
+    _interrupted(path, "key", 2)
+    with h5py.File(path.with_name("prediction.h5.tmp"), "r+") as f:   # killed mid-append
+        for name in ("prob", "dist", "points"):
+            f[name].resize(len(f[name]) + 5, axis=0)
+    assert _finish(path, "key") == 2
+    _assert_same(path, uninterrupted)
+
+
+def test_a_file_made_from_other_input_is_not_continued(tmp_path, uninterrupted):
+    path = tmp_path / "prediction.h5"
+    _interrupted(path, "other image", 2)
+    assert _finish(path, "key") == 0
+    _assert_same(path, uninterrupted)
+
+
+def test_an_unreadable_temporary_file_is_replaced(tmp_path, uninterrupted):
+    path = tmp_path / "prediction.h5"
+    path.with_name("prediction.h5.tmp").write_bytes(b"killed while writing its header")
+    assert _finish(path, "key") == 0
+    _assert_same(path, uninterrupted)
+
+
+def test_an_error_removes_the_temporary_file(tmp_path):
+    path = tmp_path / "prediction.h5"
+    with pytest.raises(ValueError):
+        with CandidateWriter(path, _meta(), "key") as writer:
+            writer.append(*_block(0, 3))
+            raise ValueError("a bad block")
+    assert not path.with_name("prediction.h5.tmp").exists() and not path.exists()
