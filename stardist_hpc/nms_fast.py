@@ -42,7 +42,7 @@ HULL_ERROR = 1e10
 
 class NeighbourGrid(NamedTuple):
     """Candidates bucketed by centre in cells of ``cell`` voxels (CSR layout)."""
-    origin: np.ndarray     # int64 (3,): centre of the first cell corner
+    origin: np.ndarray     # int64 (3,): the smallest centre coordinates, a corner of cell 0
     cell: np.ndarray       # int64 (3,)
     shape: np.ndarray      # int64 (3,): cells per axis
     starts: np.ndarray     # int64 (n_cells + 1,)
@@ -122,19 +122,6 @@ def _count_overlap(mask, origin, box_lo, box_hi, upper, low, high, centre, inv_d
     return count
 
 
-def _within_box(halfspaces, box_lo, box_hi):
-    """The half-spaces that cut into the box, plus the box's own six.
-
-    For a polytope known to lie in the box this drops only redundant half-spaces (those the
-    whole box satisfies), so its volume is unchanged and Qhull has far fewer planes to cut.
-    """
-    corners = np.stack(np.meshgrid(*zip(box_lo, box_hi), indexing="ij"), axis=-1).reshape(-1, 3)
-    cutting = (corners @ halfspaces[:, :3].T + halfspaces[:, 3]).max(axis=0) > 0
-    sides = np.concatenate([-np.eye(3), np.eye(3)])
-    box = np.concatenate([sides, np.concatenate([box_lo, -np.asarray(box_hi)])[:, None]], axis=1)
-    return np.concatenate([halfspaces[cutting], box])
-
-
 def _intersection_volume(halfspaces, interior, on_error):
     """Volume of the intersection of half-spaces ``a.x + b <= 0`` (Qhull), as StarDist computes
     it, or ``on_error`` where Qhull fails (as StarDist's)."""
@@ -202,17 +189,13 @@ def _qhull_suppresses(dist, centres, vertices, faces, a_min, thresh, counted_abo
     tips = np.asarray(centres, np.float32)[:, None, :] + dist[:, :, None] * vertices
     interior = np.mean(np.asarray(centres, np.float64), axis=0)
     limit = np.float32(a_min + VOLUME_EPS)
-    # both intersections lie in the intersection of the polyhedra's boxes
-    box_lo = np.max(tips.min(axis=1), axis=0).astype(np.float64)
-    box_hi = np.min(tips.max(axis=1), axis=0).astype(np.float64)
     if not counted_above:
-        kernels = _within_box(kernel_halfspaces(tips, faces).reshape(-1, 4), box_lo, box_hi)
+        kernels = kernel_halfspaces(tips, faces).reshape(-1, 4)
         return bool(np.float32(_intersection_volume(kernels, interior, 0.0)) / limit > thresh)
     try:
         hulls = np.concatenate([ConvexHull(t.astype(np.float64)).equations for t in tips])
     except QhullError:
         return True   # StarDist's error value: an overlap too large to keep on
-    hulls = _within_box(hulls, box_lo, box_hi)
     return bool(np.float32(_intersection_volume(hulls, interior, HULL_ERROR)) / limit > thresh)
 
 
