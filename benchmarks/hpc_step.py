@@ -48,7 +48,7 @@ from pathlib import Path
 
 from measure import current_rss_mib, peak_rss_mib, verdict
 
-
+from stardist_hpc.config import NMS_BACKEND_FAST, NMS_BACKEND_STARDIST, NmsSection
 from stardist_hpc.synthetic import random_centres, synthetic_candidates, write_candidate_file
 
 log = logging.getLogger("benchmarks.hpc_step")
@@ -171,7 +171,7 @@ def write_config(path, candidates, run_dir, args):
     raw = {"input": {"prediction": str(candidates)},
            "model": {"basedir": None, "name": None},
            "output": {"labels": str(run_dir / "label.h5"), "work_dir": str(run_dir / "work")},
-           "nms": {"tile_shape": list(args.tile_shape)},
+           "nms": {"tile_shape": list(args.tile_shape), "backend": args.nms_backend},
            "labeling": {"chunk_shape": list(args.chunk_shape)},
            "cluster": {"mode": "local", "local": {"n_workers": WORKERS_PARALLEL,
                                                   "threads_per_worker": 1}}}
@@ -286,6 +286,9 @@ def parse_args(argv):
                         help="nms.tile_shape of every run")
     parser.add_argument("--chunk-shape", default=DEFAULT_CHUNK_SHAPE, **triple,
                         help="labeling.chunk_shape of every run")
+    parser.add_argument("--nms-backend", default=NmsSection().backend,
+                        choices=(NMS_BACKEND_FAST, NMS_BACKEND_STARDIST),
+                        help="nms.backend of every run (default: the config's)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where candidate files, configs and logs go (default: a temp dir)")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "N_WORKERS"),
@@ -307,7 +310,8 @@ def main(argv=None):
         Path(workdir).mkdir(parents=True, exist_ok=True)
         runs = measure_all(Path(workdir).resolve(), args)
     load_after = os.getloadavg()
-    print(f"HPC step benchmark: {args.rays} rays, tile {'x'.join(map(str, args.tile_shape))}, "
+    print(f"HPC step benchmark: nms.backend {args.nms_backend}, {args.rays} rays, "
+          f"tile {'x'.join(map(str, args.tile_shape))}, "
           f"chunk {'x'.join(map(str, args.chunk_shape))}, {args.nuclei} / "
           f"{args.nuclei * SCALE_PER_AXIS ** 3} nuclei, cluster.mode local")
     print(f"machine: {os.cpu_count()} cores (2 workers use all of them: the efficiency is "
