@@ -424,17 +424,20 @@ def shape_text(shape):
     return "x".join("full" if s is None else str(s) for s in shape)
 
 
+#: column headers of :func:`describe_set`.
+SET_HEADER = f"{'density':<8}{'nucl':>5}{'rays':>5}{'aniso':>6}"
+
+
 def describe_set(spec):
-    """Short description of a candidate set."""
+    """Short description of a candidate set, under :data:`SET_HEADER`."""
     aniso = "".join(str(int(a)) for a in spec.anisotropy)
     return f"{spec.density:<8}{spec.nuclei:>5}{spec.n_rays:>5}{aniso:>6}"
 
 
 def print_nms_table(specs, results):
     """Step 1: one row per candidate set."""
-    header = (f"{'density':<8}{'nucl':>5}{'rays':>5}{'aniso':>6}{'cand':>7}{'keptF':>6}"
-              f"{'keptS':>6}{'fast c/s':>10}{'sd c/s':>8}{'ratio':>7}{'cpu rt':>7}"
-              f"{'agree':>7}{'F1':>7}")
+    header = (f"{SET_HEADER}{'cand':>7}{'keptF':>6}{'keptS':>6}{'fast c/s':>10}{'sd c/s':>8}"
+              f"{'ratio':>7}{'cpu rt':>7}{'agree':>7}{'F1':>7}")
     print(header)
     print("-" * len(header))
     for spec, r in zip(specs, results):
@@ -449,8 +452,8 @@ def print_nms_table(specs, results):
 
 def print_render_table(specs, results):
     """Step 2: one row per candidate set."""
-    header = (f"{'density':<8}{'nucl':>5}{'rays':>5}{'aniso':>6}{'objects':>8}{'voxels':>9}"
-              f"{'differ':>8}{'fast ms':>9}{'exact ms':>9}{'ratio':>7}")
+    header = (f"{SET_HEADER}{'objects':>8}{'voxels':>9}{'differ':>8}{'fast ms':>9}"
+              f"{'exact ms':>9}{'ratio':>7}")
     print(header)
     print("-" * len(header))
     for spec, r in zip(specs, results):

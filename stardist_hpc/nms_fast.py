@@ -29,7 +29,7 @@ import numpy as np
 from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError
 
 from .render import kernel_halfspaces
-from .star_geometry import cone_table, inside, prepare_polyhedra
+from .star_geometry import cone_table, inside, prepare_polyhedra, reach
 
 #: StarDist's guard against dividing by a zero volume (``A_min + 1e-10``).
 VOLUME_EPS = 1e-10
@@ -52,9 +52,8 @@ class NeighbourGrid(NamedTuple):
 
 def neighbour_grid(polyhedra):
     """Bucket the candidates so that those whose boxes may meet a box are found quickly."""
-    centres = polyhedra.centres
-    reach = np.maximum((centres - polyhedra.lo).max(axis=0), (polyhedra.hi - centres).max(axis=0))
-    cell = 2 * np.maximum(reach, 0) + 1
+    centres, largest_reach = polyhedra.centres, reach(polyhedra)
+    cell = 2 * np.maximum(largest_reach, 0) + 1
     origin = centres.min(axis=0)
     index = (centres - origin) // cell
     shape = index.max(axis=0) + 1
@@ -62,7 +61,7 @@ def neighbour_grid(polyhedra):
     members = np.argsort(flat, kind="stable")
     starts = np.searchsorted(flat[members], np.arange(int(np.prod(shape)) + 1))
     return NeighbourGrid(origin, cell, shape.astype(np.int64), starts.astype(np.int64),
-                         members.astype(np.int64), reach.astype(np.int64))
+                         members.astype(np.int64), largest_reach.astype(np.int64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,12 +220,11 @@ def _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi):
 
 
 @numba.njit(cache=True)
-def _suppresses(i, j, mask, summed, polyhedra, dist, vertices, table, thresh, box_lo, box_hi,
-                scratch):
-    """Whether kept ``i`` suppresses ``j``, whose boxes meet (``mask``: i's voxels)."""
+def _suppresses(i, j, mask, summed, polyhedra, dist, vertices, table, thresh, a_min, limit,
+                box_lo, box_hi, scratch):
+    """Whether kept ``i`` suppresses ``j``, whose boxes meet (``mask``: i's voxels), with
+    ``limit`` the overlap allowed by ``thresh`` and the smaller volume ``a_min``."""
     centres, inv_dist, volumes, lo, hi = polyhedra
-    a_min = min(volumes[i], volumes[j])
-    limit = thresh * (a_min + VOLUME_EPS)
     low, high = (1 - BORDERLINE) * limit, (1 + BORDERLINE) * limit
     upper = _voxels_in_box(summed, box_lo[0] - lo[i, 0], box_lo[1] - lo[i, 1],
                            box_lo[2] - lo[i, 2], box_hi[0] - lo[i, 0] + 1,
@@ -244,7 +242,7 @@ def _suppresses(i, j, mask, summed, polyhedra, dist, vertices, table, thresh, bo
 @numba.njit(cache=True)
 def _suppress_loop(polyhedra, dist, vertices, grid, table, thresh):
     centres, inv_dist, volumes, lo, hi = polyhedra
-    origin, cell, shape, starts, members, reach = grid
+    origin, cell, shape, starts, members, largest_reach = grid
     suppressed = np.zeros(centres.shape[0], np.bool_)
     scratch, box_lo, box_hi = np.empty(3), np.empty(3, np.int64), np.empty(3, np.int64)
     cell_lo, cell_hi = np.empty(3, np.int64), np.empty(3, np.int64)
@@ -253,25 +251,27 @@ def _suppress_loop(polyhedra, dist, vertices, grid, table, thresh):
             continue
         mask, summed = np.zeros((0, 0, 0), np.bool_), np.zeros((1, 1, 1), np.int32)
         for k in range(3):
-            # a neighbour's centre lies within ``reach`` of its box, which must meet i's box
-            cell_lo[k] = max((lo[i, k] - reach[k] - origin[k]) // cell[k], 0)
-            cell_hi[k] = min((hi[i, k] + reach[k] - origin[k]) // cell[k], shape[k] - 1)
+            # a neighbour's centre lies within ``largest_reach`` of its box, which must meet i's
+            cell_lo[k] = max((lo[i, k] - largest_reach[k] - origin[k]) // cell[k], 0)
+            cell_hi[k] = min((hi[i, k] + largest_reach[k] - origin[k]) // cell[k], shape[k] - 1)
         for cz in range(cell_lo[0], cell_hi[0] + 1):
             for cy in range(cell_lo[1], cell_hi[1] + 1):
                 for cx in range(cell_lo[2], cell_hi[2] + 1):
                     c = (cz * shape[1] + cy) * shape[2] + cx
                     for m in range(starts[c], starts[c + 1]):
                         j = members[m]
-                        if j <= i or suppressed[j] or _boxes_keep(
-                                i, j, lo, hi, thresh * (min(volumes[i], volumes[j])
-                                                        + VOLUME_EPS), box_lo, box_hi):
+                        if j <= i or suppressed[j]:
+                            continue
+                        a_min = min(volumes[i], volumes[j])
+                        limit = thresh * (a_min + VOLUME_EPS)
+                        if _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi):
                             continue
                         if mask.size == 0:
                             mask, summed = _rasterise(i, centres, inv_dist, lo, hi, table,
                                                       scratch)
                         suppressed[j] = _suppresses(i, j, mask, summed, polyhedra, dist,
-                                                    vertices, table, thresh, box_lo, box_hi,
-                                                    scratch)
+                                                    vertices, table, thresh, a_min, limit,
+                                                    box_lo, box_hi, scratch)
     return ~suppressed
 
 

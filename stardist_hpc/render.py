@@ -34,7 +34,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from .checkpoint import SurvivorFile, save_record, write_bytes
 from .config import LABELING_BACKEND_FAST
-from .star_geometry import cone_table, inside, prepare_polyhedra
+from .star_geometry import cone_table, inside, prepare_polyhedra, reach
 from .tiling import Box
 
 #: zlib level of the chunks; h5py's default gzip level.
@@ -192,9 +192,8 @@ def _render_stardist(labels, origin, dist, points, ids, geometry, image_shape):
 
 def _render_fast(labels, origin, dist, points, ids, geometry):
     polyhedra = prepare_polyhedra(dist, points, geometry)
-    reach = np.maximum(polyhedra.centres - polyhedra.lo, polyhedra.hi - polyhedra.centres)
     _render_polyhedra_fast(labels, origin, polyhedra.centres, polyhedra.inv_dist, polyhedra.lo,
-                           polyhedra.hi, ids, cone_table(geometry, reach.max(axis=0)))
+                           polyhedra.hi, ids, cone_table(geometry, reach(polyhedra)))
 
 
 def render_labels(dist, points, ids, geometry, box, image_shape, backend):

@@ -215,6 +215,13 @@ def _measure_polyhedra(dist, centres, vertices, faces):
     return inv_dist, volumes, lo, hi
 
 
+def reach(polyhedra):
+    """Largest distance (z, y, x) from a centre to a face of its voxel box, over all polyhedra:
+    the offsets a cone table for them should hold."""
+    return np.maximum((polyhedra.centres - polyhedra.lo).max(axis=0),
+                      (polyhedra.hi - polyhedra.centres).max(axis=0))
+
+
 def _integer_centres(points):
     centres = np.asarray(points)
     if not np.array_equal(centres, np.round(centres)):
