@@ -168,6 +168,8 @@ def load_model(model_section):
 
 def _prefetch(plans, load):
     """Yield ``(plan, load(plan))``, loading the next block in a thread while the caller works."""
+    if not plans:   # an interrupted run that had appended every block before its rename
+        return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read") as pool:
         pending = pool.submit(load, plans[0])
         for i, plan in enumerate(plans):

@@ -88,6 +88,26 @@ def test_block_cores_partition_the_image(demo_model):
     assert np.all(covered == 1)
 
 
+def test_a_run_interrupted_after_its_last_block_only_renames(demo_model, small_nuclei_tif,
+                                                             tmp_path):
+    meta = CandidateMeta(image_shape=(0, 0, 0), rays_json=_rays_json(demo_model),
+                         grid=(1, 2, 2), prob_thresh=0.5, nms_thresh=0.3)
+    settings = {"block_shape": (16, 48, 48), "prob_thresh": 0.5, "n_tiles": None,
+                "max_tile_voxels": 10**7}
+    path = tmp_path / "c.h5"
+    with open_volume(small_nuclei_tif) as volume:
+        norm = percentile_normalization(volume, 1.0, 99.8, sample_size=10**6)
+        with pytest.raises(KeyboardInterrupt):
+            with CandidateWriter(path, meta, "key") as writer:
+                first = predict_volume(demo_model, volume, norm, writer, **settings)
+                raise KeyboardInterrupt   # after the last block, before the rename
+        with CandidateWriter(path, meta, "key") as writer:
+            again = predict_volume(demo_model, volume, norm, writer, **settings)
+    assert writer.n_blocks == first.blocks == again.blocks
+    assert CandidateFile(path).n_candidates == first.candidates == again.candidates
+    assert again.network_seconds == 0
+
+
 def test_cli_writes_a_complete_indexed_candidate_file(small_nuclei_tif, tmp_path):
     from local_prediction import main
 
