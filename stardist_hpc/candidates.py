@@ -108,6 +108,12 @@ def create_candidate_datasets(h5file, meta, n_rows):
     return dsets
 
 
+def temporary_path(path):
+    """Where :class:`CandidateWriter` writes ``path`` until it is complete."""
+    path = Path(path)
+    return path.with_name(path.name + ".tmp")
+
+
 class CandidateWriter:
     """Append candidates block by block to a new candidate file.
 
@@ -125,7 +131,7 @@ class CandidateWriter:
 
     def __init__(self, path, meta: CandidateMeta, resume_key=""):
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(self.path.name + ".tmp")
+        self.tmp_path = temporary_path(self.path)
         self.meta = meta
         self.resume_key = resume_key
         self._rays = ray_vectors(meta.rays_json)

@@ -35,6 +35,7 @@ from .errors import UserError
 from .label_file import LabelAttributes, write_label_file
 from .model_files import read_model_info
 from .nms import NmsJob, gather_tile, plan_tiles, resolve_halo, run_rounds
+from .path_guard import check_outputs_apart
 from .render import RenderJob, chunk_files, chunk_tasks, render_chunk
 from .tiling import Grid
 
@@ -118,6 +119,15 @@ def _model_info(config: HpcConfig):
     if model.basedir is None or model.name is None:
         return None
     return read_model_info(model.basedir, model.name)
+
+
+def _check_outputs_apart(config: HpcConfig):
+    """Refuse a label file or work_dir that would write over the candidates or the model."""
+    inputs = {"input.prediction": config.input.prediction}
+    if config.model.basedir is not None and config.model.name is not None:
+        inputs["model.name"] = config.model.basedir / config.model.name
+    check_outputs_apart(inputs, outputs={"output.labels": (config.output.labels,)},
+                        directories={"output.work_dir": config.output.work_dir})
 
 
 def _open_candidates(config: HpcConfig, model):
@@ -298,6 +308,7 @@ def run(config: HpcConfig):
     """
     seconds = StageSeconds()
     model = _model_info(config)
+    _check_outputs_apart(config)
     with _timed(seconds, "index"):
         candidates = _open_candidates(config, model)
     job = resolve_job(config, candidates, model)

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .candidates import CandidateMeta, CandidateWriter
+from .candidates import CandidateMeta, CandidateWriter, temporary_path
 from .errors import UserError
 from .image_io import open_volume
 from .model_files import read_model_info
 from .normalization import percentile_normalization
+from .path_guard import check_outputs_apart
 from .tiling import grid_boxes
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,10 @@ def run(config):
     """Run the GPU step for a validated :class:`~stardist_hpc.config.LocalConfig`."""
     norm = config.prediction.normalize
     info = read_model_info(config.model.basedir, config.model.name)   # cheap checks first
+    check_outputs_apart(
+        inputs={"image.path": config.image.path,
+                "model.name": config.model.basedir / config.model.name},
+        outputs={"output.path": (config.output.path, temporary_path(config.output.path))})
     with open_volume(config.image) as volume:
         # the sample finds unreadable or non-finite pixels before TensorFlow takes its time
         normalization = percentile_normalization(volume, norm.pmin, norm.pmax, norm.sample_size)

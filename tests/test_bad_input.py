@@ -9,6 +9,7 @@ traceback, and nothing at the output path. All but one case stop before TensorFl
 from __future__ import annotations
 
 import ast
+import hashlib
 import re
 import subprocess
 import sys
@@ -138,6 +139,26 @@ def _broken_model(config_json=None):
     return prepare
 
 
+def _zarr_image(name):
+    """A zarr store ``name`` holding one small 3D image."""
+    def prepare(directory):
+        import zarr
+        store = zarr.open_array(str(directory / name), mode="w", shape=IMAGE_SHAPE,
+                                dtype="uint16", chunks=IMAGE_SHAPE)
+        store[...] = np.arange(np.prod(IMAGE_SHAPE)).reshape(IMAGE_SHAPE)
+    return prepare
+
+
+def _link(name, target, hard=False):
+    """A symbolic (or hard) link ``name`` to the file ``target``."""
+    def prepare(directory):
+        if hard:
+            (directory / name).hardlink_to(directory / target)
+        else:
+            (directory / name).symlink_to(target)
+    return prepare
+
+
 def _h5(name):
     """An HDF5 file ``name`` holding one image dataset 'raw'."""
     def prepare(directory):
@@ -241,6 +262,37 @@ CASES = [
     case("local-malformed-set", LOCAL, _with_image(),
          "--set", "expected key.sub=value", "got 'prediction.block_shape'",
          overrides=["prediction.block_shape"]),
+    # the GPU step: outputs that would write over an input
+    case("local-output-is-the-image", LOCAL, _with_image(),
+         "output.path", "img.tif", "the file of image.path", "choose another path",
+         overrides=["output.path=img.tif"]),
+    case("local-output-is-a-symlink-to-the-image", LOCAL,
+         _after(local_config(), _image, _link("out.h5", "img.tif")),
+         "output.path", "out.h5", "the file of image.path", overrides=["output.path=out.h5"]),
+    case("local-output-is-a-hard-link-to-the-image", LOCAL,
+         _after(local_config(), _image, _link("out.h5", "img.tif", hard=True)),
+         "output.path", "out.h5", "the file of image.path", overrides=["output.path=out.h5"]),
+    case("local-output-via-dotdot-is-the-image", LOCAL, _after(local_config(), _image,
+                                                               _folder("sub")),
+         "output.path", "the file of image.path", overrides=["output.path=sub/../img.tif"]),
+    case("local-output-inside-the-zarr-image", LOCAL,
+         _after(local_config("img.zarr"), _zarr_image("img.zarr")),
+         "output.path", "inside image.path", "img.zarr",
+         overrides=["output.path=img.zarr/prediction.h5"]),
+    # the HPC step: outputs that would write over an input
+    case("hpc-labels-is-the-prediction", HPC, _with_candidates(),
+         "output.labels", "candidates.h5", "the file of input.prediction",
+         overrides=["output.labels=candidates.h5"]),
+    case("hpc-labels-is-a-symlink-to-the-prediction", HPC,
+         _after(hpc_config(), _candidates, _link("out.h5", "candidates.h5")),
+         "output.labels", "the file of input.prediction", overrides=["output.labels=out.h5"]),
+    case("hpc-work-dir-holds-the-prediction", HPC, _with_candidates(),
+         "output.work_dir", "a directory holding input.prediction", overrides=["output.work_dir=."]),
+    case("hpc-work-dir-is-the-prediction-folder", HPC,
+         _after(hpc_config(input={"prediction": "run/candidates.h5"}), _folder("run"),
+                lambda d: _candidates(d / "run")),
+         "output.work_dir", "a directory holding input.prediction",
+         overrides=["output.work_dir=run"]),
     # the HPC step: the candidate file
     case("hpc-missing-prediction", HPC, _after(hpc_config()),
          "candidate file", "candidates.h5", "does not exist", "input.prediction"),
@@ -308,9 +360,17 @@ def _outputs(directory):
     return sorted(p for name in OUTPUT_NAMES for p in directory.rglob(name) if p.is_file())
 
 
+def _checksums(directory):
+    """SHA-256 of every file below ``directory`` (links followed), by relative path."""
+    return {p.relative_to(directory): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.parametrize("bad", CASES)
 def test_bad_input_ends_with_one_line_and_exit_code_2(tmp_path, bad):
-    result = _run(tmp_path, bad.script, bad.setup(tmp_path), bad.overrides)
+    config = bad.setup(tmp_path)
+    inputs = _checksums(tmp_path)
+    result = _run(tmp_path, bad.script, config, bad.overrides)
     lines = result.stderr.splitlines()
     errors = [line for line in lines if ERROR_LINE.match(line)]
     assert result.returncode == 2, result.stderr[-3000:]
@@ -319,6 +379,8 @@ def test_bad_input_ends_with_one_line_and_exit_code_2(tmp_path, bad):
     missing = [text for text in bad.expected if text not in errors[0]]
     assert not missing, f"{missing} not in: {errors[0]}"
     assert _outputs(tmp_path) == []
+    after = _checksums(tmp_path)
+    assert {name: after.get(name) for name in inputs} == inputs, "an input changed"
 
 
 def test_hpc_step_on_zero_candidates_writes_background(tmp_path):
