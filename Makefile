@@ -27,11 +27,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PYTHON) -m stardist_hpc.demo data $(DEMO_DIR)
 	$(PYTHON) local_prediction.py local_template.yaml $(DEMO_LOCAL)
-	rm -rf output/work
 	$(PYTHON) hpc_prediction.py hpc_prediction_template.yaml $(DEMO_HPC)
 	$(PYTHON) -m stardist_hpc.demo summary $(DEMO_DIR) output/label.h5
 
 test: $(STAMP)
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -q
 
 clean:

@@ -6,7 +6,7 @@ What it measures
 1. Writes two synthetic nuclei volumes (uint16 TIFF, as ``stardist_hpc.demo`` writes the demo
    image): one of ``--shape`` and one twice as large along every axis (8x the voxels, the same
    nucleus density).
-2. Runs the GPU step, ``stardist_hpc.predict.run(config)``, on each volume in a fresh
+2. Runs the GPU step, ``stardist_hpc.predict.step.run(config)``, on each volume in a fresh
    subprocess, with the same ``--block-shape`` for both (so the large volume has 8x the blocks).
    Each child reports its peak RSS (``ru_maxrss``), the wall time of ``run`` and the fields of
    the returned ``PredictionSummary``.
@@ -28,8 +28,8 @@ block's core plus the network's context on its inner sides (or the StarDist tile
 into under ``prediction.max_tile_voxels``). A volume only one or two blocks wide has no block
 with context on both sides, so the defaults use small blocks and a small volume three blocks
 wide along every axis: both volumes then reach the same largest call, and the ratio shows
-whether anything else grows with the image. ``cpu s`` is the child's CPU time (imports included): far
-less than cores x wall time means the child waited for cores other processes held.
+whether anything else grows with the image. ``cpu s`` is the child's CPU time (imports
+included): far less than cores x wall time means the child waited for cores other processes held.
 
 How to run
 ----------
@@ -106,7 +106,7 @@ def child_blockwise(config_path):
     from stardist_hpc.config import LocalConfig, load
 
     baseline = _import_tensorflow_baseline()
-    from stardist_hpc.predict import run
+    from stardist_hpc.predict.step import run
 
     config = load(LocalConfig, config_path)
     start = time.perf_counter()
@@ -119,9 +119,9 @@ def child_blockwise(config_path):
 def child_whole(config_path):
     """Predict the config's whole image with one ``predict_sparse`` call; return measurements."""
     from stardist_hpc.config import LocalConfig, load
-    from stardist_hpc.image_io import open_volume
-    from stardist_hpc.model_files import read_model_info
-    from stardist_hpc.normalization import percentile_normalization
+    from stardist_hpc.io.image import open_volume
+    from stardist_hpc.io.model_files import read_model_info
+    from stardist_hpc.predict.normalization import percentile_normalization
 
     baseline = _import_tensorflow_baseline()
     from stardist.models import StarDist3D

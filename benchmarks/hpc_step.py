@@ -134,7 +134,7 @@ def child_main(config_path, n_workers):
     import distributed  # noqa: F401  (imported here so the baseline includes it)
 
     import hpc_prediction
-    from stardist_hpc import hpc
+    from stardist_hpc.segment import step as hpc
     baseline = current_rss_mib()
     load = os.getloadavg()[0]
     summaries = []

@@ -25,10 +25,11 @@ inherits them.
 2. The labeling question: the fast backend's kept set of each candidate set rendered into a
    label volume by ``render.render_labels`` with its two renderers (first, most probable,
    object wins a voxel in both): ``'fast'``, the O(1) cone-table inside test of
-   ``stardist_hpc.star_geometry`` that the fast NMS counts with, and ``'stardist'``, the exact
+   ``stardist_hpc.geometry.cone_table`` that the fast NMS counts with, and ``'stardist'``, the exact
    port of StarDist's renderer. Printed: labelled voxels, voxels whose label differs, and the
    speed ratio (median of ``--repeat`` runs each; information, no target).
-3. The whole HPC step (``stardist_hpc.hpc.run``, cluster.mode local, 1 worker, 1 thread) on an
+3. The whole HPC step (``stardist_hpc.segment.step.run``, cluster.mode local, 1 worker,
+   1 thread) on an
    NMS-heavy candidate file (dense candidates of crowded nuclei), once with ``nms.backend:
    fast`` and once with ``stardist``, each in its own work_dir (``labeling.backend`` is the
    config's default unless ``--labeling-backend`` sets it for both). Printed: the wall time of
@@ -77,15 +78,18 @@ from typing import NamedTuple  # noqa: E402
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
-
 from measure import verdict  # noqa: E402
 
 from stardist_hpc.config import LABELING_BACKEND_FAST, LABELING_BACKEND_STARDIST  # noqa: E402
-from stardist_hpc.order import rank_scores, total_order  # noqa: E402
-from stardist_hpc.render import RayGeometry, render_labels  # noqa: E402
-from stardist_hpc.synthetic import (DEFAULT_RADIUS_RANGE, dense_candidates,  # noqa: E402
-                                    separated_centres, write_candidate_file)
-from stardist_hpc.tiling import Box  # noqa: E402
+from stardist_hpc.geometry.order import rank_scores, total_order  # noqa: E402
+from stardist_hpc.geometry.tiling import Box  # noqa: E402
+from stardist_hpc.segment.render import RayGeometry, render_labels  # noqa: E402
+from stardist_hpc.synthetic import (  # noqa: E402
+    DEFAULT_RADIUS_RANGE,
+    dense_candidates,
+    separated_centres,
+    write_candidate_file,
+)
 
 log = logging.getLogger("benchmarks.nms_speed")
 
@@ -200,7 +204,7 @@ def scaled_shape(shape, scale):
 
 def fast_nms(candidates, thresh):
     """Kept flags (in rank order) of the fast backend."""
-    from stardist_hpc.nms_fast import non_maximum_suppression
+    from stardist_hpc.segment.nms_fast import non_maximum_suppression
     return non_maximum_suppression(candidates.dist, candidates.points, candidates.geometry,
                                    thresh)
 
@@ -380,10 +384,11 @@ def run_hpc(candidate_path, run_dir, backend, args):
     """Run ``hpc.run`` with ``backend`` in ``run_dir``; time it and read its label volume."""
     import h5py
 
-    from stardist_hpc import hpc
-    from stardist_hpc.checkpoint import SurvivorFile
     from stardist_hpc.config import HpcConfig, load
-    from stardist_hpc.label_file import LABELS
+    from stardist_hpc.io.label_file import LABELS
+    from stardist_hpc.io.survivors import SurvivorFile
+    from stardist_hpc.segment import step as hpc
+    from stardist_hpc.segment.params import SURVIVORS
     run_dir.mkdir()
     config_path = run_dir / "hpc.yaml"
     write_config(config_path, candidate_path, run_dir, backend, args)
@@ -392,7 +397,7 @@ def run_hpc(candidate_path, run_dir, backend, args):
     summary, wall, cpu = timed(hpc.run, config)
     with h5py.File(run_dir / "label.h5", "r") as f:
         labels = f[LABELS][()]
-    rows, = SurvivorFile(config.output.work_dir / hpc.SURVIVORS).read_columns("rows")
+    rows, = SurvivorFile(config.output.work_dir / SURVIVORS).read_columns("rows")
     return HpcResult(wall, cpu, summary, labels, rows)
 
 

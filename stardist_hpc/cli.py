@@ -1,8 +1,10 @@
-"""What both command-line scripts share: argument parsing, logging set-up and error handling.
+"""The two command-line steps: argument parsing, logging set-up and error handling.
 
-A script's ``main()`` parses its arguments and validates the whole config before it imports
-the stage that does the work, so ``--help`` and bad configs answer at once (and the HPC step
-never imports TensorFlow).
+``predict_main`` (``local_prediction.py``, ``stardist-hpc-predict``) and ``segment_main``
+(``hpc_prediction.py``, ``stardist-hpc-segment``) parse their arguments and validate the whole
+config before they import the stage that does the work, so ``--help`` and bad configs answer at
+once (and the HPC step never imports TensorFlow). ``python -m stardist_hpc predict|segment``
+runs either.
 """
 from __future__ import annotations
 
@@ -86,3 +88,37 @@ def run_script(argv, *, description, config_cls, runner, config_help="YAML confi
         log.error("interrupted; rerun the same command to resume")
         return EXIT_INTERRUPTED
     return 0
+
+
+PREDICT_DESCRIPTION = """\
+Block-wise StarDist3D prediction of a large 3D image into a sparse candidate file.
+
+Streams the image block by block through a trained StarDist3D model and appends the candidates
+(prob, dist, points) of each block to an HDF5 file that the HPC step consumes. Memory is
+bounded by prediction.block_shape, not by the image size.
+
+Example: python local_prediction.py local_template.yaml --set prediction.block_shape=[32,128,128]
+"""
+
+SEGMENT_DESCRIPTION = """\
+Distributed NMS and labeling of StarDist3D candidates into one uint32 label volume.
+
+Reads the candidate file written by local_prediction.py (or the original pipeline's
+probabilities.h5), runs non-maximum suppression tile by tile and renders the kept nuclei chunk
+by chunk on a Dask cluster (local processes or SLURM jobs), and writes label.h5.
+Rerunning the same command after an interruption resumes from the checkpoints in work_dir.
+
+Example: python hpc_prediction.py hpc_prediction_template.yaml --set cluster.mode=local
+"""
+
+
+def predict_main(argv=None):
+    """The GPU step's command line; returns the exit code."""
+    return run_script(argv, description=PREDICT_DESCRIPTION, config_cls=config_module.LocalConfig,
+                      runner="stardist_hpc.predict.step:run")
+
+
+def segment_main(argv=None):
+    """The HPC step's command line; returns the exit code."""
+    return run_script(argv, description=SEGMENT_DESCRIPTION, config_cls=config_module.HpcConfig,
+                      runner="stardist_hpc.segment.step:run")

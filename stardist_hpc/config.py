@@ -72,6 +72,8 @@ def text(value, where, _base):
 
 def path(value, where, base):
     """A filesystem path; relative paths are taken relative to the config file's directory."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
     p = Path(text(value, where, base)).expanduser()
     return p if p.is_absolute() else (base / p)
 
@@ -196,6 +198,17 @@ def load(cls, config_path, overrides=()):
     return _build(cls, raw, "", config_path.resolve().parent)
 
 
+def arguments_config(cls, **sections):
+    """Validate Python API arguments, given as the YAML sections they stand for, into ``cls``.
+
+    The same parsers check them as check a config file (so ``backend="Fast"`` fails as
+    ``nms.backend: Fast`` does); relative paths are taken relative to the working directory.
+    ``None`` for a whole section means its defaults.
+    """
+    raw = {name: value for name, value in sections.items() if value is not None}
+    return _build(cls, raw, "", Path.cwd())
+
+
 def describe(cls, where=""):
     """Yield ``(dotted key, default, doc)`` for every key of ``cls``, for docs and tests."""
     for f in dataclasses.fields(cls):
@@ -228,8 +241,8 @@ class ImageSection:
 
 @dataclass(frozen=True)
 class ModelSection:
-    basedir: Path = key(path, "models", "directory holding model folders")
-    name: str = key(text, "demo", "model folder inside basedir")
+    basedir: Path = key(path, doc="directory holding model folders, e.g. models")
+    name: str = key(text, doc="model folder inside basedir, e.g. demo")
 
 
 @dataclass(frozen=True)
@@ -292,9 +305,10 @@ class InputSection:
 
 @dataclass(frozen=True)
 class HpcModelSection:
-    basedir: Path | None = key(optional(path), "models",
+    basedir: Path | None = key(optional(path), None,
                                "directory holding model folders (null: use the file's attributes)")
-    name: str | None = key(optional(text), "demo", "model folder inside basedir")
+    name: str | None = key(optional(text), None,
+                           "model folder inside basedir (null: use the file's attributes)")
 
 
 @dataclass(frozen=True)

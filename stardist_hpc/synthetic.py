@@ -167,8 +167,8 @@ def synthetic_candidates(image_shape, centres, *, n_rays=SYNTHETIC_RAYS, radius_
 def write_candidate_file(path, image_shape, rays, prob, dist, points, *,
                          block_shape=(None, 32, 32), nms_thresh=SYNTHETIC_NMS_THRESH):
     """Write candidates as local_prediction.py does: block by block, shuffled within blocks."""
-    from .candidates import CandidateMeta, CandidateWriter
-    from .tiling import grid_boxes
+    from .geometry.tiling import grid_boxes
+    from .io.candidates import CandidateMeta, CandidateWriter
     meta = CandidateMeta(image_shape=tuple(image_shape), rays_json=json.dumps(rays.to_json()),
                          grid=(1, 2, 2), prob_thresh=0.5, nms_thresh=nms_thresh,
                          model_name="synthetic")
@@ -178,6 +178,32 @@ def write_candidate_file(path, image_shape, rays, prob, dist, points, *,
             inside = rng.permutation(np.flatnonzero(box.contains(points)))
             writer.append(box.lo, box.hi, prob[inside], dist[inside], points[inside])
     return path
+
+
+#: volume of :func:`demo_candidate_file`: small enough for a docstring example.
+EXAMPLE_SHAPE = (16, 48, 48)
+#: nucleus centres of :func:`demo_candidate_file` stay this far apart (voxels, physical units).
+EXAMPLE_MIN_DISTANCE = 16.0
+
+
+def demo_candidate_file(path, n_nuclei=3, *, seed=0):
+    """A small candidate file of ``n_nuclei`` separated synthetic nuclei (for examples).
+
+    Parameters
+    ----------
+    path : str or Path
+        File to write (a ``prediction.h5`` of this project's format).
+    n_nuclei : int
+        Nuclei placed in an :data:`EXAMPLE_SHAPE` volume, each with many candidates.
+    seed : int
+
+    Returns
+    -------
+    Path
+    """
+    centres = separated_centres(EXAMPLE_SHAPE, n_nuclei, EXAMPLE_MIN_DISTANCE, seed=seed)
+    rays, prob, dist, points = synthetic_candidates(EXAMPLE_SHAPE, centres, seed=seed)
+    return write_candidate_file(path, EXAMPLE_SHAPE, rays, prob, dist, points)
 
 
 def random_centres(image_shape, n, seed):

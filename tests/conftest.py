@@ -8,9 +8,15 @@ import pytest
 import tifffile
 
 from stardist_hpc.config import ImageSection, ModelSection
-from stardist_hpc.synthetic import (SYNTHETIC_NMS_THRESH, SYNTHETIC_RAYS,  # noqa: F401
-                                    ellipsoid_dist, nuclei_volume, random_centres,
-                                    synthetic_candidates, write_candidate_file)
+from stardist_hpc.synthetic import (  # noqa: F401
+    SYNTHETIC_NMS_THRESH,
+    SYNTHETIC_RAYS,
+    ellipsoid_dist,
+    nuclei_volume,
+    random_centres,
+    synthetic_candidates,
+    write_candidate_file,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -25,8 +31,8 @@ def demo_model_section():
 @pytest.fixture(scope="session")
 def demo_model(demo_model_section):
     """The committed demo StarDist3D model, loaded once per test session (imports TensorFlow)."""
-    from stardist_hpc.predict import load_model
-    return load_model(demo_model_section)
+    from stardist_hpc.predict.step import load_model
+    return load_model(demo_model_section.basedir / demo_model_section.name)
 
 
 @pytest.fixture(scope="session")
@@ -64,9 +70,9 @@ class SingleProcessResult:
     """One NMS over a whole candidate file, in the total order, rendered by StarDist.
 
     With ``backend='stardist'`` everything is StarDist's own (its NMS and polyhedron_to_label);
-    with ``backend='fast'`` the kept set comes from ``stardist_hpc.nms_fast`` run once over the
-    whole file. The total order is spelled out here (decreasing prob, then point z, y, x, then
-    file row) rather than taken from stardist_hpc.
+    with ``backend='fast'`` the kept set comes from ``stardist_hpc.segment.nms_fast`` run once
+    over the whole file. The total order is spelled out here (decreasing prob, then point z, y,
+    x, then file row) rather than taken from stardist_hpc.
     """
 
     def __init__(self, path, thresh=SYNTHETIC_NMS_THRESH, backend="stardist"):
@@ -96,8 +102,8 @@ def _single_process_nms(dist, points, rays, scores, order, thresh, backend):
     if backend == "stardist":
         from stardist.nms import non_maximum_suppression_3d_inds
         return non_maximum_suppression_3d_inds(dist, points, rays, scores, thresh, verbose=False)
-    from stardist_hpc.nms_fast import non_maximum_suppression
-    from stardist_hpc.render import RayGeometry
+    from stardist_hpc.geometry.rays import RayGeometry
+    from stardist_hpc.segment.nms_fast import non_maximum_suppression
     geometry = RayGeometry(np.asarray(rays.vertices, np.float32), np.asarray(rays.faces, np.int32))
     kept = np.empty(len(order), bool)
     kept[order] = non_maximum_suppression(dist[order], points[order], geometry, thresh)
@@ -119,6 +125,15 @@ def _stardist_libgomp():
     with open("/proc/self/maps") as maps:
         paths = sorted({line.split()[-1] for line in maps if "libgomp" in line})
     return ctypes.CDLL(next((p for p in paths if "stardist" in p), paths[0]))
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A Dask client of one in-process worker (threads): in-process transport, no socket."""
+    import distributed
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1,
+                            dashboard_address=None) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

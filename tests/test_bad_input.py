@@ -23,8 +23,13 @@ import pytest
 import tifffile
 import yaml
 
-from stardist_hpc.synthetic import (DEFAULT_ANISOTROPY, SYNTHETIC_RAYS, random_centres,
-                                    synthetic_candidates, write_candidate_file)
+from stardist_hpc.synthetic import (
+    DEFAULT_ANISOTROPY,
+    SYNTHETIC_RAYS,
+    random_centres,
+    synthetic_candidates,
+    write_candidate_file,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -287,7 +292,8 @@ CASES = [
          _after(hpc_config(), _candidates, _link("out.h5", "candidates.h5")),
          "output.labels", "the file of input.prediction", overrides=["output.labels=out.h5"]),
     case("hpc-work-dir-holds-the-prediction", HPC, _with_candidates(),
-         "output.work_dir", "a directory holding input.prediction", overrides=["output.work_dir=."]),
+         "output.work_dir", "a directory holding input.prediction",
+         overrides=["output.work_dir=."]),
     case("hpc-work-dir-is-the-prediction-folder", HPC,
          _after(hpc_config(input={"prediction": "run/candidates.h5"}), _folder("run"),
                 lambda d: _candidates(d / "run")),
@@ -433,11 +439,11 @@ def _leading_phrase(node):
 
 def _user_error_messages():
     """(file:line, leading phrase) of the message of every ``UserError(...)`` in the package."""
-    for path in sorted((REPO / "stardist_hpc").glob("*.py")):
+    for path in sorted((REPO / "stardist_hpc").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
                     and node.func.id == "UserError" and node.args):
-                yield f"{path.name}:{node.lineno}", _leading_phrase(node.args[0])
+                yield f"{path.relative_to(REPO)}:{node.lineno}", _leading_phrase(node.args[0])
 
 
 def test_every_error_message_is_in_troubleshooting():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from stardist import Rays_GoldenSpiral
 
-from stardist_hpc.candidates import CandidateFile, CandidateMeta, CandidateWriter
+from stardist_hpc.io.candidates import CandidateFile, CandidateMeta, CandidateWriter
 
 N_RAYS = 8
 SHAPE = (4, 8, 8)

@@ -3,10 +3,14 @@ import os
 
 import pytest
 
-from stardist_hpc.cluster import (_wait_for_slurm_workers, run_tasks, slurm_cluster_kwargs,
-                                  start_cluster)
 from stardist_hpc.config import ClusterSection, LocalClusterSection, SlurmSection
 from stardist_hpc.errors import UserError
+from stardist_hpc.segment.cluster import (
+    _wait_for_slurm_workers,
+    run_tasks,
+    slurm_cluster_kwargs,
+    start_cluster,
+)
 
 SLURM = SlurmSection(jobs=3, cores=8, processes=2, memory="20GB", walltime="02:30:00",
                      queue="gpu-short", account="lab42", interface=None,

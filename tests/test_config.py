@@ -12,6 +12,10 @@ from stardist_hpc.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: the keys a GPU-step config needs besides the ones a test is about.
+IMAGE_AND_MODEL = "image: {path: a.tif}\nmodel: {basedir: models, name: demo}\n"
+
+
 def _write(tmp_path, text):
     path = tmp_path / "cfg.yaml"
     path.write_text(text)
@@ -22,7 +26,25 @@ def _write(tmp_path, text):
                                            (HpcConfig, "hpc_prediction_template.yaml")])
 def test_templates_load_and_resolve_paths_against_their_directory(cls, template):
     config = load(cls, REPO / template)
-    assert config.model.basedir == REPO / "models"
+    output = config.output.path if cls is LocalConfig else config.output.labels
+    assert output.parent == REPO / "output"
+
+
+def test_gpu_step_names_its_model_and_hpc_template_uses_the_files_rays():
+    local = load(LocalConfig, REPO / "local_template.yaml")
+    assert (local.model.basedir, local.model.name) == (REPO / "models", "demo")
+    hpc = load(HpcConfig, REPO / "hpc_prediction_template.yaml")
+    assert (hpc.model.basedir, hpc.model.name) == (None, None)
+
+
+@pytest.mark.parametrize("missing", ["basedir", "name"])
+def test_gpu_step_model_has_no_default(tmp_path, missing):
+    model = {"basedir": "models", "name": "demo"}
+    del model[missing]
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"image": {"path": "img.tif"}, "model": model}))
+    with pytest.raises(UserError, match=f"'model.{missing}' is required"):
+        load(LocalConfig, path)
 
 
 @pytest.mark.parametrize("cls, template", [(LocalConfig, "local_template.yaml"),
@@ -47,7 +69,7 @@ def test_every_key_is_documented(cls, doc):
 
 
 def test_misspelled_key_suggests_the_right_one(tmp_path):
-    path = _write(tmp_path, "image: {path: a.tif}\nprediction: {block_shap: [1, 2, 3]}\n")
+    path = _write(tmp_path, IMAGE_AND_MODEL + "prediction: {block_shap: [1, 2, 3]}\n")
     with pytest.raises(UserError, match=r"prediction.block_shap.*did you mean 'block_shape'"):
         load(LocalConfig, path)
 
@@ -56,10 +78,11 @@ def test_misspelled_key_suggests_the_right_one(tmp_path):
     ("prediction: {block_shape: [0, 8, 8]}", r"prediction\.block_shape\[0\]"),
     ("prediction: {block_shape: [8, 8]}", r"prediction\.block_shape"),
     ("prediction: {prob_thresh: high}", r"prediction\.prob_thresh"),
-    ("model: {name: 3}", r"model\.name"),
+    ("model: {basedir: models, name: 3}", r"model\.name"),
     ("prediction: {normalize: {pmax: 101}}", r"prediction\.normalize\.pmax"),
 ])
 def test_wrong_values_name_the_field(tmp_path, text, field):
+    text = text if text.startswith("model") else "model: {basedir: models, name: demo}\n" + text
     path = _write(tmp_path, "image: {path: a.tif}\n" + text + "\n")
     with pytest.raises(UserError, match=rf"'{field}': expected"):
         load(LocalConfig, path)
@@ -67,7 +90,8 @@ def test_wrong_values_name_the_field(tmp_path, text, field):
 
 def test_negative_channel(tmp_path):
     with pytest.raises(UserError, match=r"'image\.channel': expected an integer >= 0"):
-        load(LocalConfig, _write(tmp_path, "image: {path: a.tif, channel: -1}\n"))
+        load(LocalConfig, _write(tmp_path, "model: {basedir: models, name: demo}\n"
+                                           "image: {path: a.tif, channel: -1}\n"))
 
 
 def test_required_key(tmp_path):
@@ -81,7 +105,7 @@ def test_cluster_mode_is_checked(tmp_path):
 
 
 def test_overrides_are_yaml_and_checked(tmp_path):
-    path = _write(tmp_path, "image: {path: a.tif}\n")
+    path = _write(tmp_path, IMAGE_AND_MODEL)
     config = load(LocalConfig, path, ["prediction.block_shape=[8, 16, 16]"])
     assert config.prediction.block_shape == (8, 16, 16)
     assert config.image.path == tmp_path / "a.tif"
@@ -99,6 +123,6 @@ def test_missing_and_invalid_config_files(tmp_path):
 
 
 def test_configs_are_frozen(tmp_path):
-    config = load(LocalConfig, _write(tmp_path, "image: {path: a.tif}\n"))
+    config = load(LocalConfig, _write(tmp_path, IMAGE_AND_MODEL))
     with pytest.raises(AttributeError):
         config.image.channel = 3

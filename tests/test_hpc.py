@@ -1,6 +1,7 @@
 """The HPC step end to end: label.h5 equals StarDist's single-process result."""
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,15 +10,20 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from conftest import (
+    SYNTHETIC_NMS_THRESH,
+    SYNTHETIC_RAYS,
+    SingleProcessResult,
+    ellipsoid_dist,
+    write_candidate_file,
+)
 from scipy import ndimage
 
-from conftest import (SYNTHETIC_NMS_THRESH, SYNTHETIC_RAYS, SingleProcessResult, ellipsoid_dist,
-                      write_candidate_file)
-from stardist_hpc import hpc
-from stardist_hpc.candidates import CandidateFile
-from stardist_hpc.cluster import run_in_process
 from stardist_hpc.config import HpcConfig, load
 from stardist_hpc.errors import UserError
+from stardist_hpc.io.candidates import CandidateFile
+from stardist_hpc.segment import step as hpc
+from stardist_hpc.segment.cluster import run_in_process
 
 pytestmark = pytest.mark.usefixtures("single_openmp_thread")
 
@@ -44,12 +50,12 @@ def _config(tmp_path, candidate_path, *, tile_shape=(None, 24, 24), chunk_shape=
 def in_process(monkeypatch):
     """Make hpc.run execute its tasks in this process instead of on a Dask cluster."""
     monkeypatch.setattr(hpc, "start_cluster", lambda cluster: contextlib.nullcontext())
-    monkeypatch.setattr(hpc, "run_tasks", lambda client, *task: run_in_process(*task))
+    monkeypatch.setattr(hpc, "run_tasks", lambda client, *task, **options: run_in_process(*task))
 
 
 def _segment(config, execute=run_in_process):
     """Run the stages of ``config`` in this process with ``execute``."""
-    hpc.segment(hpc.resolve_job(config, CandidateFile(config.input.prediction), None), execute)
+    hpc.segment(hpc.resolve_params(config, CandidateFile(config.input.prediction)), execute)
 
 
 def _read_labels(path):
@@ -208,10 +214,28 @@ def test_rays_mismatch_is_a_user_error(tmp_path, nuclei_candidates, in_process):
         hpc.run(config)
 
 
-def test_work_dir_of_another_run_is_refused(tmp_path, chain_candidates, in_process):
+def test_work_dir_of_another_run_starts_afresh(tmp_path, chain_candidates, in_process, caplog):
     hpc.run(_config(tmp_path, chain_candidates))
-    with pytest.raises(UserError, match="nms_thresh changed"):
+    (tmp_path / "work" / "notes.txt").write_text("a file of the user's")
+    with caplog.at_level("WARNING"):
         hpc.run(_config(tmp_path, chain_candidates, thresh=0.5))
+    assert "nms_thresh changed" in caplog.text and "starting afresh" in caplog.text
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    hpc.run(_config(fresh, chain_candidates, thresh=0.5))
+    assert np.array_equal(_read_labels(tmp_path / "label.h5")[0],
+                          _read_labels(fresh / "label.h5")[0])
+    assert (tmp_path / "work" / "notes.txt").exists()
+
+
+def test_changed_input_starts_afresh(tmp_path, chain_candidates, in_process, caplog):
+    candidates = tmp_path / "candidates.h5"
+    candidates.write_bytes(chain_candidates.read_bytes())
+    hpc.run(_config(tmp_path, candidates))
+    os.utime(candidates, ns=(0, 0))
+    with caplog.at_level("WARNING"):
+        hpc.run(_config(tmp_path, candidates))
+    assert "input_mtime_ns changed" in caplog.text
 
 
 def _one_candidate_per_point(path, out):

@@ -10,7 +10,7 @@ import zarr
 
 from stardist_hpc.config import ImageSection
 from stardist_hpc.errors import UserError
-from stardist_hpc.image_io import Volume, open_volume
+from stardist_hpc.io.image import Volume, open_volume
 
 SHAPE = (7, 33, 20)
 #: an odd region [LO, HI) that touches no border.
@@ -156,7 +156,7 @@ def test_any_axes_order(tmp_path, two_channels, axes):
 def test_imaris_crops_padding_and_selects_channel(tmp_path, two_channels, caplog):
     keys = _ims(tmp_path, two_channels)
     _assert_reads(_image(**keys, channel=1), two_channels[1])
-    with caplog.at_level(logging.WARNING, logger="stardist_hpc.image_io"):
+    with caplog.at_level(logging.WARNING, logger="stardist_hpc.io.image"):
         _assert_reads(_image(**keys, axes="ZYX", dataset="raw"), two_channels[0])
     assert "image.axes is ignored" in caplog.text
 

@@ -28,10 +28,11 @@ import pytest
 import tifffile
 import yaml
 
-from stardist_hpc import hpc
-from stardist_hpc.candidates import CandidateFile
-from stardist_hpc.cluster import run_in_process, run_tasks, start_cluster
 from stardist_hpc.config import HpcConfig, load
+from stardist_hpc.io.candidates import CandidateFile
+from stardist_hpc.segment import step as hpc
+from stardist_hpc.segment.cluster import run_in_process, run_tasks, start_cluster
+from stardist_hpc.segment.params import CHUNK_DIR, NMS_DIR, SURVIVORS
 from stardist_hpc.synthetic import nuclei_volume
 
 pytestmark = pytest.mark.slow
@@ -147,16 +148,16 @@ def _write_hpc_config(directory, candidate_path):
 
 
 def _round0_tiles(work_dir):
-    return list((work_dir / hpc.NMS_DIR / "round0").glob("tile*.npz"))
+    return list((work_dir / NMS_DIR / "round0").glob("tile*.npz"))
 
 
 def _nms_checkpoints(work_dir):
-    return {p.relative_to(work_dir) for p in (work_dir / hpc.NMS_DIR).glob("round*/tile*.npz")}
+    return {p.relative_to(work_dir) for p in (work_dir / NMS_DIR).glob("round*/tile*.npz")}
 
 
 def _rendered_chunks(work_dir):
     """Chunks whose statistics file, written last, marks them as rendered."""
-    return list((work_dir / hpc.CHUNK_DIR).glob("*.npz"))
+    return list((work_dir / CHUNK_DIR).glob("*.npz"))
 
 
 def _completed_checkpoints(work_dir):
@@ -204,7 +205,7 @@ def reference(tmp_path_factory, nuclei_candidates, single_openmp_thread):
     """The stages of the same config run uninterrupted, here in this process."""
     directory = tmp_path_factory.mktemp("uninterrupted")
     config = load(HpcConfig, _write_hpc_config(directory, nuclei_candidates))
-    hpc.segment(hpc.resolve_job(config, CandidateFile(nuclei_candidates), None), run_in_process)
+    hpc.segment(hpc.resolve_params(config, CandidateFile(nuclei_candidates)), run_in_process)
     work_dir = config.output.work_dir
     return Reference(*_read_label_file(config.output.labels), len(_round0_tiles(work_dir)),
                      _nms_checkpoints(work_dir), len(_rendered_chunks(work_dir)))
@@ -227,7 +228,7 @@ def _during_nms(work_dir, reference):
 
 def _during_nms_check(work_dir, reference):
     assert 0 < len(_round0_tiles(work_dir)) < reference.n_tiles
-    assert not (work_dir / hpc.SURVIVORS).exists()
+    assert not (work_dir / SURVIVORS).exists()
 
 
 def _nms_done(work_dir, reference):
@@ -257,11 +258,11 @@ KILLS = (Stage("during NMS", _during_nms, _during_nms_check),
 
 def _assert_did_only_missing_work(log_text, before, reference):
     """A run's progress counts only tasks whose checkpoints ``before`` (at its start) lacks."""
-    n_round0_done = sum(p.parts[:2] == (hpc.NMS_DIR, "round0") for p in before)
-    n_chunks_done = sum(p.parts[0] == hpc.CHUNK_DIR and p.suffix == ".npz" for p in before)
+    n_round0_done = sum(p.parts[:2] == (NMS_DIR, "round0") for p in before)
+    n_chunks_done = sum(p.parts[0] == CHUNK_DIR and p.suffix == ".npz" for p in before)
     progress = _progress(log_text)
     assert progress.get("NMS round 0", (0, 0))[1] == reference.n_tiles - n_round0_done
-    if Path(hpc.SURVIVORS) in before:
+    if Path(SURVIVORS) in before:
         assert "gather survivors" not in progress
     if (to_render := _chunks_to_render(log_text)) is not None:
         assert to_render == reference.n_chunks - n_chunks_done
@@ -328,7 +329,7 @@ class WorkerKiller:
 
 def test_worker_killed_during_nms_changes_nothing(tmp_path, nuclei_candidates, reference):
     config = load(HpcConfig, _write_hpc_config(tmp_path, nuclei_candidates))
-    job = hpc.resolve_job(config, CandidateFile(nuclei_candidates), None)
+    job = hpc.resolve_params(config, CandidateFile(nuclei_candidates))
     with start_cluster(config.cluster) as client:
         killer = WorkerKiller(client, "NMS round 0")
         hpc.segment(job, killer.execute)
@@ -404,7 +405,7 @@ def test_killed_gpu_step_leaves_no_output_and_continues_after_its_last_block(tmp
 
 
 def test_temporaries_left_by_killed_writers_are_removed(tmp_path):
-    from stardist_hpc.checkpoint import remove_stale_temporaries
+    from stardist_hpc.io.atomic import remove_stale_temporaries
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait()
     label_path = tmp_path / "label.h5"

@@ -3,16 +3,17 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ellipsoid_dist
 from stardist import Rays_GoldenSpiral
 from stardist.geometry import polyhedron_to_label
 from stardist.nms import non_maximum_suppression_3d_inds
 
-from conftest import ellipsoid_dist
-from stardist_hpc import nms_fast, star_geometry
-from stardist_hpc.nms_fast import non_maximum_suppression
-from stardist_hpc.star_geometry import prepare_polyhedra
-from stardist_hpc.order import rank_scores, total_order
-from stardist_hpc.render import ray_geometry
+from stardist_hpc.geometry import cone_table as star_geometry
+from stardist_hpc.geometry.cone_table import prepare_polyhedra
+from stardist_hpc.geometry.order import rank_scores, total_order
+from stardist_hpc.geometry.rays import ray_geometry
+from stardist_hpc.segment import nms_fast
+from stardist_hpc.segment.nms_fast import non_maximum_suppression
 from stardist_hpc.synthetic import dense_candidates, random_centres
 
 pytestmark = pytest.mark.usefixtures("single_openmp_thread")

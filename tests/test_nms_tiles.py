@@ -1,21 +1,30 @@
 """Tile-wise NMS with fixed-fate reruns equals StarDist's NMS over the whole volume."""
 import numpy as np
 import pytest
-
 from conftest import SingleProcessResult
-from stardist_hpc.candidates import CandidateFile
-from stardist_hpc.cluster import run_in_process
-from stardist_hpc.nms import (NmsJob, gather_tile, plan_tiles, resolve_halo, run_rounds,
-                              tile_path)
+
+from stardist_hpc.io.candidates import CandidateFile
+from stardist_hpc.segment.cluster import run_in_process
+from stardist_hpc.segment.nms import gather_tile, plan_tiles, resolve_halo, run_rounds, tile_path
+from stardist_hpc.segment.params import SegmentParams
 
 pytestmark = pytest.mark.usefixtures("single_openmp_thread")
 
 THRESH = 0.3
 
 
-def _nms_job(candidate_path, tile_dir, backend="stardist"):
+def _nms_job(candidate_path, work_dir, backend="stardist"):
+    """Parameters of an NMS run on ``candidate_path`` (the settings NMS does not read are
+    placeholders)."""
     meta = CandidateFile(candidate_path).meta
-    return NmsJob(candidate_path, meta.rays_json, THRESH, meta.image_shape, tile_dir, backend)
+    return SegmentParams(candidate_path=candidate_path, input_path=str(candidate_path),
+                         input_size=0, input_mtime_ns=0, model_dir="",
+                         image_shape=meta.image_shape,
+                         rays_json=meta.rays_json, prob_thresh=meta.prob_thresh,
+                         nms_thresh=THRESH, nms_backend=backend, tile_shape=(None, None, None),
+                         halo=(0, 0, 0), chunk_shape=meta.image_shape,
+                         labeling_backend="stardist", work_dir=work_dir,
+                         label_path=work_dir / "label.h5")
 
 
 def _plans(candidate_path, tile_shape):
@@ -82,7 +91,7 @@ def test_resume_redoes_only_missing_tiles(tmp_path, nuclei_candidates):
     first = run_rounds(job, plans, run_in_process)
     deleted = [(0, 1), (0, 4), (1, 2)]
     for round_, index in deleted:
-        tile_path(tmp_path, round_, index).unlink(missing_ok=False)
+        tile_path(job.nms_dir, round_, index).unlink(missing_ok=False)
     executed = []
 
     def recording_executor(function, argument_tuples, description):

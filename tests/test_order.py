@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from stardist_hpc.order import MAX_RANKED, rank_scores, total_order
+from stardist_hpc.geometry.order import MAX_RANKED, rank_scores, total_order
 
 
 def test_total_order_is_prob_then_point_then_row():

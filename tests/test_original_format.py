@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from stardist import Rays_GoldenSpiral
 
-from stardist_hpc.candidates import candidate_extent, ray_vectors
 from stardist_hpc.errors import UserError
-from stardist_hpc.model_files import ModelInfo
-from stardist_hpc.original_format import index_original_file, is_original_format
+from stardist_hpc.geometry.rays import candidate_extent, ray_vectors
+from stardist_hpc.io.model_files import ModelInfo
+from stardist_hpc.io.original_format import index_original_file, is_original_format
 
 N_RAYS = 96
 IMAGE_SHAPE = (40, 90, 70)

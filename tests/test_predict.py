@@ -7,10 +7,10 @@ import h5py
 import numpy as np
 import pytest
 
-from stardist_hpc.candidates import CandidateFile, CandidateMeta, CandidateWriter
-from stardist_hpc.image_io import open_volume
-from stardist_hpc.normalization import percentile_normalization
-from stardist_hpc.predict import auto_n_tiles, network_geometry, plan_blocks, predict_volume
+from stardist_hpc.io.candidates import CandidateFile, CandidateMeta, CandidateWriter
+from stardist_hpc.io.image import open_volume
+from stardist_hpc.predict.normalization import percentile_normalization
+from stardist_hpc.predict.step import auto_n_tiles, network_geometry, plan_blocks, predict_volume
 
 REPO = Path(__file__).resolve().parents[1]
 #: network outputs agree to this tolerance between block-wise and whole-image calls

@@ -4,13 +4,14 @@ import json
 import h5py
 import numpy as np
 import pytest
+from conftest import ellipsoid_dist, random_centres
 from stardist import Rays_GoldenSpiral
 from stardist.geometry import polyhedron_to_label
 
-from conftest import ellipsoid_dist, random_centres
-from stardist_hpc.render import (chunk_stats, chunk_tasks, compress_chunk, polyhedron_bboxes,
-                                 ray_geometry, render_labels)
-from stardist_hpc.tiling import Box, Grid
+from stardist_hpc.geometry.rays import polyhedron_bboxes, ray_geometry
+from stardist_hpc.geometry.tiling import Box, Grid
+from stardist_hpc.io.chunks import chunk_stats, compress_chunk
+from stardist_hpc.segment.render import chunk_tasks, render_labels
 
 #: far from the origin, where float32 rounding makes shifted rendering differ.
 FAR = np.array([3, 1500, 2500])

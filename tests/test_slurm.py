@@ -16,9 +16,9 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from conftest import random_centres, synthetic_candidates, write_candidate_file
 
 import hpc_prediction
-from conftest import random_centres, synthetic_candidates, write_candidate_file
 
 pytestmark = pytest.mark.slurm
 

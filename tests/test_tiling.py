@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from stardist_hpc.tiling import Box, Grid, grid_boxes
+from stardist_hpc.geometry.tiling import Box, Grid, grid_boxes
 
 SHAPE = (7, 20, 33)
 

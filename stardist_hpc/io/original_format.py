@@ -9,7 +9,7 @@ The original (older) prediction step wrote all candidates of an image into one H
 
 in arbitrary row order, without a spatial index, rays or thresholds (those come from the
 model's JSON files). :func:`index_original_file` rewrites it in this project's format (see
-:mod:`stardist_hpc.candidates`): the "blocks" of the index are the non-empty cells of a regular
+:mod:`stardist_hpc.io.candidates`): the "blocks" of the index are the non-empty cells of a regular
 grid of ``bucket_shape`` over the image. Empty cells get no block, so the index of a sparse
 volume stays small; every candidate still lies in the core of exactly one block.
 
@@ -21,17 +21,25 @@ rows plus a few numbers per grid cell.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .candidates import (BLOCK_DTYPE, ROWS_PER_CHUNK, CandidateFile, CandidateMeta,
-                         candidate_extent, create_candidate_datasets, ray_vectors)
-from .errors import UserError
+from ..errors import UserError
+from ..geometry.tiling import Grid
+from .atomic import atomic_path, remove_stale_temporaries
+from .candidates import (
+    BLOCK_DTYPE,
+    ROWS_PER_CHUNK,
+    CandidateFile,
+    CandidateMeta,
+    candidate_extent,
+    create_candidate_datasets,
+    ray_vectors,
+)
+from .hdf5 import open_hdf5
 from .model_files import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -64,34 +72,6 @@ def is_original_format(path):
             return "shape_inst" in f and "blocks" not in f
     except OSError:
         return False
-
-
-@dataclass(frozen=True)
-class _BucketGrid:
-    """Regular grid of cells of ``bucket_shape`` voxels over an image (the last cells clipped)."""
-    image_shape: tuple
-    bucket_shape: tuple
-
-    @property
-    def n_cells(self):
-        """Number of cells along z, y, x."""
-        return tuple(-(-s // b) for s, b in zip(self.image_shape, self.bucket_shape))
-
-    @property
-    def n_buckets(self):
-        """Total number of cells."""
-        return int(np.prod(self.n_cells))
-
-    def bucket_ids(self, points):
-        """Flat cell index of each point (points must lie inside the image)."""
-        cell = np.asarray(points, np.int64) // np.asarray(self.bucket_shape)
-        return np.ravel_multi_index(tuple(cell.T), self.n_cells)
-
-    def bounds(self, ids):
-        """Cores ``[lo, hi)`` (two int64 arrays (len(ids), 3)) of the given cells."""
-        cell = np.stack(np.unravel_index(ids, self.n_cells), axis=1).astype(np.int64)
-        lo = cell * np.asarray(self.bucket_shape)
-        return lo, np.minimum(lo + np.asarray(self.bucket_shape), np.asarray(self.image_shape))
 
 
 def _error(src, dataset, message):
@@ -162,12 +142,12 @@ def _log_pass(name, n_rows, started):
 def _count_buckets(f, src, grid, rows_per_read):
     """Pass 1: number of candidates in each grid cell, checking that points lie in the image."""
     started = time.perf_counter()
-    counts = np.zeros(grid.n_buckets, np.int64)
+    counts = np.zeros(len(grid), np.int64)
     n_rows = f["points"].shape[0]
     for rows in _row_slices(n_rows, rows_per_read):
         points = f["points"][rows]
         _check_inside(points, rows, grid.image_shape, src)
-        counts += np.bincount(grid.bucket_ids(points), minlength=grid.n_buckets)
+        counts += np.bincount(grid.index_of(points), minlength=len(grid))
     _log_pass("pass 1 (count candidates per bucket)", n_rows, started)
     return counts
 
@@ -216,11 +196,11 @@ def _scatter_rows(f, dsets, grid, starts, rays, rows_per_read):
     """
     started = time.perf_counter()
     next_free = starts.copy()
-    extents = np.zeros((grid.n_buckets, N_DIMS), np.float32)
+    extents = np.zeros((len(grid), N_DIMS), np.float32)
     n_rows = f["points"].shape[0]
     for rows in _row_slices(n_rows, rows_per_read):
         points = f["points"][rows]
-        order, run_buckets, run_starts = _group_by_bucket(grid.bucket_ids(points))
+        order, run_buckets, run_starts = _group_by_bucket(grid.index_of(points))
         columns = {"prob": np.asarray(f["prob"][rows], np.float32)[order],
                    "dist": np.asarray(f["dist"][rows], np.float32)[order],
                    "points": points.astype(np.int32)[order]}
@@ -264,13 +244,7 @@ def _write_destination(f, tmp_path, grid, counts, model, rows_per_read):
 
 def _open_source(src):
     """Open the original file for reading, turning I/O failures into a UserError."""
-    try:
-        return h5py.File(src, "r")
-    except FileNotFoundError:
-        raise UserError(f"original candidate file {src} does not exist") from None
-    except OSError as e:
-        raise UserError(f"original candidate file {src} is not a readable HDF5 file: {e}") \
-            from None
+    return open_hdf5(src, "original candidate file")
 
 
 def _check_arguments(bucket_shape, rows_per_read):
@@ -290,8 +264,9 @@ def index_original_file(src, dst, model: ModelInfo, *, bucket_shape=DEFAULT_BUCK
     src : str or Path
         Original candidate file (see the module docstring).
     dst : str or Path
-        Candidate file to write. It is written as ``dst.tmp`` and renamed when complete, so an
-        existing ``dst`` is complete and is returned as is (resume after an interruption).
+        Candidate file to write. It is written under a temporary name and renamed when
+        complete, so an existing ``dst`` is complete and is returned as is (resume after an
+        interruption).
     model : ModelInfo
         Model that predicted ``src``: rays, grid and thresholds of the new file.
     bucket_shape : tuple of 3 int, optional
@@ -314,16 +289,10 @@ def index_original_file(src, dst, model: ModelInfo, *, bucket_shape=DEFAULT_BUCK
         log.info("%s exists, not indexing %s again", dst, src)
         return CandidateFile(dst)
     _check_arguments(bucket_shape, rows_per_read)
-    tmp_path = dst.with_name(dst.name + ".tmp")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with _open_source(src) as f:
-        grid = _BucketGrid(_validate_source(f, src, model), tuple(int(b) for b in bucket_shape))
+    remove_stale_temporaries(dst)
+    with _open_source(src) as f, atomic_path(dst) as tmp_path:
+        grid = Grid(_validate_source(f, src, model), tuple(int(b) for b in bucket_shape))
         counts = _count_buckets(f, src, grid, rows_per_read)
-        try:
-            _write_destination(f, tmp_path, grid, counts, model, rows_per_read)
-        except BaseException:
-            tmp_path.unlink(missing_ok=True)
-            raise
-    os.replace(tmp_path, dst)
-    log.info("indexed %s into %s (%d buckets of %s)", src, dst, grid.n_buckets, bucket_shape)
+        _write_destination(f, tmp_path, grid, counts, model, rows_per_read)
+    log.info("indexed %s into %s (%d buckets of %s)", src, dst, len(grid), bucket_shape)
     return CandidateFile(dst)

@@ -28,7 +28,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
+from ..geometry.rays import candidate_extent, ray_vectors
+from .atomic import publish
+from .checkpoint import changed_keys
+from .hdf5 import open_hdf5
 
 log = logging.getLogger(__name__)
 
@@ -60,34 +64,13 @@ class CandidateMeta:
     norm_hi: float = float("nan")
     norm_pmin: float = float("nan")
     norm_pmax: float = float("nan")
+    software_version: str = ""
+    #: JSON of the resolved settings of the run that wrote the file (provenance)
+    parameters: str = "{}"
 
     @property
     def n_rays(self):
         return len(ray_vectors(self.rays_json))
-
-
-def ray_vectors(rays_json):
-    """Unit-less ray vectors (n_rays, 3) in z, y, x voxel units, from StarDist's rays JSON."""
-    from stardist.rays3d import rays_from_json
-    return np.asarray(rays_from_json(json.loads(rays_json)).vertices, np.float64)
-
-
-def candidate_extent(dist, rays):
-    """Largest extent of each candidate along z, y, x: max over rays of dist * |ray component|.
-
-    Parameters
-    ----------
-    dist : ndarray (N, n_rays)
-    rays : ndarray (n_rays, 3)
-
-    Returns
-    -------
-    extent : ndarray of float32, shape (N, 3)
-    """
-    dist = np.asarray(dist, np.float32)
-    # one axis at a time: an (N, n_rays, 3) temporary would triple the memory of ``dist``
-    return np.stack([np.max(dist * np.abs(rays[:, axis]).astype(np.float32), axis=1)
-                     for axis in range(3)], axis=1) if len(dist) else np.zeros((0, 3), np.float32)
 
 
 def create_candidate_datasets(h5file, meta, n_rows):
@@ -152,6 +135,18 @@ class CandidateWriter:
             self._file.attrs[RESUME_KEY] = self.resume_key
         return self
 
+    def _same_run(self, stored_key):
+        """Whether the interrupted run's key is this run's; if not, log what changed."""
+        if stored_key == self.resume_key:
+            return True
+        try:
+            changed = ", ".join(changed_keys(json.loads(stored_key), json.loads(self.resume_key)))
+        except (TypeError, ValueError):
+            changed = "its resume key"
+        log.warning("%s was written from other inputs or settings (%s changed): starting "
+                    "afresh", self.tmp_path, changed)
+        return False
+
     def _continue_interrupted(self):
         """Reopen the temporary file of an interrupted run made from the same resume key."""
         if not (self.resume_key and self.tmp_path.exists()):
@@ -162,7 +157,7 @@ class CandidateWriter:
             log.warning("cannot continue %s (%s); starting again", self.tmp_path, error)
             return False
         try:
-            blocks = f["blocks"][()] if f.attrs.get(RESUME_KEY) == self.resume_key else None
+            blocks = f["blocks"][()] if self._same_run(f.attrs.get(RESUME_KEY)) else None
             dsets = {name: f[name] for name in ("prob", "dist", "points")}
         except (KeyError, OSError):
             blocks = None
@@ -201,7 +196,7 @@ class CandidateWriter:
             del self._file.attrs[RESUME_KEY]
         self._file.close()
         if exc_type is None:
-            os.replace(self.tmp_path, self.path)
+            publish(self.tmp_path, self.path)
         elif not issubclass(exc_type, KeyboardInterrupt):
             self.tmp_path.unlink(missing_ok=True)
         return False
@@ -242,16 +237,9 @@ class CandidateFile:
             self.n_candidates = f["prob"].shape[0]
 
     def _open(self):
-        try:
-            return h5py.File(self.path, "r")
-        except FileNotFoundError:
-            raise UserError(f"candidate file {self.path} does not exist (check "
-                            "input.prediction)") from None
-        except OSError as e:
-            # h5py names the cause, e.g. "file signature not found" or "truncated file"
-            raise UserError(f"candidate file {self.path} is not a readable HDF5 file: "
-                            + " ".join(str(e).split())
-                            + " (expected the prediction.h5 of local_prediction.py)") from None
+        return open_hdf5(self.path, "candidate file",
+                         "check input.prediction: expected the prediction.h5 of "
+                         "local_prediction.py")
 
     @property
     def max_extent(self):
@@ -299,3 +287,40 @@ class CandidateFile:
                 return (np.zeros(0, np.float32), np.zeros((0, f["dist"].shape[1]), np.float32),
                         np.zeros((0, 3), np.int32))
             return f["prob"][rows], f["dist"][rows], f["points"][rows]
+
+
+def open_candidates(path) -> CandidateFile:
+    """Open a candidate file (``prediction.h5``) for reading.
+
+    Parameters
+    ----------
+    path : str or Path
+        A file written by :func:`~stardist_hpc.predict_candidates` or ``local_prediction.py``.
+
+    Returns
+    -------
+    CandidateFile
+        ``meta`` (image shape, rays, thresholds, ...), ``n_candidates``, the ``blocks`` index,
+        and ``read_box(lo, hi)`` for the candidates of a region.
+
+    Raises
+    ------
+    UserError
+        If the file is missing, unreadable or not a candidate file.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from stardist_hpc import open_candidates
+    >>> from stardist_hpc.synthetic import demo_candidate_file
+    >>> path = demo_candidate_file(pathlib.Path(tempfile.mkdtemp()) / "prediction.h5")
+    >>> candidates = open_candidates(path)
+    >>> candidates.meta.image_shape, candidates.meta.n_rays
+    ((16, 48, 48), 32)
+    >>> rows, prob, dist, points = candidates.read_box((0, 0, 0), (16, 48, 48))
+    >>> len(rows) == candidates.n_candidates
+    True
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise UserError(f"open_candidates: expected the path of a candidate file, got {path!r}")
+    return CandidateFile(path)

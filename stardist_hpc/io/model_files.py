@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 #: StarDist's fallback thresholds, used when a model folder has no thresholds.json.
 DEFAULT_PROB_THRESH = 0.5

@@ -1,8 +1,9 @@
 """Render kept polyhedra into label chunks, voxel for voxel as StarDist renders the whole volume.
 
 Two renderers decide which voxels a polyhedron covers: ``'stardist'``, the port of StarDist's
-own below, and ``'fast'``, the O(1) cone-table test of :mod:`.star_geometry` (same voxels on
-every polyhedron the tests and benchmarks render, several times faster).
+own below, and ``'fast'``, the O(1) cone-table test of
+:mod:`stardist_hpc.geometry.cone_table` (same voxels on every polyhedron the tests and
+benchmarks render, several times faster).
 
 StarDist's ``polyhedron_to_label`` decides each voxel in float32 arithmetic on *absolute*
 coordinates, so it cannot simply be called per chunk with points shifted to the chunk origin:
@@ -21,64 +22,23 @@ far below the float32 effects that decide voxels.
 """
 from __future__ import annotations
 
-import functools
-import json
-import zlib
-from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numba
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
-from .checkpoint import SurvivorFile, save_record, write_bytes
-from .config import LABELING_BACKEND_FAST
-from .star_geometry import cone_table, inside, prepare_polyhedra, reach
-from .tiling import Box
+from ..config import LABELING_BACKEND_FAST
+from ..geometry.cone_table import cone_table, inside, prepare_polyhedra, reach
+from ..geometry.rays import bbox_of_vertices, polyhedron_vertices, ray_geometry
+from ..geometry.tiling import Box
+from ..io.checkpoint import save_record, write_bytes
+from ..io.chunks import chunk_files, chunk_stats, compress_chunk
+from ..io.survivors import SurvivorFile
+from .params import SegmentParams
 
-#: zlib level of the chunks; h5py's default gzip level.
-DEFLATE_LEVEL = 4
 #: a half-space as stored: normal (z, y, x) and offset.
 HALFSPACE_WIDTH = 4
-
-
-class RayGeometry(NamedTuple):
-    """Unit ray vectors and the triangle faces that connect their tips, as StarDist uses them."""
-    vertices: np.ndarray     # float32 (n_rays, 3)
-    faces: np.ndarray        # int32 (n_faces, 3)
-
-
-@functools.lru_cache(maxsize=4)
-def stardist_rays(rays_json):
-    """StarDist's rays object described by ``rays_json`` (cached: tasks reuse it)."""
-    from stardist.rays3d import rays_from_json
-    return rays_from_json(json.loads(rays_json))
-
-
-def ray_geometry(rays_json):
-    """Ray vectors and faces of StarDist's rays description ``rays_json``."""
-    rays = stardist_rays(rays_json)
-    return RayGeometry(np.asarray(rays.vertices, np.float32), np.asarray(rays.faces, np.int32))
-
-
-def polyhedron_vertices(dist, points, geometry):
-    """Vertices (N, n_rays, 3) of polyhedra in absolute float32 coordinates, as StarDist's."""
-    centres = np.asarray(points, np.float32)
-    return centres[:, None, :] + np.asarray(dist, np.float32)[:, :, None] * geometry.vertices
-
-
-def _bbox_of_vertices(vertices, image_shape):
-    """Half-open voxel box StarDist renders each polyhedron in, clipped to the image."""
-    lo = np.rint(vertices.min(axis=1)).astype(np.int64)
-    hi = np.rint(vertices.max(axis=1)).astype(np.int64) + 1
-    shape = np.asarray(image_shape)
-    return np.clip(lo, 0, shape), np.clip(hi, 0, shape)
-
-
-def polyhedron_bboxes(dist, points, geometry, image_shape):
-    """Voxel boxes ``(lo, hi)`` (N, 3) that StarDist renders the polyhedra in, clipped."""
-    return _bbox_of_vertices(polyhedron_vertices(dist, points, geometry), image_shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +144,7 @@ def _render_polyhedra_fast(labels, origin, centres, inv_dist, lo, hi, ids, table
 
 def _render_stardist(labels, origin, dist, points, ids, geometry, image_shape):
     vertices = polyhedron_vertices(dist, points, geometry)
-    lo, hi = _bbox_of_vertices(vertices, image_shape)
+    lo, hi = bbox_of_vertices(vertices, image_shape)
     _render_polyhedra(labels, origin, np.asarray(points, np.float32), vertices, lo, hi,
                       kernel_halfspaces(vertices, geometry.faces), _hull_halfspaces(vertices),
                       geometry.faces, ids)
@@ -235,49 +195,7 @@ def render_labels(dist, points, ids, geometry, box, image_shape, backend):
 
 
 # ---------------------------------------------------------------------------------------------
-# per-chunk object statistics
-
-
-class ChunkStats(NamedTuple):
-    """Per object present in a chunk: voxel count, coordinate sums and voxel bbox [lo, hi)."""
-    ids: np.ndarray          # uint32 (m,)
-    voxel_count: np.ndarray  # int64 (m,)
-    coord_sum: np.ndarray    # int64 (m, 3), absolute z, y, x
-    bbox_lo: np.ndarray      # int64 (m, 3)
-    bbox_hi: np.ndarray      # int64 (m, 3)
-
-
-def chunk_stats(labels, origin):
-    """Statistics of the objects in a label chunk whose first voxel is at ``origin``."""
-    flat = np.flatnonzero(labels)
-    ids, inverse, counts = np.unique(labels.ravel()[flat], return_inverse=True,
-                                     return_counts=True)
-    if len(ids) == 0:
-        no_coords = np.zeros((0, 3), np.int64)
-        return ChunkStats(np.zeros(0, np.uint32), np.zeros(0, np.int64), no_coords, no_coords,
-                          no_coords)
-    coords = np.stack(np.unravel_index(flat, labels.shape), axis=1) + np.asarray(origin)
-    coords = coords[np.argsort(inverse, kind="stable")]
-    starts = np.cumsum(counts) - counts
-    return ChunkStats(ids=ids.astype(np.uint32), voxel_count=counts.astype(np.int64),
-                      coord_sum=np.add.reduceat(coords, starts).astype(np.int64),
-                      bbox_lo=np.minimum.reduceat(coords, starts),
-                      bbox_hi=np.maximum.reduceat(coords, starts) + 1)
-
-
-# ---------------------------------------------------------------------------------------------
 # chunk tasks
-
-
-@dataclass(frozen=True)
-class RenderJob:
-    """What every chunk task shares: the survivor table, rays, image and chunk geometry."""
-    survivor_path: Path
-    rays_json: str
-    image_shape: tuple
-    chunk_shape: tuple
-    chunk_dir: Path
-    backend: str
 
 
 class ChunkTask(NamedTuple):
@@ -285,17 +203,6 @@ class ChunkTask(NamedTuple):
     index: int
     box: Box
     positions: np.ndarray
-
-
-class ChunkFiles(NamedTuple):
-    """Checkpoint files of a chunk: compressed labels (absent if all zero) and statistics."""
-    labels: Path
-    stats: Path
-
-
-def chunk_files(chunk_dir, index):
-    """Where the checkpoints of chunk ``index`` live."""
-    return ChunkFiles(Path(chunk_dir) / f"{index}.bin", Path(chunk_dir) / f"{index}.npz")
 
 
 def chunk_tasks(bbox_lo, bbox_hi, grid):
@@ -321,14 +228,7 @@ def chunk_tasks(bbox_lo, bbox_hi, grid):
             for i, p in zip(indices, np.split(positions, starts[1:]))]
 
 
-def compress_chunk(labels, chunk_shape):
-    """HDF5 deflate-filter bytes of a chunk, zero-padded to the full ``chunk_shape``."""
-    padded = np.zeros(chunk_shape, np.uint32)
-    padded[tuple(slice(0, s) for s in labels.shape)] = labels
-    return zlib.compress(padded.tobytes(), DEFLATE_LEVEL)
-
-
-def render_chunk(job: RenderJob, task: ChunkTask):
+def render_chunk(params: SegmentParams, task: ChunkTask):
     """Render one chunk and checkpoint its compressed labels and statistics.
 
     The statistics file is written last: it marks the chunk as done.
@@ -338,12 +238,12 @@ def render_chunk(job: RenderJob, task: ChunkTask):
     int
         The chunk index.
     """
-    dist, points, ids = SurvivorFile(job.survivor_path).read_positions(task.positions)
-    labels = render_labels(dist, points, ids, ray_geometry(job.rays_json), task.box,
-                           job.image_shape, job.backend)
+    dist, points, ids = SurvivorFile(params.survivor_path).read_positions(task.positions)
+    labels = render_labels(dist, points, ids, ray_geometry(params.rays_json), task.box,
+                           params.image_shape, params.labeling_backend)
     stats = chunk_stats(labels, task.box.lo)
-    files = chunk_files(job.chunk_dir, task.index)
+    files = chunk_files(params.chunk_dir, task.index)
     if len(stats.ids):
-        write_bytes(files.labels, compress_chunk(labels, job.chunk_shape))
+        write_bytes(files.labels, compress_chunk(labels, params.chunk_shape))
     save_record(files.stats, stats)
     return task.index

@@ -13,8 +13,8 @@ import sys
 
 from tqdm import tqdm
 
-from .config import ClusterSection, LocalClusterSection, SlurmSection
-from .errors import UserError
+from ..config import ClusterSection, LocalClusterSection, SlurmSection
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def start_cluster(cluster: ClusterSection):
         yield client
 
 
-def run_tasks(client, function, argument_tuples, description):
+def run_tasks(client, function, argument_tuples, description, *, show_progress=True):
     """Run ``function(*arguments)`` for every tuple on the cluster; yield results as they come.
 
     Parameters
@@ -114,6 +114,8 @@ def run_tasks(client, function, argument_tuples, description):
     argument_tuples : sequence of tuple
     description : str
         Progress bar label.
+    show_progress : bool
+        Draw the progress bar on stderr.
 
     Yields
     ------
@@ -124,7 +126,8 @@ def run_tasks(client, function, argument_tuples, description):
     if not argument_tuples:
         return
     futures = client.map(function, *zip(*argument_tuples), pure=False, retries=TASK_RETRIES)
-    with tqdm(total=len(futures), desc=description, file=sys.stderr, unit="task") as progress:
+    with tqdm(total=len(futures), desc=description, file=sys.stderr, unit="task",
+              disable=not show_progress) as progress:
         for future in distributed.as_completed(futures):
             yield future.result()
             progress.update()

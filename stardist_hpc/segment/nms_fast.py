@@ -25,11 +25,10 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-
 from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError
 
+from ..geometry.cone_table import cone_table, inside, prepare_polyhedra, reach
 from .render import kernel_halfspaces
-from .star_geometry import cone_table, inside, prepare_polyhedra, reach
 
 #: StarDist's guard against dividing by a zero volume (``A_min + 1e-10``).
 VOLUME_EPS = 1e-10

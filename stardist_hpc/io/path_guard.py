@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def _same_file(a: Path, b: Path) -> bool:

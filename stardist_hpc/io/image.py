@@ -36,7 +36,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from .errors import UserError, did_you_mean
+from ..errors import UserError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,37 @@ class Volume:
         return f"Volume({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
 
 
+#: what names an image held in memory where a file path would stand (logs, candidate file).
+ARRAY_SOURCE = "<array>"
+
+
+def array_volume(array, *, channel=0, axes=None):
+    """One channel of an array-like image (numpy, zarr, dask, h5py dataset), read lazily.
+
+    Parameters
+    ----------
+    array : array-like
+        Supports ``shape``, ``dtype``, ``ndim`` and numpy basic slicing.
+    channel : int
+        Index along the C axis, if ``axes`` has one.
+    axes : str, optional
+        Letters of the array's axes, e.g. ``"CZYX"`` (None: a 3D array is ZYX).
+
+    Returns
+    -------
+    Volume
+
+    Raises
+    ------
+    UserError
+        For an object that is not an array, or a layout, dtype or channel that does not fit.
+    """
+    if not all(hasattr(array, a) for a in ("shape", "dtype", "__getitem__")):
+        raise UserError(f"image: expected a path or an array-like (numpy, zarr, dask, h5py), "
+                        f"got {type(array).__name__}")
+    return _volume(Path(ARRAY_SOURCE), _Stored(array, axes, channel, _nothing_to_close))
+
+
 def open_volume(image):
     """Open one channel of a 3D image for lazy reading.
 
@@ -175,6 +206,11 @@ def open_volume(image):
     opener = _opener(path)
     with _reading(path):
         stored = opener(path, image)
+    return _volume(path, stored)
+
+
+def _volume(path, stored):
+    """The Volume of an opened array, after checking its layout (closing it if unusable)."""
     with _closing_on_error(stored.close):
         axes, shape = _layout(stored)
     volume = Volume(path, stored.array, axes, stored.channel, shape, stored.close)

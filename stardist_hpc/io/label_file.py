@@ -16,15 +16,17 @@ no voxel (covered by more probable ones) have voxel_count 0, NaN centroids and a
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 from tqdm import tqdm
 
-from .checkpoint import atomic_path, load_record
-from .render import ChunkStats, chunk_files
+from ..errors import UserError
+from .atomic import atomic_path
+from .checkpoint import load_record
+from .chunks import ChunkStats, chunk_files
+from .hdf5 import open_hdf5
 
 FORMAT_VERSION = 1
 LABELS = "labels"
@@ -38,16 +40,6 @@ OBJECT_DTYPE = np.dtype([
     ("z0", "i8"), ("y0", "i8"), ("x0", "i8"), ("z1", "i8"), ("y1", "i8"), ("x1", "i8"),
     ("voxel_count", "i8"),
 ])
-
-
-@dataclass(frozen=True)
-class LabelAttributes:
-    """Provenance written as attributes of ``label.h5``."""
-    image_shape: tuple
-    rays_json: str
-    prob_thresh: float
-    nms_thresh: float
-    source: str
 
 
 class ObjectStatistics:
@@ -83,9 +75,10 @@ class ObjectStatistics:
         return table
 
 
-def _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics):
+def _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics, show_progress):
     """Copy the compressed chunks into ``dset`` and sum their statistics."""
-    for index in tqdm(chunk_indices, desc="write label.h5", file=sys.stderr, unit="chunk"):
+    for index in tqdm(chunk_indices, desc="write label.h5", file=sys.stderr, unit="chunk",
+                      disable=not show_progress):
         files = chunk_files(chunk_dir, index)
         stats = load_record(files.stats, ChunkStats)
         if len(stats.ids):
@@ -93,7 +86,8 @@ def _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics):
             statistics.add(stats)
 
 
-def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes: LabelAttributes):
+def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes, *,
+                     show_progress=True):
     """Assemble ``label.h5`` from checkpointed chunks; it appears at ``path`` when complete.
 
     Parameters
@@ -102,21 +96,50 @@ def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes: Lab
     grid : Grid
         The chunk grid (its box shape is the HDF5 chunk shape).
     chunk_dir : Path
-        Where :func:`stardist_hpc.render.render_chunk` wrote the chunks.
+        Where :func:`stardist_hpc.segment.render.render_chunk` wrote the chunks.
     chunk_indices : sequence of int
         Chunks that were rendered; all others are background.
     prob : ndarray (K,)
         Probability of each object, by id - 1.
-    attributes : LabelAttributes
+    attributes : mapping of str to object
+        Provenance written as file attributes: image_shape, rays_json, thresholds, source,
+        software version, backends and the resolved parameters (see doc/file_formats.md).
+    show_progress : bool
+        Draw a progress bar on stderr.
     """
     statistics = ObjectStatistics(len(prob))
     with atomic_path(Path(path)) as tmp_path, h5py.File(tmp_path, "w") as f:
         dset = f.create_dataset(LABELS, grid.image_shape, np.uint32, chunks=grid.box_shape,
                                 compression="gzip", fillvalue=0)
-        _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics)
+        _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics, show_progress)
         f[ORIGINAL_LABELS] = h5py.SoftLink(f"/{LABELS}")
         f.create_dataset(OBJECTS, data=statistics.table(prob))
-        f.attrs.update(format_version=FORMAT_VERSION, image_shape=attributes.image_shape,
-                       rays_json=attributes.rays_json, prob_thresh=attributes.prob_thresh,
-                       nms_thresh=attributes.nms_thresh, source=attributes.source,
-                       n_objects=len(prob))
+        f.attrs.update(attributes)
+        f.attrs.update(format_version=FORMAT_VERSION, n_objects=len(prob))
+
+
+def read_objects(path) -> np.ndarray:
+    """The ``objects`` table of a label file: one row per object, by increasing id.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``label.h5`` written by :func:`~stardist_hpc.segment_candidates`.
+
+    Returns
+    -------
+    ndarray
+        Structured array with the fields ``id``, ``prob``, ``centroid_z/y/x``, the voxel box
+        ``z0, y0, x0`` (first) and ``z1, y1, x1`` (past the last), and ``voxel_count``
+        (``pandas.DataFrame(table)`` makes it a data frame).
+
+    Raises
+    ------
+    UserError
+        If the file is missing, unreadable or has no ``objects`` table.
+    """
+    with open_hdf5(path, "label file", "expected a label.h5 of hpc_prediction.py") as f:
+        if OBJECTS not in f:
+            raise UserError(f"label file {path}: no '{OBJECTS}' table (expected a label.h5 "
+                            "written by hpc_prediction.py)")
+        return f[OBJECTS][()]

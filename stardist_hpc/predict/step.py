@@ -9,27 +9,37 @@ and the previous one written, while the network runs.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import logging
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
+from numpy.typing import ArrayLike
 from tqdm import tqdm
 
-from .candidates import CandidateMeta, CandidateWriter, temporary_path
-from .errors import UserError
-from .image_io import open_volume
-from .model_files import read_model_info
+from .. import __version__
+from ..config import ImageSection, LocalOutputSection, PredictionSection, arguments_config
+from ..errors import UserError
+from ..geometry.tiling import grid_boxes
+from ..io.candidates import CandidateMeta, CandidateWriter, temporary_path
+from ..io.image import array_volume, open_volume
+from ..io.model_files import ModelInfo, read_model_info
+from ..io.path_guard import check_outputs_apart
 from .normalization import percentile_normalization
-from .path_guard import check_outputs_apart
-from .tiling import grid_boxes
 
 log = logging.getLogger(__name__)
+
+#: (z, y, x) sizes of the public API.
+Shape = tuple[int, int, int]
 
 #: grid cells at the image border where StarDist's predict_sparse ignores candidates (its ``b``).
 BORDER_CELLS = 2
@@ -156,15 +166,32 @@ def predict_block(model, block, plan, geometry, prob_thresh, n_tiles):
             points[owned].astype(np.int32))
 
 
-def load_model(model_section):
-    """Load the StarDist3D model named in the config (imports TensorFlow)."""
+def load_model(model_dir):
+    """Load the StarDist3D model in folder ``model_dir`` (imports TensorFlow)."""
     from stardist.models import StarDist3D
 
-    model = StarDist3D(None, name=model_section.name, basedir=str(model_section.basedir))
+    model_dir = Path(model_dir)
+    # StarDist prints what it loads on stdout, which a library must leave to its caller
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        model = StarDist3D(None, name=model_dir.name, basedir=str(model_dir.parent))
+    for line in printed.getvalue().splitlines():
+        log.debug("StarDist: %s", line)
+    return _single_channel(model)
+
+
+def _single_channel(model):
     if model.config.n_channel_in != 1:
-        raise UserError(f"model {model_section.name}: expected a single-channel model, got "
+        raise UserError(f"model {model.name}: expected a single-channel model, got "
                         f"n_channel_in {model.config.n_channel_in}")
     return model
+
+
+def _loaded_model_info(model):
+    """Rays, grid and thresholds of a StarDist3D model already loaded in Python."""
+    return ModelInfo(name=str(model.name), rays_json=json.dumps(model.config.rays_json),
+                     n_rays=int(model.config.n_rays), grid=tuple(model.config.grid),
+                     prob_thresh=float(model.thresholds.prob),
+                     nms_thresh=float(model.thresholds.nms))
 
 
 def _prefetch(plans, load):
@@ -200,7 +227,7 @@ def _blocks_to_predict(plans, writer):
 
 
 def predict_volume(model, volume, normalization, writer, *, block_shape, prob_thresh, n_tiles,
-                   max_tile_voxels):
+                   max_tile_voxels, show_progress=True):
     """Predict the blocks of ``volume`` that ``writer`` lacks and append their candidates.
 
     Reading runs one block ahead and writing one block behind the network call. With
@@ -215,7 +242,7 @@ def predict_volume(model, volume, normalization, writer, *, block_shape, prob_th
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer_pool:
         blocks = _prefetch(plans, lambda p: read_block(volume, p, normalization))
         for plan, block in tqdm(blocks, total=len(all_plans), initial=len(all_plans) - len(plans),
-                                desc="blocks", unit="block"):
+                                desc="blocks", unit="block", disable=not show_progress):
             t0 = time.perf_counter()
             tiles = n_tiles or auto_n_tiles(block.shape, geometry.context, max_tile_voxels)
             prob, dist, points = predict_block(model, block, plan, geometry, prob_thresh, tiles)
@@ -236,47 +263,156 @@ def _file_state(path):
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def resume_key(config, meta):
+def resume_key(meta, model_dir, prediction):
     """What a run's blocks are predicted from: the file's attributes, the image and weights
     files as they are now, and the block settings. An interrupted run's temporary file is
-    continued only by a run with the same key."""
-    weights = Path(config.model.basedir) / config.model.name / WEIGHTS_FILE
+    continued only by a run with the same key; the empty key of an image or model held in
+    memory (whose state no file records) never continues one."""
+    if model_dir is None or not Path(meta.image_path).exists():
+        return ""
+    weights = Path(model_dir) / WEIGHTS_FILE
     return json.dumps({"meta": dataclasses.asdict(meta),
                        "image": _file_state(meta.image_path),
                        "weights": _file_state(weights) if weights.exists() else None,
-                       "block_shape": config.prediction.block_shape,
-                       "n_tiles": config.prediction.n_tiles,
-                       "max_tile_voxels": config.prediction.max_tile_voxels},
+                       "block_shape": prediction.block_shape,
+                       "n_tiles": prediction.n_tiles,
+                       "max_tile_voxels": prediction.max_tile_voxels},
                       sort_keys=True, default=str)
 
 
-def run(config):
-    """Run the GPU step for a validated :class:`~stardist_hpc.config.LocalConfig`."""
-    norm = config.prediction.normalize
-    info = read_model_info(config.model.basedir, config.model.name)   # cheap checks first
-    check_outputs_apart(
-        inputs={"image.path": config.image.path,
-                "model.name": config.model.basedir / config.model.name},
-        outputs={"output.path": (config.output.path, temporary_path(config.output.path))})
-    with open_volume(config.image) as volume:
-        # the sample finds unreadable or non-finite pixels before TensorFlow takes its time
-        normalization = percentile_normalization(volume, norm.pmin, norm.pmax, norm.sample_size)
-        model = load_model(config.model)
-        prob_thresh = (info.prob_thresh if config.prediction.prob_thresh is None
-                       else config.prediction.prob_thresh)
-        meta = CandidateMeta(
-            image_shape=tuple(volume.shape), rays_json=info.rays_json, grid=info.grid,
-            prob_thresh=prob_thresh, nms_thresh=info.nms_thresh, model_name=info.name,
-            image_path=str(volume.path), channel=config.image.channel,
-            norm_lo=normalization.lo, norm_hi=normalization.hi,
-            norm_pmin=normalization.pmin, norm_pmax=normalization.pmax)
-        with CandidateWriter(config.output.path, meta, resume_key(config, meta)) as writer:
-            summary = predict_volume(model, volume, normalization, writer,
-                                     block_shape=config.prediction.block_shape,
-                                     prob_thresh=prob_thresh, n_tiles=config.prediction.n_tiles,
-                                     max_tile_voxels=config.prediction.max_tile_voxels)
+def _open_image(image, *, channel, axes, dataset):
+    """The Volume of an image path (validated as the ``image`` keys) or of an array-like."""
+    if isinstance(image, (str, os.PathLike)):
+        section = arguments_config(ImageSection, path=image, channel=channel, axes=axes,
+                                   dataset=dataset)
+        return open_volume(section)
+    return array_volume(image, channel=channel, axes=axes)
+
+
+def _model_and_info(model):
+    """``(model_dir or None, ModelInfo, loader)`` of a model folder path or a loaded model."""
+    if isinstance(model, (str, os.PathLike)):
+        model_dir = Path(model)
+        info = read_model_info(model_dir.parent, model_dir.name)   # cheap checks first
+        return model_dir, info, lambda: load_model(model_dir)
+    if hasattr(model, "predict_sparse") and hasattr(model, "config"):
+        return None, _loaded_model_info(model), lambda: _single_channel(model)
+    raise UserError(f"model: expected a model folder path or a StarDist3D model, got {model!r}")
+
+
+def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.PathLike | Any,
+                       output: str | os.PathLike, *, channel: int = 0, axes: str | None = None,
+                       dataset: str | None = None, block_shape: Shape = (64, 256, 256),
+                       n_tiles: Shape | None = None, max_tile_voxels: int = 8_388_608,
+                       normalize: Mapping[str, float] | None = None,
+                       prob_thresh: float | None = None,
+                       show_progress: bool = True) -> PredictionSummary:
+    """Predict the StarDist3D candidates of a 3D image block by block into a candidate file.
+
+    Memory stays bounded by ``block_shape``; the candidates equal those of one whole-image
+    ``StarDist3D.predict_sparse`` call. Each argument but ``show_progress`` is the config key
+    of ``local_prediction.py`` named in brackets, validated the same way.
+
+    Parameters
+    ----------
+    image : str, Path or array-like
+        An image file (.tif/.tiff, .h5/.hdf5, .ims, .zarr) [image.path], or an array with
+        numpy slicing (numpy, zarr, dask, h5py dataset), z, y, x (with ``axes`` for more).
+    model : str, Path or StarDist3D
+        A model folder [model.basedir / model.name], or a model loaded in Python.
+    output : str or Path
+        The candidate file to write (``prediction.h5``) [output.path].
+    channel : int
+        Channel of an image with a C axis [image.channel].
+    axes : str, optional
+        Stored axes, e.g. ``"CZYX"`` (None: a 3D image is ZYX) [image.axes].
+    dataset : str, optional
+        Dataset inside an .h5/.zarr file [image.dataset].
+    block_shape : tuple of 3 int
+        Image region per network call, before context [prediction.block_shape].
+    n_tiles : tuple of 3 int, optional
+        StarDist tiles inside a block [prediction.n_tiles].
+    max_tile_voxels : int
+        Voxels per network call when ``n_tiles`` is None [prediction.max_tile_voxels].
+    normalize : mapping, optional
+        ``pmin``, ``pmax``, ``sample_size`` [prediction.normalize].
+    prob_thresh : float, optional
+        Candidate threshold (None: the model's) [prediction.prob_thresh].
+    show_progress : bool
+        Draw a progress bar on stderr.
+
+    Returns
+    -------
+    PredictionSummary
+        ``blocks``, ``candidates``, ``seconds``, ``network_seconds``.
+
+    Raises
+    ------
+    UserError
+        For an argument of the wrong form or an unusable image or model, before TensorFlow is
+        imported where possible.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from stardist_hpc import predict_candidates, open_candidates
+    >>> from stardist_hpc.synthetic import nuclei_volume
+    >>> image, _ = nuclei_volume((32, 64, 64), 6, seed=1)
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "prediction.h5"
+    >>> summary = predict_candidates(image, "models/demo", out, show_progress=False)
+    >>> summary.blocks, open_candidates(out).n_candidates == summary.candidates
+    (1, True)
+    """
+    settings = arguments_config(PredictionSection, block_shape=block_shape, n_tiles=n_tiles,
+                                max_tile_voxels=max_tile_voxels, prob_thresh=prob_thresh,
+                                normalize=normalize)
+    output = arguments_config(LocalOutputSection, path=output).path
+    model_dir, info, load = _model_and_info(model)
+    with _open_image(image, channel=channel, axes=axes, dataset=dataset) as volume:
+        # named by their config keys, which the docstring maps onto the arguments
+        inputs = {"image.path": volume.path} if volume.path.exists() else {}
+        if model_dir is not None:
+            inputs["model.name"] = model_dir
+        check_outputs_apart(inputs, outputs={"output.path": (output, temporary_path(output))})
+        return _predict(volume, load, info, output, settings, channel, model_dir,
+                        show_progress)
+
+
+def _predict(volume, load, info, output, settings, channel, model_dir, show_progress):
+    norm = settings.normalize
+    # the sample finds unreadable or non-finite pixels before TensorFlow takes its time
+    normalization = percentile_normalization(volume, norm.pmin, norm.pmax, norm.sample_size)
+    model = load()
+    prob_thresh = info.prob_thresh if settings.prob_thresh is None else settings.prob_thresh
+    meta = CandidateMeta(
+        image_shape=tuple(volume.shape), rays_json=info.rays_json, grid=info.grid,
+        prob_thresh=prob_thresh, nms_thresh=info.nms_thresh, model_name=info.name,
+        image_path=str(volume.path), channel=channel,
+        norm_lo=normalization.lo, norm_hi=normalization.hi,
+        norm_pmin=normalization.pmin, norm_pmax=normalization.pmax,
+        software_version=__version__,
+        parameters=json.dumps({"model": str(model_dir or info.name), "prediction":
+                               dataclasses.asdict(settings)}, default=str, sort_keys=True))
+    with CandidateWriter(output, meta, resume_key(meta, model_dir, settings)) as writer:
+        summary = predict_volume(model, volume, normalization, writer,
+                                 block_shape=settings.block_shape, prob_thresh=prob_thresh,
+                                 n_tiles=settings.n_tiles,
+                                 max_tile_voxels=settings.max_tile_voxels,
+                                 show_progress=show_progress)
     log.info("done: %d blocks, %d candidates in %.1f s (%.0f candidates/s; %.0f%% in the "
              "network) -> %s", summary.blocks, summary.candidates, summary.seconds,
              summary.candidates / max(summary.seconds, 1e-9),
-             100 * summary.network_seconds / max(summary.seconds, 1e-9), config.output.path)
+             100 * summary.network_seconds / max(summary.seconds, 1e-9), output)
     return summary
+
+
+def run(config):
+    """``local_prediction.py``: the GPU step for a validated :class:`LocalConfig`."""
+    image, norm = config.image, config.prediction.normalize
+    return predict_candidates(
+        image.path, config.model.basedir / config.model.name, config.output.path,
+        channel=image.channel, axes=image.axes, dataset=image.dataset,
+        block_shape=config.prediction.block_shape, n_tiles=config.prediction.n_tiles,
+        max_tile_voxels=config.prediction.max_tile_voxels,
+        normalize={"pmin": norm.pmin, "pmax": norm.pmax, "sample_size": norm.sample_size},
+        prob_thresh=config.prediction.prob_thresh)

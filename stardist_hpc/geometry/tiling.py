@@ -78,6 +78,12 @@ class Grid:
         return Box(lo, tuple(min(l + b, s) for l, b, s in
                              zip(lo, self.box_shape, self.image_shape)))
 
+    def bounds(self, indices):
+        """Boxes ``[lo, hi)`` (two int64 arrays (len(indices), 3)) of flat ``indices``."""
+        position = np.stack(np.unravel_index(np.asarray(indices, np.int64), self.counts), axis=1)
+        lo = position * np.asarray(self.box_shape)
+        return lo, np.minimum(lo + np.asarray(self.box_shape), np.asarray(self.image_shape))
+
     def __iter__(self):
         starts = [range(0, s, b) for s, b in zip(self.image_shape, self.box_shape)]
         for lo in itertools.product(*starts):

@@ -23,14 +23,15 @@ from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 
-from .candidates import CandidateFile
-from .checkpoint import Survivors, load_record, save_record
-from .config import HALO_AUTO, NMS_BACKEND_FAST
-from .errors import UserError
+from ..config import HALO_AUTO, NMS_BACKEND_FAST
+from ..errors import UserError
+from ..geometry.order import MAX_RANKED, rank_scores, total_order
+from ..geometry.rays import polyhedron_bboxes, ray_geometry, stardist_rays
+from ..geometry.tiling import Box, Grid
+from ..io.candidates import CandidateFile
+from ..io.checkpoint import load_record, save_record
+from ..io.survivors import Survivors
 from .nms_fast import non_maximum_suppression
-from .order import MAX_RANKED, rank_scores, total_order
-from .render import polyhedron_bboxes, ray_geometry, stardist_rays
-from .tiling import Box, Grid
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +79,6 @@ def plan_tiles(image_shape, tile_shape, halo):
             for index, (core, context, met) in enumerate(zip(grid, contexts, met_by_tile))]
 
 
-@dataclass(frozen=True)
-class NmsJob:
-    """What every NMS task shares: the candidates, the rays, the rule and checkpoints."""
-    candidate_path: Path
-    rays_json: str
-    thresh: float
-    image_shape: tuple
-    tile_dir: Path
-    backend: str
-
-
 class TileOutcome(NamedTuple):
     """What one task reports about a tile in one round."""
     index: int
@@ -111,8 +101,8 @@ def tile_path(tile_dir, round_, index):
     return Path(tile_dir) / f"round{round_}" / f"tile{index}.npz"
 
 
-def _load_result(job, index, round_):
-    return load_record(tile_path(job.tile_dir, round_, index), TileResult)
+def _load_result(params, index, round_):
+    return load_record(tile_path(params.nms_dir, round_, index), TileResult)
 
 
 def _no_result():
@@ -153,9 +143,9 @@ def suppress(prob, dist, points, rows, rays_json, thresh, backend):
                                            rank_scores(order), thresh, verbose=False)
 
 
-def _read_context(job, plan):
+def _read_context(params, plan):
     """Candidates of a tile's context, by increasing row."""
-    rows, prob, dist, points = CandidateFile(job.candidate_path).read_box(*plan.context)
+    rows, prob, dist, points = CandidateFile(params.candidate_path).read_box(*plan.context)
     if len(rows) > MAX_RANKED:
         raise UserError(f"NMS tile {plan.core} holds {len(rows)} candidates with its halo, "
                         f"more than {MAX_RANKED}; use a smaller nms.tile_shape")
@@ -163,39 +153,39 @@ def _read_context(job, plan):
     return rows[by_row], prob[by_row], dist[by_row], points[by_row]
 
 
-def _run_tile_nms(job, plan, halo_fates=None):
+def _run_tile_nms(params, plan, halo_fates=None):
     """NMS over a tile's context; halo candidates take ``halo_fates`` if given.
 
     Halo candidates fixed as suppressed are left out of the run; those fixed as kept take
     part (and may still be suppressed here by a kept core candidate that outranks them).
     """
-    rows, prob, dist, points = _read_context(job, plan)
+    rows, prob, dist, points = _read_context(params, plan)
     owned = plan.core.contains(points)
     assumed = np.ones(len(rows), bool)
     if halo_fates is not None:
         assumed[~owned] = halo_fates
     kept = np.zeros(len(rows), bool)
     kept[assumed] = suppress(prob[assumed], dist[assumed], points[assumed], rows[assumed],
-                             job.rays_json, job.thresh, job.backend)
+                             params.rays_json, params.nms_thresh, params.nms_backend)
     if halo_fates is None:
         assumed = kept.copy()
     return TileResult(rows, owned, kept, assumed)
 
 
-def _checkpoint_outcome(job, plan, round_, result, *, rerun, core_changed):
+def _checkpoint_outcome(params, plan, round_, result, *, rerun, core_changed):
     """Save a tile's outcome (with ``result`` if it was rerun) and return the outcome."""
     outcome = TileOutcome(plan.index, round_, rerun, core_changed,
                           n_owned_kept=int(np.sum(result.kept & result.owned)))
-    save_record(tile_path(job.tile_dir, round_, plan.index), outcome,
+    save_record(tile_path(params.nms_dir, round_, plan.index), outcome,
                 result if rerun else _no_result())
     return outcome
 
 
-def _owner_fates(job, plan, versions, halo_rows):
+def _owner_fates(params, plan, versions, halo_rows):
     """The decisions of the owners (neighbour tiles) about ``halo_rows``."""
     owned_rows, owned_kept = [np.zeros(0, np.int64)], [np.zeros(0, bool)]
     for neighbour in plan.neighbours:
-        result = _load_result(job, neighbour, versions[neighbour])
+        result = _load_result(params, neighbour, versions[neighbour])
         owned_rows.append(result.rows[result.owned])
         owned_kept.append(result.kept[result.owned])
     rows, kept = np.concatenate(owned_rows), np.concatenate(owned_kept)
@@ -206,7 +196,7 @@ def _owner_fates(job, plan, versions, halo_rows):
     return kept[by_row][at]
 
 
-def nms_tile(job, plan, round_, versions):
+def nms_tile(params, plan, round_, versions):
     """Process one tile in one round and checkpoint its outcome (the task of the NMS stage).
 
     Round 0 runs the tile's NMS freely. Later rounds rerun it only if the fates it assumed for
@@ -214,7 +204,7 @@ def nms_tile(job, plan, round_, versions):
 
     Parameters
     ----------
-    job : NmsJob
+    params : SegmentParams
     plan : TilePlan
     round_ : int
     versions : mapping of int to int
@@ -226,23 +216,23 @@ def nms_tile(job, plan, round_, versions):
     TileOutcome
     """
     if round_ == 0:
-        return _checkpoint_outcome(job, plan, 0, _run_tile_nms(job, plan), rerun=True,
+        return _checkpoint_outcome(params, plan, 0, _run_tile_nms(params, plan), rerun=True,
                                    core_changed=True)
-    return _settle_tile(job, plan, round_, versions)
+    return _settle_tile(params, plan, round_, versions)
 
 
-def _settle_tile(job, plan, round_, versions):
+def _settle_tile(params, plan, round_, versions):
     """Rerun a tile if its halo assumptions disagree with the owners' decisions."""
-    previous = _load_result(job, plan.index, versions[plan.index])
+    previous = _load_result(params, plan.index, versions[plan.index])
     halo = ~previous.owned
-    fates = _owner_fates(job, plan, versions, previous.rows[halo])
+    fates = _owner_fates(params, plan, versions, previous.rows[halo])
     # A rerun would repeat the previous result if the owners' fates equal the ones it was
     # given, or the ones it arrived at (halo candidates it suppressed itself suppress nothing).
     if np.array_equal(fates, previous.assumed[halo]) or np.array_equal(fates, previous.kept[halo]):
-        return _checkpoint_outcome(job, plan, round_, previous, rerun=False, core_changed=False)
-    result = _run_tile_nms(job, plan, fates)
+        return _checkpoint_outcome(params, plan, round_, previous, rerun=False, core_changed=False)
+    result = _run_tile_nms(params, plan, fates)
     core_changed = not np.array_equal(result.kept[result.owned], previous.kept[previous.owned])
-    return _checkpoint_outcome(job, plan, round_, result, rerun=True, core_changed=core_changed)
+    return _checkpoint_outcome(params, plan, round_, result, rerun=True, core_changed=core_changed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,15 +252,15 @@ class NmsSummary(NamedTuple):
     n_reruns: int
 
 
-def _execute_round(job, round_, plans, versions, execute):
+def _execute_round(params, round_, plans, versions, execute):
     """Outcomes of one round over ``plans``, loading those already checkpointed."""
     outcomes, arguments = [], []
     for plan in plans:
-        path = tile_path(job.tile_dir, round_, plan.index)
+        path = tile_path(params.nms_dir, round_, plan.index)
         if path.exists():
             outcomes.append(load_record(path, TileOutcome))
         else:
-            arguments.append((job, plan, round_, _neighbourhood_versions(plan, versions)))
+            arguments.append((params, plan, round_, _neighbourhood_versions(plan, versions)))
     if arguments:
         outcomes.extend(execute(nms_tile, arguments, f"NMS round {round_}"))
     return outcomes
@@ -281,12 +271,12 @@ def tiles_to_check(plans, changed):
     return sorted({n for index in changed for n in plans[index].neighbours})
 
 
-def run_rounds(job, plans, execute):
+def run_rounds(params, plans, execute):
     """Run NMS rounds until no tile's halo assumptions change.
 
     Parameters
     ----------
-    job : NmsJob
+    params : SegmentParams
     plans : list of TilePlan
     execute : Executor
 
@@ -297,7 +287,7 @@ def run_rounds(job, plans, execute):
     versions, n_owned_kept = [0] * len(plans), [0] * len(plans)
     round_, n_reruns, to_process = 0, 0, plans
     while to_process:
-        outcomes = _execute_round(job, round_, to_process, versions, execute)
+        outcomes = _execute_round(params, round_, to_process, versions, execute)
         for outcome in outcomes:
             n_owned_kept[outcome.index] = outcome.n_owned_kept
             if outcome.rerun:
@@ -326,12 +316,12 @@ class TileSurvivors(NamedTuple):
     survivors: Survivors
 
 
-def gather_tile(job, plan, version):
+def gather_tile(params, plan, version):
     """The kept candidates owned by one tile, with their render boxes (no ids yet).
 
     Parameters
     ----------
-    job : NmsJob
+    params : SegmentParams
     plan : TilePlan
     version : int
         Round of the tile's final result.
@@ -340,12 +330,12 @@ def gather_tile(job, plan, version):
     -------
     TileSurvivors
     """
-    result = _load_result(job, plan.index, version)
+    result = _load_result(params, plan.index, version)
     kept_rows = result.rows[result.owned & result.kept]
-    rows, prob, dist, points = CandidateFile(job.candidate_path).read_box(*plan.core)
+    rows, prob, dist, points = CandidateFile(params.candidate_path).read_box(*plan.core)
     pick = np.isin(rows, kept_rows)
     by_row = np.argsort(rows[pick])
     rows, prob, dist, points = (a[pick][by_row] for a in (rows, prob, dist, points))
-    lo, hi = polyhedron_bboxes(dist, points, ray_geometry(job.rays_json), job.image_shape)
+    lo, hi = polyhedron_bboxes(dist, points, ray_geometry(params.rays_json), params.image_shape)
     return TileSurvivors(plan.index, Survivors(rows, prob, points, dist, lo.astype(np.int32),
                                                hi.astype(np.int32)))

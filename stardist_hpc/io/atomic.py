@@ -1,0 +1,72 @@
+"""The one way files are published: written under a temporary name, synced, then renamed.
+
+A file that exists under its final name is complete, so a run killed at any moment resumes by
+redoing only the missing files, and after a node crash no half-written file has its final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _fsync(path, flags=os.O_RDONLY):
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(tmp_path, path):
+    """Rename the complete file ``tmp_path`` to ``path``, durably (file and directory synced)."""
+    _fsync(tmp_path)
+    os.replace(tmp_path, path)
+    _fsync(Path(path).parent, os.O_RDONLY | os.O_DIRECTORY)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp_path
+        publish(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True   # a process of another user
+    return True
+
+
+def remove_stale_temporaries(path):
+    """Delete the temporaries of ``path`` that killed processes of this host left behind.
+
+    :func:`atomic_path` names a temporary after the writing process, which removes it unless it
+    is killed. Only for files that processes of this host write (the driver's outputs): a
+    worker on another node may be writing a temporary whose PID means nothing here.
+    """
+    path = Path(path)
+    for temporary in path.parent.glob(f"{path.name}.*.tmp"):
+        pid = temporary.name[len(path.name) + 1:-len(".tmp")]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            log.info("removing %s, left by an interrupted run", temporary)
+            temporary.unlink(missing_ok=True)
+
+
+def write_bytes(path, data):
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp_path:
+        tmp_path.write_bytes(data)

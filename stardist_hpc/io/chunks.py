@@ -1,0 +1,60 @@
+"""Label chunk checkpoints: the compressed labels of one chunk and its object statistics.
+
+:func:`stardist_hpc.segment.render.render_chunk` writes them; :mod:`stardist_hpc.io.label_file`
+copies them into ``label.h5``.
+"""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+#: zlib level of the chunks; h5py's default gzip level.
+DEFLATE_LEVEL = 4
+
+
+class ChunkStats(NamedTuple):
+    """Per object present in a chunk: voxel count, coordinate sums and voxel bbox [lo, hi)."""
+    ids: np.ndarray          # uint32 (m,)
+    voxel_count: np.ndarray  # int64 (m,)
+    coord_sum: np.ndarray    # int64 (m, 3), absolute z, y, x
+    bbox_lo: np.ndarray      # int64 (m, 3)
+    bbox_hi: np.ndarray      # int64 (m, 3)
+
+
+def chunk_stats(labels, origin):
+    """Statistics of the objects in a label chunk whose first voxel is at ``origin``."""
+    flat = np.flatnonzero(labels)
+    ids, inverse, counts = np.unique(labels.ravel()[flat], return_inverse=True,
+                                     return_counts=True)
+    if len(ids) == 0:
+        no_coords = np.zeros((0, 3), np.int64)
+        return ChunkStats(np.zeros(0, np.uint32), np.zeros(0, np.int64), no_coords, no_coords,
+                          no_coords)
+    coords = np.stack(np.unravel_index(flat, labels.shape), axis=1) + np.asarray(origin)
+    coords = coords[np.argsort(inverse, kind="stable")]
+    starts = np.cumsum(counts) - counts
+    return ChunkStats(ids=ids.astype(np.uint32), voxel_count=counts.astype(np.int64),
+                      coord_sum=np.add.reduceat(coords, starts).astype(np.int64),
+                      bbox_lo=np.minimum.reduceat(coords, starts),
+                      bbox_hi=np.maximum.reduceat(coords, starts) + 1)
+
+
+class ChunkFiles(NamedTuple):
+    """Checkpoint files of a chunk: compressed labels (absent if all zero) and statistics."""
+    labels: Path
+    stats: Path
+
+
+def chunk_files(chunk_dir, index):
+    """Where the checkpoints of chunk ``index`` live."""
+    return ChunkFiles(Path(chunk_dir) / f"{index}.bin", Path(chunk_dir) / f"{index}.npz")
+
+
+def compress_chunk(labels, chunk_shape):
+    """HDF5 deflate-filter bytes of a chunk, zero-padded to the full ``chunk_shape``."""
+    padded = np.zeros(chunk_shape, np.uint32)
+    padded[tuple(slice(0, s) for s in labels.shape)] = labels
+    return zlib.compress(padded.tobytes(), DEFLATE_LEVEL)

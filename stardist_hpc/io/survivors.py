@@ -1,0 +1,89 @@
+"""The survivor table: every candidate kept by NMS, with its id (1 = most probable).
+
+Written once by the driver as the tiles' survivors arrive (in tile order, so spatially
+coherent); read by every labeling task.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import h5py
+import numpy as np
+
+from ..geometry.order import total_order
+from .atomic import atomic_path
+
+#: survivors per HDF5 chunk of the survivor table: a label chunk reads few of them.
+SURVIVOR_ROWS_PER_CHUNK = 1024
+
+
+class Survivors(NamedTuple):
+    """Kept candidates: their file rows, probabilities, centres, ray lengths and bboxes.
+
+    ``bbox_lo``/``bbox_hi`` are the half-open voxel box StarDist renders each polyhedron in,
+    clipped to the image. ``ids`` is None until the total order is known.
+    """
+    rows: np.ndarray
+    prob: np.ndarray
+    points: np.ndarray
+    dist: np.ndarray
+    bbox_lo: np.ndarray
+    bbox_hi: np.ndarray
+    ids: np.ndarray = None
+
+
+#: columns written as the parts of the table arrive (ids are assigned at the end).
+_WRITTEN_PER_PART = ("rows", "prob", "points", "dist", "bbox_lo", "bbox_hi")
+_SURVIVOR_COLUMNS = (("rows", "i8", ()), ("prob", "f4", ()), ("points", "i4", (3,)),
+                     ("bbox_lo", "i4", (3,)), ("bbox_hi", "i4", (3,)), ("ids", "u4", ()))
+
+
+def write_survivor_table(path, n_survivors, n_rays, parts):
+    """Write the survivor table to ``path`` atomically and number the survivors.
+
+    Parameters
+    ----------
+    path : Path
+    n_survivors, n_rays : int
+    parts : iterable of (int, Survivors)
+        Table row where each part starts, and the part (without ids), in any order.
+    """
+    with atomic_path(path) as tmp_path, h5py.File(tmp_path, "w") as f:
+        rows_per_chunk = min(SURVIVOR_ROWS_PER_CHUNK, max(1, n_survivors))
+        for name, dtype, tail in _SURVIVOR_COLUMNS + (("dist", "f4", (n_rays,)),):
+            # resizable, so that an empty table may still have its chunk shape
+            f.create_dataset(name, (n_survivors, *tail), dtype, chunks=(rows_per_chunk, *tail),
+                             maxshape=(None, *tail))
+        for start, survivors in parts:
+            for name in _WRITTEN_PER_PART:
+                f[name][start:start + len(survivors.rows)] = getattr(survivors, name)
+        f["ids"][()] = _ids_in_total_order(f["prob"][()], f["points"][()], f["rows"][()])
+
+
+def _ids_in_total_order(prob, points, rows):
+    """Ids 1..K of survivors numbered in the total order (1 = most probable)."""
+    ids = np.empty(len(prob), np.uint32)
+    ids[total_order(prob, points, rows)] = np.arange(1, len(prob) + 1, dtype=np.uint32)
+    return ids
+
+
+class SurvivorFile:
+    """Read access to the survivor table written by :func:`write_survivor_table`."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __len__(self):
+        with h5py.File(self.path, "r") as f:
+            return f["ids"].shape[0]
+
+    def read_columns(self, *names):
+        """Whole columns (per-object arrays of size K), in table order."""
+        with h5py.File(self.path, "r") as f:
+            return tuple(f[name][()] for name in names)
+
+    def read_positions(self, positions):
+        """dist, points and ids of the survivors at increasing table ``positions``."""
+        with h5py.File(self.path, "r") as f:
+            return tuple(f[name][np.asarray(positions)] for name in ("dist", "points", "ids"))

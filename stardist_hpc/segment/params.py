@@ -1,0 +1,71 @@
+"""The one resolved parameter record of the HPC step, shared by the driver and every task."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+#: the original-format input converted into this project's format, inside work_dir.
+INDEXED_INPUT = "prediction_indexed.h5"
+SURVIVORS = "survivors.h5"
+NMS_DIR = "nms"
+CHUNK_DIR = "chunks"
+#: checkpoints that depend on the run's settings.
+SETTING_CHECKPOINTS = (NMS_DIR, SURVIVORS, CHUNK_DIR)
+#: every checkpoint file and folder a run writes in work_dir; the indexed copy of an
+#: original-format input depends only on the input file and the model folder.
+CHECKPOINTS = (INDEXED_INPUT, *SETTING_CHECKPOINTS)
+#: fields that say where files are, not what the checkpoints hold.
+_LOCATIONS = ("candidate_path", "work_dir", "label_path")
+
+
+@dataclass(frozen=True)
+class SegmentParams:
+    """Every setting of one HPC-step run, resolved from the arguments and the candidate file.
+
+    Attributes
+    ----------
+    candidate_path : Path
+        The candidate file the tasks read (the indexed copy for an original-format input).
+    input_path : str
+        The candidate file as given, and its ``input_size`` and ``input_mtime_ns``.
+    model_dir : str
+        The model folder whose rays and thresholds were used ('' for the file's own).
+    image_shape, rays_json, prob_thresh : from the candidate file.
+    nms_thresh, nms_backend, tile_shape, halo : NMS settings (``halo`` resolved to voxels).
+    chunk_shape, labeling_backend : rendering settings (``chunk_shape`` clipped to the image).
+    work_dir, label_path : where checkpoints and the label file go.
+    """
+    candidate_path: Path
+    input_path: str
+    input_size: int
+    input_mtime_ns: int
+    model_dir: str
+    image_shape: tuple
+    rays_json: str
+    prob_thresh: float
+    nms_thresh: float
+    nms_backend: str
+    tile_shape: tuple
+    halo: tuple
+    chunk_shape: tuple
+    labeling_backend: str
+    work_dir: Path
+    label_path: Path
+
+    @property
+    def nms_dir(self) -> Path:
+        return self.work_dir / NMS_DIR
+
+    @property
+    def chunk_dir(self) -> Path:
+        return self.work_dir / CHUNK_DIR
+
+    @property
+    def survivor_path(self) -> Path:
+        return self.work_dir / SURVIVORS
+
+    def signature(self) -> dict:
+        """What the checkpoints in ``work_dir`` depend on: every field but the locations."""
+        fields = {k: v for k, v in asdict(self).items() if k not in _LOCATIONS}
+        return json.loads(json.dumps(fields, default=str))   # tuples as lists, as JSON reads

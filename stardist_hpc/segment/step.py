@@ -1,0 +1,404 @@
+"""The HPC step: candidates -> tile-wise exact NMS -> survivors -> label chunks -> label.h5.
+
+:func:`segment_candidates` is the step's public entry point (``hpc_prediction.py`` maps its YAML
+onto the same arguments). It resolves one :class:`~stardist_hpc.segment.params.SegmentParams`,
+then every stage is a short function over task functions that run on the Dask cluster (see
+:mod:`stardist_hpc.segment.nms` and :mod:`stardist_hpc.segment.render`). Checkpoints live in
+``work_dir``::
+
+    run.json                 what the checkpoints belong to (a changed run starts afresh)
+    prediction_indexed.h5    the original-format input, converted (if the input was one)
+    nms/round{r}/tile{i}.npz tile results of every NMS round
+    survivors.h5             every kept candidate with its id (1 = most probable)
+    chunks/{i}.bin, {i}.npz  rendered label chunks (deflate) and their object statistics
+
+The result equals StarDist's single-process ``non_maximum_suppression_3d_inds`` followed by
+``polyhedron_to_label`` on all candidates ranked in the total order of
+:mod:`stardist_hpc.geometry.order`, while the driver holds only per-tile and per-object arrays.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+
+from .. import __version__
+from ..config import HpcConfig, arguments_config
+from ..errors import UserError
+from ..geometry.rays import ray_vectors
+from ..geometry.tiling import Grid
+from ..io.atomic import remove_stale_temporaries
+from ..io.candidates import CandidateFile
+from ..io.checkpoint import resume_or_start_afresh
+from ..io.label_file import write_label_file
+from ..io.model_files import read_model_info
+from ..io.path_guard import check_outputs_apart
+from ..io.survivors import SurvivorFile, write_survivor_table
+from .cluster import run_tasks, start_cluster
+from .nms import gather_tile, plan_tiles, resolve_halo, run_rounds
+from .params import CHECKPOINTS, INDEXED_INPUT, SETTING_CHECKPOINTS, SegmentParams
+from .render import chunk_files, chunk_tasks, render_chunk
+
+log = logging.getLogger(__name__)
+
+#: sub-directory of the label file's directory that holds checkpoints when work_dir is None.
+DEFAULT_WORK_DIR = "work"
+
+
+@dataclass
+class StageSeconds:
+    """Wall-clock seconds spent in each stage."""
+    index: float = 0.0
+    nms: float = 0.0
+    gather: float = 0.0
+    labeling: float = 0.0
+    write: float = 0.0
+
+
+class RunSummary(NamedTuple):
+    """What a run did: counts, seconds per stage and the label file written."""
+    n_candidates: int
+    n_objects: int
+    n_rounds: int
+    n_reruns: int
+    seconds: StageSeconds
+    labels: Path
+
+
+@contextlib.contextmanager
+def _timed(seconds, stage):
+    started = time.perf_counter()
+    yield
+    setattr(seconds, stage, getattr(seconds, stage) + time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------------
+# resolving the parameters
+
+
+def _model_info(config: HpcConfig):
+    """The configured model's info, or None when ``model.basedir`` or ``model.name`` is null.
+
+    A configured folder that does not exist is an error (read_model_info says so): a typo
+    must not silently fall back to the file's own rays and thresholds.
+    """
+    model = config.model
+    if model.basedir is None or model.name is None:
+        return None
+    return read_model_info(model.basedir, model.name)
+
+
+def _check_outputs_apart(config: HpcConfig):
+    """Refuse a label file or work_dir that would write over the candidates or the model."""
+    inputs = {"input.prediction": config.input.prediction}
+    if config.model.basedir is not None and config.model.name is not None:
+        inputs["model.name"] = config.model.basedir / config.model.name
+    check_outputs_apart(inputs, outputs={"output.labels": (config.output.labels,)},
+                        directories={"output.work_dir": config.output.work_dir})
+
+
+def _open_candidates(config: HpcConfig, model):
+    """The candidate file, converting the original pipeline's format into work_dir first."""
+    from ..io.original_format import index_original_file, is_original_format
+    path = config.input.prediction
+    if not is_original_format(path):
+        return CandidateFile(path)
+    if model is None:
+        raise UserError(f"{path} is an original-pipeline probabilities.h5, which has no rays: "
+                        "set model.basedir and model.name to the model that predicted it")
+    return index_original_file(path, config.output.work_dir / INDEXED_INPUT, model)
+
+
+def _check_rays(model, candidates):
+    """Refuse a model whose rays differ from the ones the candidates were predicted with."""
+    model_rays, file_rays = ray_vectors(model.rays_json), ray_vectors(candidates.meta.rays_json)
+    fix = ("expected the model that predicted the file: check model.name, or set model.basedir "
+           "and model.name to null to use the file's rays")
+    if len(model_rays) != len(file_rays):
+        raise UserError(f"rays mismatch: model {model.name} has {len(model_rays)} rays, "
+                        f"prediction file has {len(file_rays)} ({candidates.path}); {fix}")
+    if not np.allclose(model_rays, file_rays):
+        raise UserError(f"rays mismatch: model {model.name} and prediction file "
+                        f"{candidates.path} have different ray directions "
+                        f"({len(file_rays)} rays each); {fix}")
+
+
+def _nms_thresh(config, model, candidates):
+    """The NMS threshold: configured, else the model's (if present), else the file's."""
+    if config.nms.thresh is not None:
+        return config.nms.thresh
+    return model.nms_thresh if model is not None else candidates.meta.nms_thresh
+
+
+def _model_dir(config: HpcConfig) -> str:
+    model = config.model
+    return "" if model.basedir is None or model.name is None else str(model.basedir / model.name)
+
+
+def source_identity(config: HpcConfig) -> dict:
+    """The input file's path, size and modification time, and the model folder: what the
+    indexed copy of an original-format input depends on (fields of SegmentParams)."""
+    stat = Path(config.input.prediction).stat()
+    return {"input_path": str(config.input.prediction), "input_size": stat.st_size,
+            "input_mtime_ns": stat.st_mtime_ns, "model_dir": _model_dir(config)}
+
+
+def resolve_params(config: HpcConfig, candidates: CandidateFile, model=None) -> SegmentParams:
+    """The parameters of ``config`` on ``candidates`` (rays checked against ``model`` if given)."""
+    if model is not None:
+        _check_rays(model, candidates)
+    meta = candidates.meta
+    chunk_shape = tuple(min(c, s) for c, s in zip(config.labeling.chunk_shape, meta.image_shape))
+    return SegmentParams(
+        candidate_path=candidates.path, **source_identity(config),
+        image_shape=meta.image_shape, rays_json=meta.rays_json,
+        prob_thresh=float(meta.prob_thresh),
+        nms_thresh=float(_nms_thresh(config, model, candidates)),
+        nms_backend=config.nms.backend, tile_shape=config.nms.tile_shape,
+        halo=resolve_halo(config.nms.halo, candidates.max_extent),
+        chunk_shape=chunk_shape, labeling_backend=config.labeling.backend,
+        work_dir=config.output.work_dir, label_path=config.output.labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# the stages
+
+
+def _nms_stage(params, plans, execute):
+    log.info("NMS (%s): %d tile(s) of %s with halo %s, thresh %g", params.nms_backend,
+             len(plans), params.tile_shape, params.halo, params.nms_thresh)
+    return run_rounds(params, plans, execute)
+
+
+def _gather_stage(params, plans, nms_summary, execute):
+    """Write the survivor table (skipped if it is already checkpointed)."""
+    path = params.survivor_path
+    if path.exists():
+        return SurvivorFile(path)
+    remove_stale_temporaries(path)
+    counts = np.asarray(nms_summary.n_owned_kept, np.int64)
+    starts = np.cumsum(counts) - counts
+    arguments = [(params, plan, nms_summary.versions[plan.index]) for plan in plans
+                 if counts[plan.index]]
+    parts = ((starts[tile.index], tile.survivors)
+             for tile in execute(gather_tile, arguments, "gather survivors"))
+    n_rays = len(ray_vectors(params.rays_json))
+    write_survivor_table(path, int(counts.sum()), n_rays, parts)
+    return SurvivorFile(path)
+
+
+def _chunk_grid(params):
+    return Grid(params.image_shape, params.chunk_shape)
+
+
+def _labeling_stage(params, survivors, execute):
+    """Render every chunk that some survivor meets; returns the rendered chunk indices."""
+    bbox_lo, bbox_hi = survivors.read_columns("bbox_lo", "bbox_hi")
+    tasks = chunk_tasks(bbox_lo, bbox_hi, _chunk_grid(params))
+    missing = [(params, task) for task in tasks
+               if not chunk_files(params.chunk_dir, task.index).stats.exists()]
+    log.info("labeling (%s): %d chunk(s) of %s hold objects, %d to render",
+             params.labeling_backend, len(tasks), params.chunk_shape, len(missing))
+    for _ in execute(render_chunk, missing, "labeling"):
+        pass
+    return [task.index for task in tasks]
+
+
+def _provenance(params):
+    """Attributes of label.h5 that say how it was made."""
+    return dict(image_shape=params.image_shape, rays_json=params.rays_json,
+                prob_thresh=params.prob_thresh, nms_thresh=params.nms_thresh,
+                source=params.input_path, software_version=__version__,
+                nms_backend=params.nms_backend, labeling_backend=params.labeling_backend,
+                parameters=json.dumps({**params.signature(),
+                                       "work_dir": str(params.work_dir)}, sort_keys=True))
+
+
+def _write_stage(params, survivors, chunk_indices, show_progress):
+    ids, prob = survivors.read_columns("ids", "prob")
+    prob_by_id = np.empty(len(ids), np.float32)
+    prob_by_id[ids.astype(np.int64) - 1] = prob
+    remove_stale_temporaries(params.label_path)
+    write_label_file(params.label_path, _chunk_grid(params), params.chunk_dir, chunk_indices,
+                     prob_by_id, _provenance(params), show_progress=show_progress)
+
+
+def segment(params: SegmentParams, execute, seconds=None, show_progress=True):
+    """Run NMS, gathering, labeling and writing of ``params`` with the executor ``execute``.
+
+    Parameters
+    ----------
+    params : SegmentParams
+    execute : callable
+        ``execute(function, argument_tuples, description)`` yielding task results, e.g.
+        ``functools.partial(cluster.run_tasks, client)`` or ``cluster.run_in_process``.
+    seconds : StageSeconds, optional
+        Accumulates the time of each stage.
+    show_progress : bool
+        Draw a progress bar while label.h5 is written.
+
+    Returns
+    -------
+    RunSummary
+    """
+    seconds = StageSeconds() if seconds is None else seconds
+    plans = plan_tiles(params.image_shape, params.tile_shape, params.halo)
+    with _timed(seconds, "nms"):
+        nms_summary = _nms_stage(params, plans, execute)
+    with _timed(seconds, "gather"):
+        survivors = _gather_stage(params, plans, nms_summary, execute)
+    with _timed(seconds, "labeling"):
+        chunk_indices = _labeling_stage(params, survivors, execute)
+    with _timed(seconds, "write"):
+        _write_stage(params, survivors, chunk_indices, show_progress)
+    n_candidates = CandidateFile(params.candidate_path).n_candidates
+    return RunSummary(n_candidates, len(survivors), nms_summary.n_rounds, nms_summary.n_reruns,
+                      seconds, params.label_path)
+
+
+def _log_summary(summary):
+    s = summary.seconds
+    log.info("wrote %s: %d candidates -> %d objects (NMS: %d round(s), %d tile rerun(s))",
+             summary.labels, summary.n_candidates, summary.n_objects, summary.n_rounds,
+             summary.n_reruns)
+    log.info("seconds: index %.1f, NMS %.1f, gather %.1f, labeling %.1f, write %.1f",
+             s.index, s.nms, s.gather, s.labeling, s.write)
+
+
+@contextlib.contextmanager
+def _client(client, config):
+    """The given Dask client, or one of a cluster started from ``config.cluster``."""
+    if client is not None:
+        yield client
+        return
+    with start_cluster(config.cluster) as started:
+        yield started
+
+
+def segment_config(config: HpcConfig, *, client=None, show_progress=True) -> RunSummary:
+    """Run the HPC step for a validated :class:`~stardist_hpc.config.HpcConfig`."""
+    seconds = StageSeconds()
+    model = _model_info(config)
+    _check_outputs_apart(config)
+    work_dir = config.output.work_dir
+    if config.input.prediction.exists():   # a missing one is reported by _open_candidates
+        # before indexing: an indexed copy of a changed input must not be reused
+        resume_or_start_afresh(work_dir, source_identity(config), CHECKPOINTS, complete=False)
+    with _timed(seconds, "index"):
+        candidates = _open_candidates(config, model)
+    params = resolve_params(config, candidates, model)
+    # the source was checked above: only the checkpoints that depend on settings remain
+    resume_or_start_afresh(work_dir, params.signature(), SETTING_CHECKPOINTS)
+    with _client(client, config) as dask_client:
+        execute = functools.partial(run_tasks, dask_client, show_progress=show_progress)
+        summary = segment(params, execute, seconds, show_progress)
+    _log_summary(summary)
+    return summary
+
+
+def segment_candidates(candidates: str | os.PathLike, labels: str | os.PathLike, *,
+                       model: str | os.PathLike | None = None, nms_thresh: float | None = None,
+                       tile_shape: tuple[int | None, int | None, int | None] = (None, 512, 512),
+                       halo: str | tuple[int, int, int] = "auto",
+                       chunk_shape: tuple[int, int, int] = (64, 256, 256),
+                       backend: str = "fast", labeling_backend: str = "stardist",
+                       work_dir: str | os.PathLike | None = None, client: Any = None,
+                       cluster: Mapping[str, Any] | None = None,
+                       show_progress: bool = True) -> RunSummary:
+    """Segment a candidate file into one uint32 label volume, tile by tile on Dask.
+
+    Every argument but ``client`` and ``show_progress`` is the config key of
+    ``hpc_prediction.py`` named in brackets, validated the same way.
+
+    Parameters
+    ----------
+    candidates : str or Path
+        A ``prediction.h5`` of :func:`~stardist_hpc.predict_candidates`, or the original
+        pipeline's ``probabilities.h5`` (then ``model`` is required) [input.prediction].
+    labels : str or Path
+        The label file to write (``label.h5``) [output.labels].
+    model : str or Path, optional
+        A StarDist3D model folder whose rays must match the file's; its ``nms`` threshold
+        is used unless ``nms_thresh`` is given. None: the file's own rays and thresholds
+        [model.basedir / model.name].
+    nms_thresh : float, optional
+        Overlap threshold in [0, 1] [nms.thresh].
+    tile_shape : tuple of 3 (int or None)
+        NMS tile core; None spans the whole axis [nms.tile_shape].
+    halo : 'auto' or tuple of 3 int
+        Context around each tile [nms.halo].
+    chunk_shape : tuple of 3 int
+        Rendering task and HDF5 chunk shape [labeling.chunk_shape].
+    backend : {'fast', 'stardist'}
+        NMS implementation [nms.backend].
+    labeling_backend : {'stardist', 'fast'}
+        Voxel inside test of the renderer [labeling.backend].
+    work_dir : str or Path, optional
+        Checkpoints for resuming; None: ``work`` beside ``labels`` [output.work_dir].
+    client : distributed.Client, optional
+        Run the tasks on this client's cluster instead of starting one.
+    cluster : mapping, optional
+        The ``cluster`` section of the YAML config, e.g. ``{"mode": "local", "local":
+        {"n_workers": 2}}``; None: a local cluster on the available cores [cluster].
+    show_progress : bool
+        Draw progress bars on stderr.
+
+    Returns
+    -------
+    RunSummary
+        ``n_candidates``, ``n_objects``, NMS rounds and reruns, seconds per stage, ``labels``.
+
+    Raises
+    ------
+    UserError
+        For an argument of the wrong form (before any work), an unusable input file, or
+        rays that disagree with ``model``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, distributed
+    >>> from stardist_hpc import segment_candidates, read_objects
+    >>> from stardist_hpc.synthetic import demo_candidate_file
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> path = demo_candidate_file(folder / "prediction.h5", n_nuclei=3)
+    >>> with distributed.Client(processes=False, n_workers=1, dashboard_address=None) as client:
+    ...     summary = segment_candidates(path, folder / "label.h5", tile_shape=(None, 16, 16),
+    ...                                  client=client, show_progress=False)
+    >>> summary.n_objects
+    3
+    >>> len(read_objects(folder / "label.h5"))
+    3
+    """
+    config = arguments_config(
+        HpcConfig,
+        input={"prediction": candidates},
+        model=_model_keys(model),
+        output={"labels": labels,
+                "work_dir": Path(labels).parent / DEFAULT_WORK_DIR if work_dir is None
+                else work_dir},
+        nms={"thresh": nms_thresh, "tile_shape": tile_shape, "halo": halo, "backend": backend},
+        labeling={"chunk_shape": chunk_shape, "backend": labeling_backend},
+        cluster=cluster)
+    return segment_config(config, client=client, show_progress=show_progress)
+
+
+def _model_keys(model):
+    """``model.basedir`` and ``model.name`` of a model folder path (both None for None)."""
+    if model is None:
+        return {"basedir": None, "name": None}
+    if not isinstance(model, (str, Path)):
+        raise UserError(f"model: expected the path of a model folder or None, got {model!r}")
+    return {"basedir": Path(model).parent, "name": Path(model).name}
+
+
+def run(config: HpcConfig):
+    """``hpc_prediction.py``: the HPC step for a validated config."""
+    return segment_config(config)
