@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -125,6 +126,37 @@ def string_list(value, where, base):
     return tuple(text(v, f"{where}[{i}]", base) for i, v in enumerate(value))
 
 
+def positive_number(value, where, base):
+    value = number(value, where, base)
+    if not value > 0:
+        _fail(where, "a number > 0", value)
+    return value
+
+
+#: sbatch's --time forms: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
+#: days-hours:minutes, days-hours:minutes:seconds.
+_WALLTIME = re.compile(r"^(\d+(:\d{1,2}){0,2}|\d+-\d+(:\d{1,2}){0,2})$")
+
+
+def slurm_time(value, where, base):
+    value = text(value, where, base)
+    if not _WALLTIME.match(value):
+        _fail(where, "a SLURM time such as 24:00:00, 90 or 2-00:00:00", value)
+    return value
+
+
+def memory_size(value, where, base):
+    """A size such as 32GB or 4000MiB (as dask-jobqueue parses it)."""
+    from dask.utils import parse_bytes
+    value = text(value, where, base)
+    try:
+        if parse_bytes(value) > 0:
+            return value
+    except ValueError:
+        pass
+    _fail(where, "a memory size such as 32GB or 4000MiB", value)
+
+
 def key(parse: Callable, default: Any = dataclasses.MISSING, doc: str = ""):
     """Declare a config key: its parser, its default (none = required) and a one-line doc."""
     return field(default=default, metadata={"parse": parse, "doc": doc})
@@ -158,7 +190,10 @@ def _build(cls, raw, where, base):
         else:
             # defaults go through the parser too, so default paths resolve like given ones
             values[name] = f.metadata["parse"](f.default, sub, base)
-    return cls(**values)
+    built = cls(**values)
+    if hasattr(built, "check"):   # rules between the keys of one section
+        built.check(where)
+    return built
 
 
 def section(cls):
@@ -182,11 +217,26 @@ def apply_overrides(raw, overrides):
     return raw
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            name = self.construct_object(key_node, deep=deep)
+            if name in seen:
+                raise UserError(f"config key '{name}' appears twice (line "
+                                f"{key_node.start_mark.line + 1}): expected each key once")
+            seen.add(name)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load(cls, config_path, overrides=()):
     """Read, override and validate a YAML config file into the frozen dataclass ``cls``."""
     config_path = Path(config_path)
     try:
-        raw = yaml.safe_load(config_path.read_text()) or {}
+        raw = yaml.load(config_path.read_text(), Loader=_UniqueKeyLoader)
+        raw = {} if raw is None else raw
     except FileNotFoundError:
         raise UserError(f"config file {config_path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -194,6 +244,12 @@ def load(cls, config_path, overrides=()):
     except yaml.YAMLError as e:
         raise UserError(f"config file {config_path} is not valid YAML: "
                         + " ".join(str(e).split())) from None
+    except UserError as e:
+        raise UserError(f"config file {config_path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {config_path}: expected a mapping of sections such as "
+                        f"{', '.join(f.name for f in dataclasses.fields(cls))}, got "
+                        f"{type(raw).__name__} {raw!r:.40}")
     raw = apply_overrides(raw, overrides)
     return _build(cls, raw, "", config_path.resolve().parent)
 
@@ -224,6 +280,7 @@ def describe(cls, where=""):
 # the GPU step: local_prediction.py
 
 HALO_AUTO = "auto"
+MISSING_CHUNKS_ERROR, MISSING_CHUNKS_FILL = "error", "fill"
 NMS_BACKEND_STARDIST = LABELING_BACKEND_STARDIST = "stardist"
 NMS_BACKEND_FAST = LABELING_BACKEND_FAST = "fast"
 
@@ -237,6 +294,10 @@ class ImageSection:
                        "channel to segment, for images with a channel axis")
     axes: str | None = key(optional(text), None,
                            "axes of the stored array, e.g. ZYX, CZYX, ZCYX (null: guess)")
+    missing_chunks: str = key(choice(MISSING_CHUNKS_ERROR, MISSING_CHUNKS_FILL),
+                              MISSING_CHUNKS_ERROR,
+                              "a zarr array with chunks missing from its store: 'error', or "
+                              "'fill' (read them as the fill value)")
 
 
 @dataclass(frozen=True)
@@ -251,6 +312,11 @@ class NormalizeSection:
     pmax: float = key(percentile, 99.8, "upper percentile mapped to 1")
     sample_size: int = key(positive_int, 4_000_000,
                            "voxels sampled (strided over the whole volume) for the percentiles")
+
+    def check(self, where):
+        if not self.pmin < self.pmax:
+            _fail(f"{where}.pmin", f"a percentile below pmax ({self.pmax:g}; pmin >= pmax "
+                                   "would invert the image)", self.pmin)
 
 
 @dataclass(frozen=True)
@@ -351,8 +417,8 @@ class SlurmSection:
     jobs: int = key(positive_int, 16, "worker jobs to submit")
     cores: int = key(positive_int, 14, "cores per job")
     processes: int = key(positive_int, 1, "worker processes per job")
-    memory: str = key(text, "32GB", "memory per job")
-    walltime: str = key(text, "24:00:00", "walltime per job")
+    memory: str = key(memory_size, "32GB", "memory per job")
+    walltime: str = key(slurm_time, "24:00:00", "walltime per job")
     queue: str | None = key(optional(text), None, "partition (sbatch -p)")
     account: str | None = key(optional(text), None, "account (sbatch -A)")
     interface: str | None = key(optional(text), None, "network interface of the workers")
@@ -362,7 +428,7 @@ class SlurmSection:
     scheduler_host: str | None = key(optional(text), None,
                                      "address the scheduler listens on (null: dask-jobqueue's "
                                      "choice from interface)")
-    worker_timeout: float = key(number, 600.0, "seconds to wait for the first worker")
+    worker_timeout: float = key(positive_number, 600.0, "seconds to wait for the first worker")
 
 
 @dataclass(frozen=True)

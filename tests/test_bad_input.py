@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -74,11 +75,12 @@ def _truncate(path):
     return path
 
 
-def _candidates(directory, name="candidates.h5"):
+def _candidates(directory, name="candidates.h5", block_shape=(None, 32, 32)):
     """A small candidate file with SYNTHETIC_RAYS rays, as local_prediction.py writes it."""
     centres = random_centres(CANDIDATE_SHAPE, 3, seed=0)
     rays, prob, dist, points = synthetic_candidates(CANDIDATE_SHAPE, centres, seed=1)
-    return write_candidate_file(directory / name, CANDIDATE_SHAPE, rays, prob, dist, points)
+    return write_candidate_file(directory / name, CANDIDATE_SHAPE, rays, prob, dist, points,
+                                block_shape=block_shape)
 
 
 MODEL_2D = '{"n_dim": 2, "n_rays": 32, "grid": [1, 1], "axes": "YXC"}'
@@ -144,13 +146,13 @@ def _broken_model(config_json=None):
     return prepare
 
 
-def _zarr_image(name):
-    """A zarr store ``name`` holding one small 3D image."""
+def _zarr_image(name, chunks=IMAGE_SHAPE):
+    """A zarr store ``name`` holding one small 3D image (of no zero chunk)."""
     def prepare(directory):
         import zarr
         store = zarr.open_array(str(directory / name), mode="w", shape=IMAGE_SHAPE,
-                                dtype="uint16", chunks=IMAGE_SHAPE)
-        store[...] = np.arange(np.prod(IMAGE_SHAPE)).reshape(IMAGE_SHAPE)
+                                dtype="uint16", chunks=chunks)
+        store[...] = 1 + np.arange(np.prod(IMAGE_SHAPE)).reshape(IMAGE_SHAPE)
     return prepare
 
 
@@ -179,6 +181,151 @@ def _float_image(name, bad_voxel, value):
         image[bad_voxel] = value
         _tif(directory, name, image)
     return prepare
+
+
+# ---------------------------------------------------------------------------------------------
+# damaged or inconsistent files (round two)
+
+#: the rays of the synthetic candidate files, as a model's config.json describes them.
+SYNTHETIC_RAYS_JSON = {"name": "Rays_GoldenSpiral",
+                       "kwargs": {"n": SYNTHETIC_RAYS, "anisotropy": list(DEFAULT_ANISOTROPY)}}
+SYNTHETIC_MODEL = {"n_dim": 3, "n_rays": SYNTHETIC_RAYS, "grid": [1, 2, 2],
+                   "rays_json": SYNTHETIC_RAYS_JSON}
+GOOD_THRESHOLDS = {"prob": 0.5, "nms": 0.4}
+#: blocks of the candidate files the cases damage: four, so that one can claim another's rows.
+EDITED_BLOCK_SHAPE = (None, 16, 16)
+
+
+def _edited_candidates(edit):
+    """Setup writing candidates.h5 of several blocks, then changing it with ``edit(h5py.File)``."""
+    def prepare(directory):
+        with h5py.File(_candidates(directory, block_shape=EDITED_BLOCK_SHAPE), "r+") as f:
+            edit(f)
+    return prepare
+
+
+def _set(dataset, index, value):
+    """An edit writing ``value`` at ``index`` of ``dataset``."""
+    def edit(f):
+        f[dataset][index] = value
+    return edit
+
+
+def _attr_edit(name, value):
+    def edit(f):
+        f.attrs[name] = value
+    return edit
+
+
+def _blocks_edit(change):
+    """An edit of the blocks table: ``change(blocks)`` on a copy, written back."""
+    def edit(f):
+        blocks = f["blocks"][()]
+        change(blocks)
+        f["blocks"][...] = blocks
+    return edit
+
+
+def _shift(field, block, by):
+    def change(blocks):
+        blocks[field][block] += by
+    return change
+
+
+def _copy_core(src, dst):
+    def change(blocks):
+        for name in ("z0", "y0", "x0", "z1", "y1", "x1"):
+            blocks[name][dst] = blocks[name][src]
+    return change
+
+
+def _point_in_another_block(f):
+    """Move the first candidate of block 0 into the core of the last block (still inside)."""
+    blocks = f["blocks"][()]
+    last = blocks[-1]
+    f["points"][int(blocks["row_start"][0])] = [last["z0"], last["y0"], last["x0"]]
+
+
+def _flip_byte(f):
+    """Flip a byte in the middle of the first stored chunk of ``dist``."""
+    info = f["dist"].id.get_chunk_info(0)
+    f.flush()
+    with open(f.filename, "r+b") as raw:
+        raw.seek(info.byte_offset + info.size // 2)
+        byte = raw.read(1)
+        raw.seek(-1, 1)
+        raw.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _shorter_dist(f):
+    f["dist"].resize(f["dist"].shape[0] - 1, axis=0)
+
+
+def _model(config=SYNTHETIC_MODEL, thresholds=GOOD_THRESHOLDS, weights=None):
+    """The model folder of BROKEN_MODEL with these JSON contents (and ``weights`` bytes)."""
+    def prepare(directory):
+        folder = directory / BROKEN_MODEL["basedir"] / BROKEN_MODEL["name"]
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(config))
+        (folder / "thresholds.json").write_text(json.dumps(thresholds))
+        if weights is not None:
+            (folder / "weights_best.h5").write_bytes(weights(directory))
+    return prepare
+
+
+def _demo_weights(fraction):
+    """The first ``fraction`` of the demo model's weights file."""
+    def read(_directory):
+        data = (MODELS / "demo" / "weights_best.h5").read_bytes()
+        return data[:int(len(data) * fraction)]
+    return read
+
+
+def _demo_model_config(directory):
+    """The demo model's JSON files in BROKEN_MODEL, without weights."""
+    folder = directory / BROKEN_MODEL["basedir"] / BROKEN_MODEL["name"]
+    folder.mkdir(parents=True)
+    for name in ("config.json", "thresholds.json"):
+        (folder / name).write_bytes((MODELS / "demo" / name).read_bytes())
+
+
+def _original_file(edit=None):
+    """probabilities.h5 of the original pipeline from the synthetic candidates."""
+    def prepare(directory):
+        centres = random_centres(CANDIDATE_SHAPE, 3, seed=0)
+        _, prob, dist, points = synthetic_candidates(CANDIDATE_SHAPE, centres, seed=1)
+        with h5py.File(directory / "probabilities.h5", "w") as f:
+            f["prob"], f["dist"], f["points"] = prob, dist, points
+            f["shape_inst"] = np.array(CANDIDATE_SHAPE)
+            if edit is not None:
+                edit(f)
+    return prepare
+
+
+def _imaris_data_group(directory):
+    with h5py.File(directory / "img.ims", "w") as f:
+        f.create_group("DataSet/ResolutionLevel 0/TimePoint 0/Channel 0/Data")
+        info = f.create_group("DataSetInfo/Image")
+        for axis, n in zip("ZYX", IMAGE_SHAPE):
+            info.attrs[axis] = np.array([c.encode() for c in str(n)], dtype="S1")
+
+
+def _zarr_without_a_chunk(directory):
+    _zarr_image("img.zarr", chunks=(4, 16, 16))(directory)
+    (directory / "img.zarr" / "c" / "1" / "1" / "0").unlink()
+
+
+def _empty_candidates_of_shape(shape):
+    def prepare(directory):
+        from stardist import Rays_GoldenSpiral
+        rays = Rays_GoldenSpiral(SYNTHETIC_RAYS, anisotropy=DEFAULT_ANISOTROPY)
+        write_candidate_file(directory / "candidates.h5", shape, rays, np.zeros(0, np.float32),
+                             np.zeros((0, SYNTHETIC_RAYS), np.float32),
+                             np.zeros((0, 3), np.int32), block_shape=(None, None, None))
+    return prepare
+
+
+ORIGINAL = {"input": {"prediction": "probabilities.h5"}, "model": BROKEN_MODEL}
 
 
 class Case(NamedTuple):
@@ -348,6 +495,147 @@ CASES = [
     case("hpc-work-dir-is-a-file", HPC, _after(hpc_config(), _candidates, _file("work")),
          "output.work_dir", "work", "exists and is not a directory",
          overrides=["output.work_dir=work"]),
+    # round two: damaged or inconsistent candidate files
+    case("hpc-dist-one-row-short", HPC, _after(hpc_config(), _edited_candidates(_shorter_dist)),
+         "candidates.h5", "dataset 'dist'", "expected shape"),
+    case("hpc-nan-in-dist", HPC,
+         _after(hpc_config(), _edited_candidates(_set("dist", (3, 5), np.nan))),
+         "candidates.h5", "dataset 'dist'", "expected finite ray lengths > 0", "got nan",
+         "at row 3"),
+    case("hpc-inf-in-dist", HPC,
+         _after(hpc_config(), _edited_candidates(_set("dist", (4, 0), np.inf))),
+         "dataset 'dist'", "got inf at row 4"),
+    case("hpc-negative-dist", HPC,
+         _after(hpc_config(), _edited_candidates(_set("dist", (2, 1), -1.0))),
+         "dataset 'dist'", "got -1.0 at row 2"),
+    case("hpc-nan-prob", HPC, _after(hpc_config(), _edited_candidates(_set("prob", 1, np.nan))),
+         "dataset 'prob'", "expected finite probabilities in [0, 1]", "at row 1"),
+    case("hpc-prob-above-one", HPC,
+         _after(hpc_config(), _edited_candidates(_set("prob", 0, 1.5))),
+         "dataset 'prob'", "got 1.5 at row 0"),
+    case("hpc-point-outside-the-image", HPC,
+         _after(hpc_config(), _edited_candidates(_set("points", 0, [100, 0, 0]))),
+         "dataset 'points'", "expected points inside their block's core", "[100, 0, 0]"),
+    case("hpc-point-in-another-block", HPC,
+         _after(hpc_config(), _edited_candidates(_point_in_another_block)),
+         "dataset 'points'", "expected points inside their block's core"),
+    case("hpc-blocks-rows-overlap", HPC,
+         _after(hpc_config(), _edited_candidates(_blocks_edit(_shift("row_start", 1, -1)))),
+         "dataset 'blocks'", "expected row ranges that partition rows", "at block 1"),
+    case("hpc-blocks-skip-rows", HPC,
+         _after(hpc_config(), _edited_candidates(_blocks_edit(_shift("row_start", 1, 1)))),
+         "dataset 'blocks'", "at block 1"),
+    case("hpc-blocks-past-the-end", HPC,
+         _after(hpc_config(), _edited_candidates(_blocks_edit(_shift("row_stop", -1, 5)))),
+         "dataset 'blocks'", "expected row ranges that end at row"),
+    case("hpc-blocks-claim-the-same-core", HPC,
+         _after(hpc_config(), _edited_candidates(_blocks_edit(_copy_core(0, 1)))),
+         "dataset 'blocks'", "expected block cores that do not overlap"),
+    case("hpc-image-shape-two-entries", HPC,
+         _after(hpc_config(), _edited_candidates(_attr_edit("image_shape", [8, 32]))),
+         "attribute 'image_shape'", "expected 3 positive integers", "[8, 32]"),
+    case("hpc-image-shape-negative", HPC,
+         _after(hpc_config(), _edited_candidates(_attr_edit("image_shape", [8, -32, 32]))),
+         "attribute 'image_shape'", "expected 3 positive integers"),
+    case("hpc-rays-json-not-json", HPC,
+         _after(hpc_config(), _edited_candidates(_attr_edit("rays_json", "{not json"))),
+         "attribute 'rays_json'", "expected StarDist's rays description"),
+    case("hpc-rays-json-wrong-ray-count", HPC, _after(hpc_config(), _edited_candidates(
+        _attr_edit("rays_json", json.dumps({**SYNTHETIC_RAYS_JSON, "kwargs": {"n": 16}})))),
+         "dataset 'dist'", "expected shape", "16"),
+    case("hpc-nms-thresh-not-a-number", HPC,
+         _after(hpc_config(), _edited_candidates(_attr_edit("nms_thresh", "high"))),
+         "attribute 'nms_thresh'", "expected a number in [0, 1]", "'high'"),
+    case("hpc-nms-thresh-above-one", HPC,
+         _after(hpc_config(), _edited_candidates(_attr_edit("nms_thresh", 5.0))),
+         "attribute 'nms_thresh'", "got 5.0"),
+    case("hpc-format-version-99", HPC,
+         _after(hpc_config(), _edited_candidates(_attr_edit("format_version", 99))),
+         "attribute 'format_version'", "expected 1, got 99"),
+    case("hpc-attribute-changed-in-form", HPC,
+         _after(hpc_config(), _edited_candidates(_attr_edit("nms_thresh", 0.31))),
+         "attribute 'header_sha256'", "an attribute was changed or damaged"),
+    case("hpc-byte-flipped-in-dist", HPC, _after(hpc_config(), _edited_candidates(_flip_byte)),
+         "dataset 'dist'", "expected readable rows, got a damaged chunk", "rerun the GPU step"),
+    case("hpc-unfinished-gpu-step-temporary", HPC,
+         _after(hpc_config(), _edited_candidates(_attr_edit("resume_key", "{}"))),
+         "attribute 'resume_key'", "unfinished GPU-step temporary", "rerun local_prediction.py"),
+    case("hpc-original-nan-dist", HPC,
+         _after(hpc_config(**ORIGINAL), _model(),
+                _original_file(lambda f: f["dist"].__setitem__((2, 3), np.nan))),
+         "probabilities.h5", "dataset 'dist'", "expected finite ray lengths > 0", "at row 2"),
+    case("hpc-original-prob-above-one", HPC,
+         _after(hpc_config(**ORIGINAL), _model(),
+                _original_file(lambda f: f["prob"].__setitem__(5, 2.0))),
+         "probabilities.h5", "dataset 'prob'", "got 2.0 at row 5"),
+    # round two: model folders
+    case("hpc-model-threshold-a-string", HPC,
+         _after(hpc_config(model=BROKEN_MODEL), _candidates,
+                _model(thresholds={"prob": "high", "nms": 0.4})),
+         "thresholds.json", "'prob': expected a number in [0, 1]", "'high'"),
+    case("hpc-model-threshold-null", HPC,
+         _after(hpc_config(model=BROKEN_MODEL), _candidates,
+                _model(thresholds={"prob": 0.5, "nms": None})),
+         "thresholds.json", "'nms': expected a number in [0, 1]", "None"),
+    case("hpc-model-nms-above-one", HPC,
+         _after(hpc_config(model=BROKEN_MODEL), _candidates,
+                _model(thresholds={"prob": 0.5, "nms": 1.5})),
+         "thresholds.json", "'nms'", "1.5"),
+    case("hpc-model-empty-rays-json", HPC,
+         _after(hpc_config(model=BROKEN_MODEL), _candidates,
+                _model(config={**SYNTHETIC_MODEL, "rays_json": {}})),
+         "config.json", "'rays_json': expected StarDist's rays description"),
+    case("hpc-model-unknown-rays", HPC,
+         _after(hpc_config(model=BROKEN_MODEL), _candidates,
+                _model(config={**SYNTHETIC_MODEL, "rays_json": {"name": "Rays_Cube",
+                                                                "kwargs": {}}})),
+         "config.json", "'rays_json': expected StarDist's rays description"),
+    case("hpc-model-n-rays-disagree", HPC,
+         _after(hpc_config(model=BROKEN_MODEL), _candidates,
+                _model(config={**SYNTHETIC_MODEL, "n_rays": 64})),
+         "config.json", "'n_rays': expected 32", "got 64"),
+    case("local-model-without-weights", LOCAL,
+         _after(local_config(model=BROKEN_MODEL), _image, _demo_model_config),
+         "model folder", "broken", "expected trained weights", "untrained"),
+    case("local-model-truncated-weights", LOCAL,
+         _after(local_config(model=BROKEN_MODEL), _image,
+                _model(config=json.loads((MODELS / "demo" / "config.json").read_text()),
+                       weights=_demo_weights(0.5))),
+         "model weights", "weights_best.h5", "not a readable HDF5 file"),
+    # round two: images
+    case("local-imaris-data-is-a-group", LOCAL,
+         _after(local_config("img.ims"), _imaris_data_group),
+         "image.path", "img.ims", "expected a dataset", "Channel 0/Data", "got Group"),
+    case("local-zarr-missing-chunk", LOCAL,
+         _after(local_config("img.zarr"), _zarr_without_a_chunk),
+         "image.path", "img.zarr", "1 of 8 missing", "chunk 1.1.0", "image.missing_chunks"),
+    case("local-pmin-not-below-pmax", LOCAL, _with_image(),
+         "prediction.normalize.pmin", "a percentile below pmax", "got 99.9",
+         overrides=["prediction.normalize.pmin=99.9"]),
+    # round two: config files
+    case("local-duplicate-key", LOCAL,
+         _after("image: {path: img.tif}\nmodel: {basedir: m, name: d}\nimage: {path: b.tif}\n",
+                _image),
+         "cfg.yaml", "config key 'image' appears twice", "line 3"),
+    case("local-top-level-list-with-set", LOCAL, _after("- image\n- model\n"),
+         "cfg.yaml", "expected a mapping of sections", "got list",
+         overrides=["prediction.block_shape=[8,32,32]"]),
+    case("hpc-top-level-scalar", HPC, _after("42\n"),
+         "cfg.yaml", "expected a mapping of sections", "got int"),
+    case("hpc-chunk-over-4-gib", HPC,
+         _after(hpc_config(), _empty_candidates_of_shape((1024, 1024, 1024))),
+         "labeling.chunk_shape", "expected an HDF5 chunk under 4 GiB",
+         overrides=["labeling.chunk_shape=[1024,1024,1024]"]),
+    # round two: SLURM settings, checked before anything is submitted
+    case("hpc-slurm-memory-lots", HPC, _with_candidates(),
+         "cluster.slurm.memory", "expected a memory size such as 32GB", "'lots'",
+         overrides=["cluster.slurm.memory=lots"]),
+    case("hpc-slurm-walltime-soon", HPC, _with_candidates(),
+         "cluster.slurm.walltime", "expected a SLURM time such as 24:00:00", "'soon'",
+         overrides=["cluster.slurm.walltime=soon"]),
+    case("hpc-slurm-worker-timeout-zero", HPC, _with_candidates(),
+         "cluster.slurm.worker_timeout", "expected a number > 0", "0",
+         overrides=["cluster.slurm.worker_timeout=0"]),
 ]
 
 

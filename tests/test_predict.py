@@ -34,6 +34,12 @@ def _blockwise(model, image_section, tmp_path, block_shape, max_tile_voxels, pro
         return whole, f["prob"][()], f["dist"][()], f["points"][()]
 
 
+def _image_shape(image_section):
+    """The (z, y, x) shape of an image, for a candidate file a reader accepts."""
+    with open_volume(image_section) as volume:
+        return volume.shape
+
+
 def _rays_json(model):
     import json
     return json.dumps(model.config.rays_json)
@@ -90,8 +96,9 @@ def test_block_cores_partition_the_image(demo_model):
 
 def test_a_run_interrupted_after_its_last_block_only_renames(demo_model, small_nuclei_tif,
                                                              tmp_path):
-    meta = CandidateMeta(image_shape=(0, 0, 0), rays_json=_rays_json(demo_model),
-                         grid=(1, 2, 2), prob_thresh=0.5, nms_thresh=0.3)
+    meta = CandidateMeta(image_shape=tuple(_image_shape(small_nuclei_tif)),
+                         rays_json=_rays_json(demo_model), grid=(1, 2, 2), prob_thresh=0.5,
+                         nms_thresh=0.3)
     settings = {"block_shape": (16, 48, 48), "prob_thresh": 0.5, "n_tiles": None,
                 "max_tile_voxels": 10**7}
     path = tmp_path / "c.h5"

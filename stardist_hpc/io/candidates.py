@@ -31,14 +31,22 @@ import numpy as np
 from ..errors import UserError
 from ..geometry.rays import candidate_extent, ray_vectors
 from .atomic import publish
+from .candidate_checks import (
+    FORMAT_VERSION,
+    HEADER_CHECKSUM,
+    RESUME_KEY,
+    check_attributes,
+    check_block_rows,
+    check_blocks,
+    check_datasets,
+    check_header_checksum,
+    header_checksum,
+)
 from .checkpoint import changed_keys
 from .hdf5 import open_hdf5
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-#: attribute of a temporary candidate file: what its blocks were predicted from.
-RESUME_KEY = "resume_key"
 #: rows per HDF5 chunk of the candidate datasets.
 ROWS_PER_CHUNK = 4096
 
@@ -82,13 +90,22 @@ def create_candidate_datasets(h5file, meta, n_rows):
     """
     n_rays = meta.n_rays
     layout = (("prob", "f4", ()), ("dist", "f4", (n_rays,)), ("points", "i4", (3,)))
+    # fletcher32: HDF5 checks every chunk it reads, so a damaged byte is an error, not a value
     dsets = {name: h5file.create_dataset(name, (n_rows, *tail), dtype, maxshape=(None, *tail),
-                                         chunks=(ROWS_PER_CHUNK, *tail))
+                                         chunks=(ROWS_PER_CHUNK, *tail), fletcher32=True)
              for name, dtype, tail in layout}
     for f in fields(meta):
         h5file.attrs[f.name] = getattr(meta, f.name)
     h5file.attrs["format_version"] = FORMAT_VERSION
+    h5file.attrs[HEADER_CHECKSUM] = header_checksum(h5file.attrs)
     return dsets
+
+
+def create_block_table(h5file, blocks=None):
+    """Create the resizable, checksummed ``blocks`` table (empty, or holding ``blocks``)."""
+    shape = {"shape": (0,), "dtype": BLOCK_DTYPE} if blocks is None else {"data": blocks}
+    return h5file.create_dataset("blocks", **shape, maxshape=(None,), chunks=(ROWS_PER_CHUNK,),
+                                 fletcher32=True)
 
 
 def temporary_path(path):
@@ -130,8 +147,7 @@ class CandidateWriter:
         if not self._continue_interrupted():
             self._file = h5py.File(self.tmp_path, "w")
             self._dsets = create_candidate_datasets(self._file, self.meta, 0)
-            self._blocks = self._file.create_dataset("blocks", (0,), BLOCK_DTYPE,
-                                                     maxshape=(None,), chunks=(ROWS_PER_CHUNK,))
+            self._blocks = create_block_table(self._file)
             self._file.attrs[RESUME_KEY] = self.resume_key
         return self
 
@@ -194,6 +210,8 @@ class CandidateWriter:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             del self._file.attrs[RESUME_KEY]
+            # sealed again: whatever attribute was added since the datasets were created
+            self._file.attrs[HEADER_CHECKSUM] = header_checksum(self._file.attrs)
         self._file.close()
         if exc_type is None:
             publish(self.tmp_path, self.path)
@@ -230,16 +248,28 @@ class CandidateFile:
                   if fl.name in f.attrs}
             for required in ("image_shape", "rays_json", "grid", "prob_thresh", "nms_thresh"):
                 _attr(f.attrs, required, self.path)
-            kw["image_shape"] = tuple(int(s) for s in kw["image_shape"])
-            kw["grid"] = tuple(int(g) for g in kw["grid"])
-            self.meta = CandidateMeta(**kw)
-            self.blocks = f["blocks"][()]
-            self.n_candidates = f["prob"].shape[0]
+            checked = check_attributes(f.attrs, self.path)
+            self.n_candidates = check_datasets(f, self.path, checked.pop("n_rays"))
+            self.meta = CandidateMeta(**{**kw, **checked})
+            self.blocks = self._read(f, "blocks", slice(None))
+            check_blocks(self.blocks, self.path, self.n_candidates, self.meta.image_shape)
+            # last: a value wrong in form is named above; one merely changed is caught here
+            check_header_checksum(f.attrs, self.path)
 
     def _open(self):
         return open_hdf5(self.path, "candidate file",
                          "check input.prediction: expected the prediction.h5 of "
                          "local_prediction.py")
+
+    def _read(self, f, name, rows):
+        """Rows of a dataset; a chunk whose checksum fails is a UserError naming the rows."""
+        try:
+            return f[name][rows]
+        except OSError as e:
+            raise UserError(f"candidate file {self.path}: dataset '{name}': expected readable "
+                            f"rows, got a damaged chunk in rows {rows.start or 0}:"
+                            f"{'' if rows.stop is None else rows.stop} ("
+                            + " ".join(str(e).split())[:120] + "); rerun the GPU step") from None
 
     @property
     def max_extent(self):
@@ -270,23 +300,16 @@ class CandidateFile:
             for b in self.blocks[self.blocks_meeting(lo, hi)]:
                 start, stop = int(b["row_start"]), int(b["row_stop"])
                 if stop > start:
-                    parts.append((np.arange(start, stop), f["prob"][start:stop],
-                                  f["dist"][start:stop], f["points"][start:stop]))
+                    part = tuple(self._read(f, name, slice(start, stop))
+                                 for name in ("prob", "dist", "points"))
+                    check_block_rows(self.path, b, *part)
+                    parts.append((np.arange(start, stop), *part))
         if not parts:
             return (np.zeros(0, np.int64), np.zeros(0, np.float32),
                     np.zeros((0, self.meta.n_rays), np.float32), np.zeros((0, 3), np.int32))
         rows, prob, dist, points = (np.concatenate(p) for p in zip(*parts))
         inside = np.all((points >= np.asarray(lo)) & (points < np.asarray(hi)), axis=1)
         return rows[inside], prob[inside], dist[inside], points[inside]
-
-    def read_rows(self, rows):
-        """prob, dist, points of the given (sorted, unique) rows."""
-        rows = np.asarray(rows, np.int64)
-        with self._open() as f:
-            if len(rows) == 0:
-                return (np.zeros(0, np.float32), np.zeros((0, f["dist"].shape[1]), np.float32),
-                        np.zeros((0, 3), np.int32))
-            return f["prob"][rows], f["dist"][rows], f["points"][rows]
 
 
 def open_candidates(path) -> CandidateFile:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,35 @@ def load_record(path, record_type):
     with np.load(path, allow_pickle=False) as npz:
         values = (npz[name] for name in record_type._fields)
         return record_type(*(v.item() if v.ndim == 0 else v for v in values))
+
+
+#: what reading a damaged, truncated or foreign ``.npz`` raises (zip CRCs are checked on read).
+_DAMAGED_NPZ = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+
+
+def load_checkpoint(path, record_type, identity):
+    """The ``record_type`` of a checkpoint if it is intact and belongs where it lies, else None.
+
+    Every member of the ``.npz`` is read, so zip's CRC checks every byte; ``identity`` (field
+    -> value, e.g. the tile index and round) must match, so a file moved or swapped from
+    elsewhere is not taken. A damaged or foreign checkpoint is logged, removed and reported as
+    None: the caller recomputes it.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            members = {name: npz[name] for name in npz.files}
+        record = record_type(*(members[name].item() if members[name].ndim == 0
+                               else members[name] for name in record_type._fields))
+        wrong = {k: getattr(record, k) for k, v in identity.items() if getattr(record, k) != v}
+    except _DAMAGED_NPZ as e:
+        wrong = {"content": " ".join(str(e).split())[:80]}
+    if not wrong:
+        return record
+    log.warning("checkpoint %s is damaged or belongs elsewhere (%s): recomputing it", path,
+                ", ".join(f"{k} {v}" for k, v in wrong.items()))
+    path.unlink(missing_ok=True)
+    return None
 
 
 def changed_keys(previous: dict, current: dict, keys=None) -> list:

@@ -5,12 +5,19 @@ copies them into ``label.h5``.
 """
 from __future__ import annotations
 
+import logging
 import zlib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from .checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+#: the labels_crc32 of a chunk without objects (no labels file is written).
+NO_LABELS = -1
 #: zlib level of the chunks; h5py's default gzip level.
 DEFLATE_LEVEL = 4
 
@@ -42,6 +49,12 @@ def chunk_stats(labels, origin):
                       bbox_hi=np.maximum.reduceat(coords, starts) + 1)
 
 
+class ChunkIdentity(NamedTuple):
+    """Saved with a chunk's statistics: which chunk it is, and the CRC-32 of its labels file."""
+    index: int
+    labels_crc32: int
+
+
 class ChunkFiles(NamedTuple):
     """Checkpoint files of a chunk: compressed labels (absent if all zero) and statistics."""
     labels: Path
@@ -58,3 +71,24 @@ def compress_chunk(labels, chunk_shape):
     padded = np.zeros(chunk_shape, np.uint32)
     padded[tuple(slice(0, s) for s in labels.shape)] = labels
     return zlib.compress(padded.tobytes(), DEFLATE_LEVEL)
+
+
+def chunk_done(chunk_dir, index):
+    """Whether chunk ``index`` is checkpointed intact: its statistics load and name it, and
+    its labels file (if it has objects) has the recorded CRC-32. A damaged or foreign chunk
+    is removed, so that it is rendered again."""
+    files = chunk_files(chunk_dir, index)
+    if not files.stats.exists():
+        return False
+    identity = load_checkpoint(files.stats, ChunkIdentity, {"index": index})
+    if identity is None:
+        files.labels.unlink(missing_ok=True)
+        return False
+    if identity.labels_crc32 == NO_LABELS or (files.labels.exists() and zlib.crc32(
+            files.labels.read_bytes()) == identity.labels_crc32):
+        return True
+    log.warning("chunk checkpoint %s does not match its statistics: rendering it again",
+                files.labels)
+    files.labels.unlink(missing_ok=True)
+    files.stats.unlink()
+    return False

@@ -25,6 +25,7 @@ order whatever the stored order. Every bad input raises a one-line
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ import numpy as np
 import tifffile
 import zarr
 
+from ..config import MISSING_CHUNKS_ERROR
 from ..errors import UserError, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -349,7 +351,29 @@ def _open_zarr(path, image):
         node = _pick_array(arrays, image.dataset, path)
     else:
         _warn_ignored(image, ("dataset",), "a zarr array (not a group)")
+    if image.missing_chunks == MISSING_CHUNKS_ERROR:
+        _check_chunks_stored(node, path)
     return _Stored(node, image.axes, image.channel, _nothing_to_close)
+
+
+def _check_chunks_stored(array, path):
+    """Refuse a zarr array with chunks missing from its store, naming the first one.
+
+    zarr reads a missing chunk as its fill value, so an interrupted copy would silently
+    become background. Stores written with ``write_empty_chunks=False`` omit chunks of fill
+    values on purpose: ``image.missing_chunks: fill`` accepts them.
+    """
+    n_stored, n_chunks = array.nchunks_initialized, array.nchunks
+    if n_stored == n_chunks:
+        return
+    first = next((coords for coords in itertools.product(*map(range, array.cdata_shape))
+                  if not (Path(path) / array.path / array.metadata.encode_chunk_key(coords))
+                  .exists()), None)
+    where = f"chunk {'.'.join(map(str, first))}" if first is not None else "chunks"
+    raise UserError(f"image.path: expected every chunk of the zarr array in {path}, got "
+                    f"{n_chunks - n_stored} of {n_chunks} missing ({where} first; an "
+                    "interrupted copy?): copy the store again, or set image.missing_chunks: "
+                    "fill if chunks of the fill value were left out on purpose")
 
 
 def _pick_array(arrays, name, path):
@@ -414,7 +438,12 @@ def _imaris_channel(file, channel, path):
         raise UserError(f"image.path: expected channel groups '{prefix}0'... in "
                         f"'{IMARIS_TIMEPOINT}' of the Imaris file {path}, got none")
     _check_channel(channel, count)
-    return timepoint[f"{IMARIS_CHANNEL.format(channel)}/Data"]
+    name = f"{IMARIS_CHANNEL.format(channel)}/Data"
+    data = timepoint.get(name)
+    if not isinstance(data, h5py.Dataset):
+        raise UserError(f"image.path: expected a dataset '{IMARIS_TIMEPOINT}/{name}' in the "
+                        f"Imaris file {path}, got {type(data).__name__ if data else 'none'}")
+    return data
 
 
 def _imaris_size(file, path):

@@ -10,10 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from .candidate_checks import RAYS_ERRORS
+from .hdf5 import open_hdf5
 
 #: StarDist's fallback thresholds, used when a model folder has no thresholds.json.
 DEFAULT_PROB_THRESH = 0.5
 DEFAULT_NMS_THRESH = 0.4
+#: weights files csbdeep loads from a model folder, preferring names that hold PREFERRED_WEIGHTS.
+WEIGHTS_PATTERNS = ("*.h5", "*.hdf5")
+PREFERRED_WEIGHTS = "best"
 #: keys of config.json and thresholds.json that the pipeline reads.
 CONFIG_KEYS = ("n_rays", "grid", "rays_json")
 THRESHOLD_KEYS = ("prob", "nms")
@@ -54,14 +59,47 @@ def _require_keys(content, keys, path):
     return content
 
 
+def _threshold(thresholds, key, path):
+    value = thresholds[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise UserError(f"model file {path}: '{key}': expected a number in [0, 1], got "
+                        f"{value!r}")
+    return float(value)
+
+
+def _checked_rays(config, path):
+    """``rays_json`` of config.json, checked to describe ``n_rays`` rays StarDist can read."""
+    from stardist.rays3d import rays_from_json
+    rays_json = config["rays_json"]
+    try:
+        n_rays = len(rays_from_json(rays_json).vertices)
+    except RAYS_ERRORS as e:
+        raise UserError(f"model file {path}: 'rays_json': expected StarDist's rays description, "
+                        f"e.g. {{\"name\": \"Rays_GoldenSpiral\", \"kwargs\": {{...}}}}, got "
+                        f"{json.dumps(rays_json)[:60]} ({e})") from None
+    if n_rays != config["n_rays"]:
+        raise UserError(f"model file {path}: 'n_rays': expected {n_rays} (the rays of "
+                        f"'rays_json'), got {config['n_rays']!r}")
+    return json.dumps(rays_json), n_rays
+
+
+def _thresholds(thresholds_path):
+    """prob and nms of thresholds.json, or StarDist's defaults when the file is missing."""
+    if not thresholds_path.exists():
+        return DEFAULT_PROB_THRESH, DEFAULT_NMS_THRESH
+    thresholds = _require_keys(_read_json(thresholds_path), THRESHOLD_KEYS, thresholds_path)
+    return tuple(_threshold(thresholds, key, thresholds_path) for key in THRESHOLD_KEYS)
+
+
 def read_model_info(basedir, name):
     """Read rays, grid and thresholds of model ``basedir/name`` without TensorFlow.
 
     Raises
     ------
     UserError
-        If the folder or its ``config.json`` is missing or incomplete, or the model is not a
-        3D StarDist model.
+        If the folder or its ``config.json`` is missing or incomplete, the model is not a
+        3D StarDist model, its rays are not StarDist's or disagree with ``n_rays``, or a
+        threshold is not a number in [0, 1].
     """
     model_dir = Path(basedir) / name
     if not model_dir.is_dir():
@@ -73,9 +111,30 @@ def read_model_info(basedir, name):
         raise UserError(f"model {model_dir}: expected a StarDist3D model (n_dim 3 in "
                         f"config.json), got n_dim {config.get('n_dim')!r}")
     _require_keys(config, CONFIG_KEYS, config_path)
-    thresholds = (_require_keys(_read_json(thresholds_path), THRESHOLD_KEYS, thresholds_path)
-                  if thresholds_path.exists()
-                  else {"prob": DEFAULT_PROB_THRESH, "nms": DEFAULT_NMS_THRESH})
-    return ModelInfo(name=name, rays_json=json.dumps(config["rays_json"]),
-                     n_rays=int(config["n_rays"]), grid=tuple(config["grid"]),
-                     prob_thresh=float(thresholds["prob"]), nms_thresh=float(thresholds["nms"]))
+    rays_json, n_rays = _checked_rays(config, config_path)
+    prob_thresh, nms_thresh = _thresholds(thresholds_path)
+    return ModelInfo(name=name, rays_json=rays_json, n_rays=n_rays, grid=tuple(config["grid"]),
+                     prob_thresh=prob_thresh, nms_thresh=nms_thresh)
+
+
+def model_weights(model_dir) -> Path:
+    """The weights file StarDist loads from ``model_dir``, checked to be a readable HDF5 file.
+
+    csbdeep loads the newest ``*.h5``/``*.hdf5`` file whose name holds ``best``, else the
+    newest one; a folder without any would run an untrained network, so it is an error here.
+
+    Raises
+    ------
+    UserError
+        If the folder holds no weights file, or the one StarDist would load is unreadable.
+    """
+    model_dir = Path(model_dir)
+    files = sorted((p for ext in WEIGHTS_PATTERNS for p in model_dir.glob(ext)),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    if not files:
+        raise UserError(f"model folder {model_dir}: expected trained weights "
+                        f"({', '.join(WEIGHTS_PATTERNS)}, e.g. weights_best.h5), got none; "
+                        "without them the network would be untrained")
+    weights = next((p for p in files if PREFERRED_WEIGHTS in p.name), files[0])
+    with open_hdf5(weights, "model weights", "expected the weights StarDist saved in training"):
+        return weights

@@ -30,12 +30,14 @@ import numpy as np
 from ..errors import UserError
 from ..geometry.tiling import Grid
 from .atomic import atomic_path, remove_stale_temporaries
+from .candidate_checks import first_invalid_value
 from .candidates import (
     BLOCK_DTYPE,
     ROWS_PER_CHUNK,
     CandidateFile,
     CandidateMeta,
     candidate_extent,
+    create_block_table,
     create_candidate_datasets,
     ray_vectors,
 )
@@ -133,6 +135,14 @@ def _check_inside(points, rows, image_shape, src):
                                     f"{tuple(points[first].tolist())} at row {rows.start + first}")
 
 
+def _check_values(prob, dist, rows, src):
+    """Raise if a probability or ray length of the slice ``rows`` is not a valid one."""
+    invalid = first_invalid_value(prob, dist)
+    if invalid is not None:
+        name, index, expected, value = invalid
+        raise _error(src, name, f"{expected}, got {value} at row {rows.start + index}")
+
+
 def _log_pass(name, n_rows, started):
     """Log the throughput of a pass over ``n_rows`` rows that began at ``started``."""
     seconds = max(time.perf_counter() - started, np.finfo(float).eps)
@@ -201,8 +211,10 @@ def _scatter_rows(f, dsets, grid, starts, rays, rows_per_read):
     for rows in _row_slices(n_rows, rows_per_read):
         points = f["points"][rows]
         order, run_buckets, run_starts = _group_by_bucket(grid.index_of(points))
-        columns = {"prob": np.asarray(f["prob"][rows], np.float32)[order],
-                   "dist": np.asarray(f["dist"][rows], np.float32)[order],
+        prob = np.asarray(f["prob"][rows], np.float32)
+        dist = np.asarray(f["dist"][rows], np.float32)
+        _check_values(prob, dist, rows, f.filename)
+        columns = {"prob": prob[order], "dist": dist[order],
                    "points": points.astype(np.int32)[order]}
         _write_runs(dsets, columns, next_free[run_buckets], run_starts)
         next_free[run_buckets] += np.diff(np.r_[run_starts, len(order)])
@@ -238,8 +250,7 @@ def _write_destination(f, tmp_path, grid, counts, model, rows_per_read):
                                           int(counts.sum()))
         extents = _scatter_rows(f, dsets, grid, starts, ray_vectors(model.rays_json),
                                 rows_per_read)
-        h5.create_dataset("blocks", data=_block_table(grid, counts, starts, extents),
-                          maxshape=(None,), chunks=(ROWS_PER_CHUNK,))
+        create_block_table(h5, _block_table(grid, counts, starts, extents))
 
 
 def _open_source(src):
@@ -286,8 +297,13 @@ def index_original_file(src, dst, model: ModelInfo, *, bucket_shape=DEFAULT_BUCK
     """
     dst = Path(dst)
     if dst.exists():
-        log.info("%s exists, not indexing %s again", dst, src)
-        return CandidateFile(dst)
+        try:
+            indexed = CandidateFile(dst)
+            log.info("%s exists, not indexing %s again", dst, src)
+            return indexed
+        except UserError as e:   # a damaged checkpoint: index again
+            log.warning("%s; indexing %s again", e, src)
+            dst.unlink()
     _check_arguments(bucket_shape, rows_per_read)
     remove_stale_temporaries(dst)
     with _open_source(src) as f, atomic_path(dst) as tmp_path:

@@ -5,6 +5,7 @@ coherent); read by every labeling task.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import NamedTuple
 
@@ -14,8 +15,12 @@ import numpy as np
 from ..geometry.order import total_order
 from .atomic import atomic_path
 
+log = logging.getLogger(__name__)
+
 #: survivors per HDF5 chunk of the survivor table: a label chunk reads few of them.
 SURVIVOR_ROWS_PER_CHUNK = 1024
+#: rows read at a time when a checkpointed table is verified.
+VERIFY_ROWS = 65536
 
 
 class Survivors(NamedTuple):
@@ -54,7 +59,7 @@ def write_survivor_table(path, n_survivors, n_rays, parts):
         for name, dtype, tail in _SURVIVOR_COLUMNS + (("dist", "f4", (n_rays,)),):
             # resizable, so that an empty table may still have its chunk shape
             f.create_dataset(name, (n_survivors, *tail), dtype, chunks=(rows_per_chunk, *tail),
-                             maxshape=(None, *tail))
+                             maxshape=(None, *tail), fletcher32=True)
         for start, survivors in parts:
             for name in _WRITTEN_PER_PART:
                 f[name][start:start + len(survivors.rows)] = getattr(survivors, name)
@@ -87,3 +92,25 @@ class SurvivorFile:
         """dist, points and ids of the survivors at increasing table ``positions``."""
         with h5py.File(self.path, "r") as f:
             return tuple(f[name][np.asarray(positions)] for name in ("dist", "points", "ids"))
+
+
+def intact_survivor_file(path, n_survivors):
+    """The survivor table at ``path`` if every column reads back (HDF5 checks each chunk's
+    checksum) with ``n_survivors`` rows and complete ids; else None, the file removed."""
+    try:
+        with h5py.File(path, "r") as f:
+            names = [name for name, _, _ in _SURVIVOR_COLUMNS] + ["dist"]
+            lengths = {f[name].shape[0] for name in names}
+            for name in names:   # read slice by slice: every chunk checked, little memory
+                for start in range(0, n_survivors, VERIFY_ROWS):
+                    f[name][start:start + VERIFY_ROWS]
+            ids = f["ids"][()]
+        if lengths == {n_survivors} and np.array_equal(np.sort(ids),
+                                                       np.arange(1, n_survivors + 1)):
+            return SurvivorFile(path)
+        reason = f"expected {n_survivors} survivors numbered 1..{n_survivors}"
+    except (OSError, KeyError, ValueError) as e:
+        reason = " ".join(str(e).split())[:80]
+    log.warning("survivor table %s is damaged (%s): gathering it again", path, reason)
+    Path(path).unlink(missing_ok=True)
+    return None

@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..geometry.tiling import grid_boxes
 from ..io.candidates import CandidateMeta, CandidateWriter, temporary_path
 from ..io.image import array_volume, open_volume
-from ..io.model_files import ModelInfo, read_model_info
+from ..io.model_files import ModelInfo, model_weights, read_model_info
 from ..io.path_guard import check_outputs_apart
 from .normalization import percentile_normalization
 
@@ -43,8 +43,6 @@ Shape = tuple[int, int, int]
 
 #: grid cells at the image border where StarDist's predict_sparse ignores candidates (its ``b``).
 BORDER_CELLS = 2
-#: the weights StarDist3D loads from a model folder.
-WEIGHTS_FILE = "weights_best.h5"
 
 
 @dataclass(frozen=True)
@@ -270,21 +268,21 @@ def resume_key(meta, model_dir, prediction):
     memory (whose state no file records) never continues one."""
     if model_dir is None or not Path(meta.image_path).exists():
         return ""
-    weights = Path(model_dir) / WEIGHTS_FILE
+    weights = model_weights(model_dir)
     return json.dumps({"meta": dataclasses.asdict(meta),
                        "image": _file_state(meta.image_path),
-                       "weights": _file_state(weights) if weights.exists() else None,
+                       "weights": [weights.name, *_file_state(weights)],
                        "block_shape": prediction.block_shape,
                        "n_tiles": prediction.n_tiles,
                        "max_tile_voxels": prediction.max_tile_voxels},
                       sort_keys=True, default=str)
 
 
-def _open_image(image, *, channel, axes, dataset):
+def _open_image(image, *, channel, axes, dataset, missing_chunks):
     """The Volume of an image path (validated as the ``image`` keys) or of an array-like."""
     if isinstance(image, (str, os.PathLike)):
         section = arguments_config(ImageSection, path=image, channel=channel, axes=axes,
-                                   dataset=dataset)
+                                   dataset=dataset, missing_chunks=missing_chunks)
         return open_volume(section)
     return array_volume(image, channel=channel, axes=axes)
 
@@ -294,6 +292,7 @@ def _model_and_info(model):
     if isinstance(model, (str, os.PathLike)):
         model_dir = Path(model)
         info = read_model_info(model_dir.parent, model_dir.name)   # cheap checks first
+        model_weights(model_dir)
         return model_dir, info, lambda: load_model(model_dir)
     if hasattr(model, "predict_sparse") and hasattr(model, "config"):
         return None, _loaded_model_info(model), lambda: _single_channel(model)
@@ -302,7 +301,8 @@ def _model_and_info(model):
 
 def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.PathLike | Any,
                        output: str | os.PathLike, *, channel: int = 0, axes: str | None = None,
-                       dataset: str | None = None, block_shape: Shape = (64, 256, 256),
+                       dataset: str | None = None, missing_chunks: str = "error",
+                       block_shape: Shape = (64, 256, 256),
                        n_tiles: Shape | None = None, max_tile_voxels: int = 8_388_608,
                        normalize: Mapping[str, float] | None = None,
                        prob_thresh: float | None = None,
@@ -328,6 +328,8 @@ def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.Pat
         Stored axes, e.g. ``"CZYX"`` (None: a 3D image is ZYX) [image.axes].
     dataset : str, optional
         Dataset inside an .h5/.zarr file [image.dataset].
+    missing_chunks : {'error', 'fill'}
+        A zarr array with chunks missing from its store [image.missing_chunks].
     block_shape : tuple of 3 int
         Image region per network call, before context [prediction.block_shape].
     n_tiles : tuple of 3 int, optional
@@ -368,7 +370,8 @@ def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.Pat
                                 normalize=normalize)
     output = arguments_config(LocalOutputSection, path=output).path
     model_dir, info, load = _model_and_info(model)
-    with _open_image(image, channel=channel, axes=axes, dataset=dataset) as volume:
+    with _open_image(image, channel=channel, axes=axes, dataset=dataset,
+                     missing_chunks=missing_chunks) as volume:
         # named by their config keys, which the docstring maps onto the arguments
         inputs = {"image.path": volume.path} if volume.path.exists() else {}
         if model_dir is not None:
@@ -412,6 +415,7 @@ def run(config):
     return predict_candidates(
         image.path, config.model.basedir / config.model.name, config.output.path,
         channel=image.channel, axes=image.axes, dataset=image.dataset,
+        missing_chunks=image.missing_chunks,
         block_shape=config.prediction.block_shape, n_tiles=config.prediction.n_tiles,
         max_tile_voxels=config.prediction.max_tile_voxels,
         normalize={"pmin": norm.pmin, "pmax": norm.pmax, "sample_size": norm.sample_size},

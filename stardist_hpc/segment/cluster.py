@@ -7,9 +7,13 @@ results are handed back as they complete, so the caller can checkpoint and repor
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
+import uuid
+from pathlib import Path
+from typing import NamedTuple
 
 from tqdm import tqdm
 
@@ -20,15 +24,36 @@ log = logging.getLogger(__name__)
 
 #: loopback address: a local cluster is reachable from this machine only.
 LOCALHOST = "127.0.0.1"
+#: cgroup v2 CPU limit of this process's group ("quota period", or "max period").
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
 #: times a task is retried after its worker died.
 TASK_RETRIES = 2
 
 
+def available_cpus():
+    """CPUs this process may use: its affinity (a SLURM allocation), capped by a cgroup quota.
+
+    ``os.cpu_count()`` counts the whole machine, which would start more workers than the
+    allocation holds cores.
+    """
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path(CGROUP_CPU_MAX).read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass   # no cgroup v2 CPU limit readable: the affinity decides
+    return cpus
+
+
 def local_cluster_kwargs(local: LocalClusterSection):
     """Keyword arguments of ``distributed.LocalCluster`` for the ``cluster.local`` section."""
-    return dict(n_workers=local.n_workers or os.cpu_count(),
+    # the workers' own log lines (connections closing when a run stops on bad input or Ctrl-C)
+    # would follow the driver's one-line error: shown only with -v
+    worker_logs = logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
+    return dict(n_workers=local.n_workers or available_cpus(),
                 threads_per_worker=local.threads_per_worker, processes=True, host=LOCALHOST,
-                dashboard_address=f"{LOCALHOST}:0")
+                dashboard_address=f"{LOCALHOST}:0", silence_logs=worker_logs)
 
 
 def slurm_cluster_kwargs(slurm: SlurmSection):
@@ -103,6 +128,23 @@ def start_cluster(cluster: ClusterSection):
         yield client
 
 
+class _BadInput(NamedTuple):
+    """A task's UserError, returned as a value: raised in the driver, with its one line."""
+    error: UserError
+
+
+def _reporting_bad_input(function, *arguments):
+    """Run a task; bad input it meets comes back as :class:`_BadInput`, not as an exception.
+
+    Raised on a worker, a UserError would be logged there with its traceback and retried
+    like a lost worker, though rerunning cannot fix an input.
+    """
+    try:
+        return function(*arguments)
+    except UserError as error:
+        return _BadInput(error)
+
+
 def run_tasks(client, function, argument_tuples, description, *, show_progress=True):
     """Run ``function(*arguments)`` for every tuple on the cluster; yield results as they come.
 
@@ -125,11 +167,17 @@ def run_tasks(client, function, argument_tuples, description, *, show_progress=T
     import distributed
     if not argument_tuples:
         return
-    futures = client.map(function, *zip(*argument_tuples), pure=False, retries=TASK_RETRIES)
+    futures = client.map(functools.partial(_reporting_bad_input, function),
+                         *zip(*argument_tuples), pure=False, retries=TASK_RETRIES,
+                         key=[f"{function.__name__}-{uuid.uuid4().hex}" for _ in argument_tuples])
     with tqdm(total=len(futures), desc=description, file=sys.stderr, unit="task",
               disable=not show_progress) as progress:
         for future in distributed.as_completed(futures):
-            yield future.result()
+            result = future.result()
+            if isinstance(result, _BadInput):
+                client.cancel(futures)   # the other tasks' results are of no use now
+                raise result.error
+            yield result
             progress.update()
             future.release()
 

@@ -29,7 +29,7 @@ from ..geometry.order import MAX_RANKED, rank_scores, total_order
 from ..geometry.rays import polyhedron_bboxes, ray_geometry, stardist_rays
 from ..geometry.tiling import Box, Grid
 from ..io.candidates import CandidateFile
-from ..io.checkpoint import load_record, save_record
+from ..io.checkpoint import load_checkpoint, load_record, save_record
 from ..io.survivors import Survivors
 from .nms_fast import non_maximum_suppression
 
@@ -257,8 +257,10 @@ def _execute_round(params, round_, plans, versions, execute):
     outcomes, arguments = [], []
     for plan in plans:
         path = tile_path(params.nms_dir, round_, plan.index)
-        if path.exists():
-            outcomes.append(load_record(path, TileOutcome))
+        outcome = (load_checkpoint(path, TileOutcome, {"index": plan.index, "round": round_})
+                   if path.exists() else None)
+        if outcome is not None:
+            outcomes.append(outcome)
         else:
             arguments.append((params, plan, round_, _neighbourhood_versions(plan, versions)))
     if arguments:

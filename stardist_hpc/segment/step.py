@@ -22,6 +22,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -38,17 +39,21 @@ from ..geometry.tiling import Grid
 from ..io.atomic import remove_stale_temporaries
 from ..io.candidates import CandidateFile
 from ..io.checkpoint import resume_or_start_afresh
+from ..io.chunks import chunk_done
 from ..io.label_file import write_label_file
 from ..io.model_files import read_model_info
 from ..io.path_guard import check_outputs_apart
-from ..io.survivors import SurvivorFile, write_survivor_table
+from ..io.survivors import SurvivorFile, intact_survivor_file, write_survivor_table
 from .cluster import run_tasks, start_cluster
 from .nms import gather_tile, plan_tiles, resolve_halo, run_rounds
 from .params import CHECKPOINTS, INDEXED_INPUT, SETTING_CHECKPOINTS, SegmentParams
-from .render import chunk_files, chunk_tasks, render_chunk
+from .render import chunk_tasks, render_chunk
 
 log = logging.getLogger(__name__)
 
+#: HDF5's limit on one chunk, and the bytes of one uint32 label.
+MAX_HDF5_CHUNK_BYTES = 2 ** 32
+LABEL_BYTES = 4
 #: sub-directory of the label file's directory that holds checkpoints when work_dir is None.
 DEFAULT_WORK_DIR = "work"
 
@@ -157,6 +162,11 @@ def resolve_params(config: HpcConfig, candidates: CandidateFile, model=None) -> 
         _check_rays(model, candidates)
     meta = candidates.meta
     chunk_shape = tuple(min(c, s) for c, s in zip(config.labeling.chunk_shape, meta.image_shape))
+    if math.prod(chunk_shape) * LABEL_BYTES >= MAX_HDF5_CHUNK_BYTES:
+        raise UserError(f"config key 'labeling.chunk_shape': expected an HDF5 chunk under 4 GiB "
+                        f"({MAX_HDF5_CHUNK_BYTES // LABEL_BYTES} voxels), got "
+                        f"{list(config.labeling.chunk_shape)} ({math.prod(chunk_shape)} voxels "
+                        "inside the image); use e.g. [64, 256, 256]")
     return SegmentParams(
         candidate_path=candidates.path, **source_identity(config),
         image_shape=meta.image_shape, rays_json=meta.rays_json,
@@ -181,10 +191,11 @@ def _nms_stage(params, plans, execute):
 def _gather_stage(params, plans, nms_summary, execute):
     """Write the survivor table (skipped if it is already checkpointed)."""
     path = params.survivor_path
-    if path.exists():
-        return SurvivorFile(path)
-    remove_stale_temporaries(path)
     counts = np.asarray(nms_summary.n_owned_kept, np.int64)
+    checkpointed = intact_survivor_file(path, int(counts.sum())) if path.exists() else None
+    if checkpointed is not None:
+        return checkpointed
+    remove_stale_temporaries(path)
     starts = np.cumsum(counts) - counts
     arguments = [(params, plan, nms_summary.versions[plan.index]) for plan in plans
                  if counts[plan.index]]
@@ -203,8 +214,7 @@ def _labeling_stage(params, survivors, execute):
     """Render every chunk that some survivor meets; returns the rendered chunk indices."""
     bbox_lo, bbox_hi = survivors.read_columns("bbox_lo", "bbox_hi")
     tasks = chunk_tasks(bbox_lo, bbox_hi, _chunk_grid(params))
-    missing = [(params, task) for task in tasks
-               if not chunk_files(params.chunk_dir, task.index).stats.exists()]
+    missing = [(params, task) for task in tasks if not chunk_done(params.chunk_dir, task.index)]
     log.info("labeling (%s): %d chunk(s) of %s hold objects, %d to render",
              params.labeling_backend, len(tasks), params.chunk_shape, len(missing))
     for _ in execute(render_chunk, missing, "labeling"):
