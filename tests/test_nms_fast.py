@@ -141,8 +141,8 @@ def test_inside_test_agrees_with_stardist_rendering():
     table = star_geometry.cone_table(geometry, (16, 24, 24))
     differing = total = 0
     for i in range(len(dist)):
-        mask, _ = nms_fast._rasterise(i, *polyhedra[:2], polyhedra.lo, polyhedra.hi, table,
-                                      np.empty(3))
+        mask = star_geometry.rasterise(table, polyhedra.inv_dist[i], polyhedra.centres[i],
+                                       polyhedra.lo[i], polyhedra.hi[i])
         lo, hi = polyhedra.lo[i], polyhedra.hi[i] + 1
         shifted = points[i:i + 1] - lo + 1
         stardist = polyhedron_to_label(dist[i:i + 1], shifted, rays, tuple(hi - lo + 2),
