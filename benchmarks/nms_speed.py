@@ -8,34 +8,41 @@ Everything runs in this one process with one thread per backend: ``OMP_NUM_THREA
 and the header prints the thread counts both runtimes report. The Dask worker of step 3
 inherits them.
 
-1. NMS on synthetic candidate sets (``stardist_hpc.synthetic.dense_candidates``: 110 candidates
-   per nucleus spread over its interior, as a trained network's) in a fixed volume: sparse,
+1. NMS on synthetic candidate sets of two kinds. *tissue*: ``synthetic.dense_candidates``
+   (110 candidates per nucleus spread over its interior, as a trained network's) of sparse,
    medium and crowded nuclei (``synthetic.separated_centres``: neighbours press against each
-   other but do not interpenetrate, as in tissue), 64 and 96 rays, ray anisotropy (2, 1, 1)
-   and (4, 1, 1). Candidates are put in the total order (``order.total_order``) once; the fast
+   other but do not interpenetrate), 64 and 96 rays, ray anisotropy (2, 1, 1) and (4, 1, 1).
+   *noisy* (issue #15): ``synthetic.noisy_candidates`` (bumpy polyhedra with +-5% noise on
+   every ray, rotated nuclei varying +-30% per axis, all network grid points of their inner
+   part, prob ties at 1.0) at ``synthetic.random_centres``, so that nuclei interpenetrate;
+   sparse, medium and crowded, 64 and 96 rays. Candidates are put in the total order (``order.total_order``) once; the fast
    backend (``nms_fast.non_maximum_suppression``) gets them in that order, StarDist's
    ``non_maximum_suppression_3d_inds`` the rank scores ``N..1``. Numba is warmed up by a tiny
    call first, so compilation stays out of the timing. StarDist's NMS runs once per set (it
    dominates the runtime); the fast one runs ``--repeat`` times and its median counts (its
    first run includes building the set's cone table, which the HPC step builds once per
-   worker and ray set). Per set: candidates, kept by each, candidates/s of each and their
-   ratio (target >= 50 on every set), the agreement ``|kept_fast & kept_stardist| /
-   |kept_fast | kept_stardist|`` and the matching F1 at IoU 0.5 between the two kept sets,
-   each rendered by StarDist's ``polyhedron_to_label`` (target >= 0.999 on every set).
+   worker and ray set). Per set: candidates, kept by each, seconds of each and their ratio
+   (target >= 50 on every set), the agreement ``|kept_fast & kept_stardist| /
+   |kept_fast | kept_stardist|`` (target 1 on every set) and the matching F1 at IoU 0.5
+   between the two kept sets, each rendered by StarDist's ``polyhedron_to_label`` (target
+   >= 0.999 on every set); and how the fast backend decided its pairs
+   (``nms_fast.suppress_counting_pairs``): pairs tested, decided by boxes, by bounds, by
+   counting, by Qhull, and inside tests per counted pair.
 2. The labeling question: the fast backend's kept set of each candidate set rendered into a
    label volume by ``render.render_labels`` with its two renderers (first, most probable,
    object wins a voxel in both): ``'fast'``, the O(1) cone-table inside test of
    ``stardist_hpc.star_geometry`` that the fast NMS counts with, and ``'stardist'``, the exact
    port of StarDist's renderer. Printed: labelled voxels, voxels whose label differs, and the
    speed ratio (median of ``--repeat`` runs each; information, no target).
-3. The whole HPC step (``stardist_hpc.hpc.run``, cluster.mode local, 1 worker, 1 thread) on an
-   NMS-heavy candidate file (dense candidates of crowded nuclei), once with ``nms.backend:
-   fast`` and once with ``stardist``, each in its own work_dir (``labeling.backend`` is the
-   config's default unless ``--labeling-backend`` sets it for both). Printed: the wall time of
-   ``hpc.run`` (cluster start and stop included) and the sum of its stages, per backend, the
-   wall-time ratio stardist / fast (target >= 20), the matching F1 at IoU 0.5 between the
-   two label volumes (target >= 0.999), the agreement of the two runs' kept candidates (from
-   their survivor tables) and the label voxels that differ.
+3. The whole HPC step (``stardist_hpc.hpc.run``, cluster.mode local, 1 worker, 1 thread,
+   ``nms.backend: fast``; ``labeling.backend`` is the config's default unless
+   ``--labeling-backend`` sets it) on an NMS-heavy candidate file of noisy nuclei (64x512x512,
+   900 nuclei, 96 rays, as in issue #15), against StarDist's ``non_maximum_suppression_3d_inds``
+   + ``polyhedron_to_label`` on the same candidates in this process. Printed: the wall time of
+   ``hpc.run`` (cluster start and stop included) and the sum of its stages, the seconds of
+   StarDist's two calls, their ratio (target >= 25), the matching F1 at IoU 0.5 between the
+   two label volumes (target >= 0.999), the agreement of the kept candidates and the label
+   voxels that differ.
 
 The backends can disagree on a pair whose overlap lies within a few voxels of the threshold:
 StarDist decides most pairs by continuous bounds (inner spheres, Qhull intersections of kernels
@@ -53,8 +60,8 @@ How to run
     .venv/bin/python benchmarks/nms_speed.py --scale 2 --repeat 5
 
 ``--scale`` multiplies the x extent and the nuclei of every candidate set and of the HPC volume
-(same densities, ``scale`` times the candidates). The defaults take 4 to 6 minutes on two busy
-cores, almost all of it in StarDist's NMS. The report goes to stdout, progress to stderr; the
+(same densities, ``scale`` times the candidates). The defaults take about 25 minutes on two
+busy cores, almost all of it in StarDist's NMS (about 10 minutes on the HPC step's file). The report goes to stdout, progress to stderr; the
 HPC step's files go to ``--workdir`` (default: a temporary directory, deleted at the end).
 """
 from __future__ import annotations
