@@ -276,3 +276,87 @@ def dense_candidates(image_shape, centres, *, n_rays=96, anisotropy=DEFAULT_ANIS
         prob.append(np.clip(1.0 - spread[:, 0] + rng.normal(0, 0.05, len(spread)), 0.5, 1.0))
     return (rays, np.concatenate(prob).astype(np.float32),
             np.concatenate(dist).astype(np.float32), np.concatenate(points).astype(np.int32))
+
+
+# ---------------------------------------------------------------------------------------------
+# noisy candidates: bumpy, rotated, interpenetrating nuclei, as a trained network emits them
+
+#: physical nucleus radius (x/y voxels) of noisy candidates; each axis varies by
+#: ``NOISY_RADIUS_SPREAD`` (relative) around it.
+NOISY_RADIUS = 9.0
+NOISY_RADIUS_SPREAD = 0.3
+#: independent relative noise on every ray length (uniform, +-).
+NOISY_RAY_NOISE = 0.05
+#: candidates sit on the grid points whose ellipsoidal radius coordinate (0 at the centre, 1 on
+#: the surface) is at most this: about 110 per nucleus of average size on the network grid.
+NOISY_INNER_FRACTION = 0.67
+#: the network predicts on this (z, y, x) grid of the image.
+NETWORK_GRID = (1, 2, 2)
+#: prob falls from 1 at a nucleus centre to this at the edge of its candidate region (the
+#: network's threshold), before noise of this standard deviation is added.
+NOISY_PROB_EDGE = 0.5
+NOISY_PROB_NOISE = 0.05
+#: prob is clipped to this range: above the network's threshold, saturating at exactly 1.0.
+NOISY_PROB_RANGE = (0.501, 1.0)
+
+
+def _yx_rotation(angle):
+    """Rotation matrix (z, y, x) by ``angle`` in the y-x plane."""
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+
+
+def _grid_points_near(centre, extent, image_shape):
+    """Network grid points of the image within ``extent`` (z, y, x) of ``centre``."""
+    axes = []
+    for c, e, step, size in zip(centre, extent, NETWORK_GRID, image_shape):
+        first = max(0, int(np.ceil((c - e) / step)) * step)
+        axes.append(np.arange(first, min(size - 1, c + e) + 1, step))
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
+def noisy_candidates(image_shape, centres, *, n_rays=96, anisotropy=DEFAULT_ANISOTROPY,
+                     radius=NOISY_RADIUS, seed=0):
+    """Candidates as a trained network emits them on crowded, irregular nuclei.
+
+    Each nucleus is an ellipsoid with semi-axes ``radius / anisotropy`` varying by
+    ``NOISY_RADIUS_SPREAD`` per axis, rotated in the y-x plane. Its candidates are the
+    network grid points (``NETWORK_GRID``, inside the image) within ``NOISY_INNER_FRACTION`` of
+    its radii; their rays reach its surface, each with independent noise
+    (``NOISY_RAY_NOISE``), so the polyhedra are bumpy. ``prob`` is the normalised inner
+    distance (1 at the centre, ``NOISY_PROB_EDGE`` at the edge of the candidate region) plus
+    noise, clipped to
+    ``NOISY_PROB_RANGE``: many exact ties at 1.0. Centres from :func:`random_centres` make
+    neighbouring nuclei interpenetrate.
+
+    Returns
+    -------
+    rays : stardist Rays
+    prob : float32 (N,)
+    dist : float32 (N, n_rays)
+    points : int32 (N, 3)
+    """
+    from stardist import Rays_GoldenSpiral
+    rays = Rays_GoldenSpiral(n_rays, anisotropy=anisotropy)
+    directions = np.asarray(rays.vertices, np.float64)
+    rng = np.random.default_rng(seed)
+    prob, dist, points = [], [], []
+    for centre in np.asarray(centres):
+        radii = radius * rng.uniform(1 - NOISY_RADIUS_SPREAD, 1 + NOISY_RADIUS_SPREAD, 3) \
+            / np.asarray(anisotropy, np.float64)
+        rotation = _yx_rotation(rng.uniform(0, np.pi))
+        # a y-x rotation keeps the z extent; y and x reach at most the larger y-x radius
+        extent = NOISY_INNER_FRACTION * np.array([radii[0], radii[1:].max(), radii[1:].max()])
+        grid = _grid_points_near(centre, extent, image_shape)
+        # coordinates in the ellipsoid's own axes (the columns of ``rotation``)
+        local = (grid - centre) @ rotation
+        radial = np.sqrt(np.sum((local / radii) ** 2, axis=1))
+        near = radial <= NOISY_INNER_FRACTION
+        noise = rng.uniform(1 - NOISY_RAY_NOISE, 1 + NOISY_RAY_NOISE, (near.sum(), n_rays))
+        dist.append(_ray_lengths_to_ellipsoid(local[near], directions @ rotation, radii) * noise)
+        points.append(grid[near])
+        inner = 1 - (1 - NOISY_PROB_EDGE) * radial[near] / NOISY_INNER_FRACTION
+        prob.append(np.clip(inner + rng.normal(0, NOISY_PROB_NOISE, len(inner)),
+                            *NOISY_PROB_RANGE))
+    return (rays, np.concatenate(prob).astype(np.float32),
+            np.concatenate(dist).astype(np.float32), np.concatenate(points).astype(np.int32))
