@@ -42,7 +42,7 @@ from ..io.label_file import write_label_file
 from ..io.model_files import read_model_info
 from ..io.path_guard import check_outputs_apart
 from ..io.survivors import SurvivorFile, write_survivor_table
-from .cluster import run_tasks, start_cluster
+from .cluster import check_cluster, run_tasks, start_cluster
 from .nms import gather_tile, plan_tiles, resolve_halo, run_rounds
 from .params import CHECKPOINTS, INDEXED_INPUT, SETTING_CHECKPOINTS, SegmentParams
 from .render import chunk_files, chunk_tasks, render_chunk
@@ -288,6 +288,8 @@ def segment_config(config: HpcConfig, *, client=None, show_progress=True) -> Run
     seconds = StageSeconds()
     model = _model_info(config)
     _check_outputs_apart(config)
+    if client is None:
+        check_cluster(config.cluster)
     work_dir = config.output.work_dir
     if config.input.prediction.exists():   # a missing one is reported by _open_candidates
         # before indexing: an indexed copy of a changed input must not be reused
