@@ -13,6 +13,18 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
 
 
+def high_water_rss_mib():
+    """Peak resident set size of this process since it started its program, in MiB.
+
+    ``VmHWM`` of /proc (Linux): unlike ``ru_maxrss``, which execve preserves, it does not
+    include the peak of the parent that forked this process.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / KIB_PER_MIB
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def current_rss_mib():
     """Current resident set size of this process, in MiB (Linux /proc)."""
     pages = int(Path("/proc/self/statm").read_text().split()[1])

@@ -11,9 +11,10 @@ What it measures
    local Dask cluster of 2 worker processes with 1 thread, in a fresh child process per size,
    with a fresh work_dir. Inside the child:
 
-   * the driver's peak RSS is ``getrusage(RUSAGE_SELF)`` of the child (it holds the scheduler,
-     as a SLURM driver does); each worker's peak RSS and CPU seconds are ``getrusage`` inside
-     the worker (``client.run``), so nothing else running on the machine is counted;
+   * the driver's peak RSS is the child's own high-water mark (``VmHWM``; it holds the
+     scheduler, as a SLURM driver does; ``ru_maxrss`` would include the parent's peak, which
+     execve preserves); each worker's peak RSS (``VmHWM``) and CPU seconds (``getrusage``)
+     are taken inside the worker (``client.run``), so nothing else on the machine counts;
    * ``run_tasks`` is wrapped to count the Dask tasks and to take the workers' CPU seconds
      before and after each batch, per task function (``nms_tile``, ``gather_tile``,
      ``render_chunk``): the per-core rates the plan (``--plan``) uses;
@@ -48,7 +49,7 @@ from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
-from measure import KIB_PER_MIB, peak_rss_mib, verdict
+from measure import high_water_rss_mib, verdict
 
 log = logging.getLogger("benchmarks.scale")
 
@@ -90,7 +91,7 @@ def scaled_shape(factor):
 def _worker_usage():
     """Peak RSS (MiB) and CPU seconds of the worker process this runs in."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_maxrss / KIB_PER_MIB, usage.ru_utime + usage.ru_stime
+    return high_water_rss_mib(), usage.ru_utime + usage.ru_stime
 
 
 def _workers_cpu(client):
@@ -135,7 +136,7 @@ def child_main(candidates, run_dir):
     result = dict(n_candidates=summary.n_candidates, n_objects=summary.n_objects,
                   n_rounds=summary.n_rounds, n_reruns=summary.n_reruns,
                   seconds=asdict(summary.seconds), wall_seconds=wall,
-                  driver_peak_rss_mib=peak_rss_mib(),
+                  driver_peak_rss_mib=high_water_rss_mib(),
                   worker_peak_rss_mib=max(rss for rss, _ in workers),
                   worker_cpu_seconds=sum(c for _, c in workers),
                   tasks=dict(counts), task_cpu_seconds=dict(cpu),
