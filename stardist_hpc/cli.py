@@ -152,6 +152,9 @@ SEGMENT_REPORTS = (
     Report("--job-script", "print the job script of the SLURM worker jobs (dask-jobqueue's, "
                            "with the site's settings) and exit without submitting anything",
            "stardist_hpc.segment.cluster:job_script"),
+    Report("--plan", "print the run's plan (candidates, tiles, chunks, tasks, halo, memory, "
+                     "CPU-hours, wall time) from the candidate file's index and exit without "
+                     "running", "stardist_hpc.segment.plan:plan_report"),
 )
 
 

@@ -84,7 +84,7 @@ def _timed(seconds, stage):
 # resolving the parameters
 
 
-def _model_info(config: HpcConfig):
+def configured_model(config: HpcConfig):
     """The configured model's info, or None when ``model.basedir`` or ``model.name`` is null.
 
     A configured folder that does not exist is an error (read_model_info says so): a typo
@@ -286,7 +286,7 @@ def _client(client, config):
 def segment_config(config: HpcConfig, *, client=None, show_progress=True) -> RunSummary:
     """Run the HPC step for a validated :class:`~stardist_hpc.config.HpcConfig`."""
     seconds = StageSeconds()
-    model = _model_info(config)
+    model = configured_model(config)
     _check_outputs_apart(config)
     if client is None:
         check_cluster(config.cluster)
