@@ -40,7 +40,6 @@ import logging
 import math
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
-from measure import high_water_rss_mib, verdict
+from measure import high_water_rss_mib, run_child, verdict
 
 log = logging.getLogger("benchmarks.scale")
 
@@ -69,7 +68,6 @@ TIME_EXPONENT_TARGET = 1.05
 RSS_RATIO_TARGET = 1.25
 #: prefix of the JSON line a child prints on stdout.
 RESULT_PREFIX = "SCALE_RESULT "
-LOG_TAIL_LINES = 30
 STAGES = ("index", "nms", "gather", "labeling", "write")
 #: task functions whose worker CPU seconds are reported (the plan's rates).
 TASK_FUNCTIONS = ("nms_tile", "gather_tile", "render_chunk")
@@ -151,20 +149,11 @@ def child_main(candidates, run_dir):
 # the parent: candidate files, children, report
 
 
-def run_child(candidates, run_dir):
+def _measure_size(candidates, run_dir):
     """Measure one size in a fresh Python process; return its result dict (or a failure)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(candidates),
            str(run_dir)]
-    log_path = Path(run_dir) / "child.log"
-    with open(log_path, "w") as child_log:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=child_log, text=True, cwd=REPO)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if proc.returncode == 0 and lines:
-        return json.loads(lines[-1][len(RESULT_PREFIX):])
-    tail = log_path.read_text().splitlines()[-LOG_TAIL_LINES:]
-    log.error("child failed (exit code %d); end of its log:\n%s", proc.returncode,
-              "\n".join(tail))
-    return {"failed": f"exit code {proc.returncode}"}
+    return run_child(cmd, Path(run_dir) / "child.log", RESULT_PREFIX, REPO)
 
 
 def measure(workdir, scales):
@@ -181,7 +170,7 @@ def measure(workdir, scales):
                  BASE_NUCLEI * factor, "x".join(map(str, shape)), time.perf_counter() - started)
         run_dir = workdir / f"x{factor}"
         run_dir.mkdir()
-        results[factor] = (shape, run_child(path, run_dir))
+        results[factor] = (shape, _measure_size(path, run_dir))
         log.info("%dx: %s", factor, results[factor][1])
     return results
 
