@@ -35,6 +35,10 @@ SECONDS_PER_HOUR = 3600.0
 # side. The first run of a fresh installation also compiles the kernels (~25 CPU-s per worker).
 #: candidates per core-second of the NMS tasks (fast backend, first round: 9,100-10,200).
 NMS_CANDIDATES_PER_CORE_SECOND = 9_000.0
+#: NMS passes over each tile when there are several: on the 4x set (2 tiles, 720,896
+#: candidates) every tile reran once (4 NMS tasks, 160.7 CPU-s: 2 x the first pass), as the
+#: issue #10 measured at every size from 4x up; a single tile never reruns.
+NMS_PASSES_WITH_TILES = 2.0
 #: StarDist's own NMS is about this many times slower than the fast one (README: a few hundred
 #: candidates per second against tens of thousands).
 STARDIST_NMS_SLOWDOWN = 100.0
@@ -45,13 +49,15 @@ RENDER_CANDIDATES_PER_CORE_SECOND = 50_000.0
 #: RSS of a worker process after its imports (measured: 224 MiB).
 WORKER_BASE_MIB = 224.0
 #: NMS task memory per candidate of its context and per ray: (648 MiB worker peak - 224 MiB)
-#: / 180,224 candidates / 96 rays, the 1x set's single tile.
+#: / 180,224 candidates / 96 rays, the 1x set's single tile (4x set: 24 bytes, 1062 MiB for
+#: ~381,000 candidates per context).
 NMS_BYTES_PER_CANDIDATE_RAY = 26.0
 #: labeling task memory per chunk voxel: the uint32 chunk, its mask and the compressed copy
 #: (an estimate, not measured: the 1x set's labeling never set a worker's peak).
 RENDER_BYTES_PER_VOXEL = 12.0
-#: driver peak RSS of the 1x set (imports, scheduler, per-tile and per-object arrays; VmHWM).
-DRIVER_BASE_MIB = 251.0
+#: driver peak RSS (imports, scheduler, per-tile and per-object arrays; VmHWM): 251 MiB on
+#: the 1x set, 255 MiB on the 4x set; it barely grows with the volume.
+DRIVER_BASE_MIB = 260.0
 #: cores a worker process keeps busy: the numba kernels and StarDist's NMS hold the GIL, so a
 #: process's extra threads wait (issue #10, item 1).
 CORES_PER_PROCESS = 1
@@ -112,8 +118,9 @@ def context_candidates(blocks, contexts):
     return np.ceil(fraction @ counts).astype(np.int64)
 
 
-def _core_hours(n_candidates, backend):
-    nms_rate = NMS_CANDIDATES_PER_CORE_SECOND / (
+def _core_hours(n_candidates, backend, n_tiles):
+    passes = NMS_PASSES_WITH_TILES if n_tiles > 1 else 1.0
+    nms_rate = NMS_CANDIDATES_PER_CORE_SECOND / passes / (
         STARDIST_NMS_SLOWDOWN if backend == "stardist" else 1.0)
     rates = {"NMS": nms_rate, "gather": GATHER_CANDIDATES_PER_CORE_SECOND,
              "labeling": RENDER_CANDIDATES_PER_CORE_SECOND}
@@ -161,8 +168,8 @@ def make_plan(config: HpcConfig) -> Plan:
                 params.tile_shape, params.halo, len(tiles), int(per_tile.max(initial=0)),
                 params.chunk_shape, len(Grid(params.image_shape, params.chunk_shape)),
                 max(nms_mib, render_mib), nms_mib, render_mib, DRIVER_BASE_MIB,
-                _core_hours(candidates.n_candidates, params.nms_backend), workers, worker_mib,
-                cluster)
+                _core_hours(candidates.n_candidates, params.nms_backend, len(tiles)), workers,
+                worker_mib, cluster)
 
 
 def wall_hours(plan: Plan) -> float:
