@@ -27,36 +27,38 @@ log = logging.getLogger(__name__)
 
 MIB = 2 ** 20
 SECONDS_PER_HOUR = 3600.0
-# Rates and memory measured by benchmarks/scale.py (commits 77b18fd/the VmHWM fix, 2026-12-01)
-# on its 1x set: 180,224 candidates, 96 rays, defaults, 2 local workers, numba cache warm;
-# worker CPU seconds from getrusage inside the workers, per task function, lower of two runs.
+# Rates and memory measured by benchmarks/scale.py (started at commit d408b33, 2026-12-01, one run
+# of 1x/4x/16x: 180,224 / 720,896 / 2,883,584 candidates, 96 rays, defaults, 2 local workers,
+# numba cache warm); worker CPU seconds from getrusage inside the workers, per task function.
 # The machine (2 cores) ran three other engineers' tests and benchmarks at the same time
 # (1-min load 5-7), which slows CPU-bound code too (shared caches): the rates are on the safe
 # side. The first run of a fresh installation also compiles the kernels (~25 CPU-s per worker).
-#: candidates per core-second of the NMS tasks (fast backend, first round: 9,100-10,200).
+#: candidates per core-second of one NMS pass (fast backend): 9,128 on the 1x set (one tile);
+#: 4,486 and 4,737 on the 4x and 16x sets counting both passes.
 NMS_CANDIDATES_PER_CORE_SECOND = 9_000.0
-#: NMS passes over each tile when there are several: on the 4x set (2 tiles, 720,896
-#: candidates) every tile reran once (4 NMS tasks, 160.7 CPU-s: 2 x the first pass), as the
-#: issue #10 measured at every size from 4x up; a single tile never reruns.
+#: NMS passes over each tile when there are several: on the 4x and 16x sets every tile reran
+#: once (2 x 8 NMS tasks, 608.7 CPU-s at 16x), as issue #10 measured from 4x up; a single
+#: tile never reruns.
 NMS_PASSES_WITH_TILES = 2.0
 #: StarDist's own NMS is about this many times slower than the fast one (README: a few hundred
 #: candidates per second against tens of thousands).
 STARDIST_NMS_SLOWDOWN = 100.0
-#: candidates per core-second of gathering the survivors (129,000-158,000).
-GATHER_CANDIDATES_PER_CORE_SECOND = 130_000.0
-#: candidates per core-second of rendering the label chunks, stardist renderer (50,000-60,000).
+#: candidates per core-second of gathering the survivors: 928,000-980,000 on the 4x and 16x
+#: sets (158,000 at 1x, where one task's fixed cost dominates).
+GATHER_CANDIDATES_PER_CORE_SECOND = 900_000.0
+#: candidates per core-second of rendering the label chunks, stardist renderer (49,640-53,821).
 RENDER_CANDIDATES_PER_CORE_SECOND = 50_000.0
 #: RSS of a worker process after its imports (measured: 224 MiB).
 WORKER_BASE_MIB = 224.0
-#: NMS task memory per candidate of its context and per ray: (648 MiB worker peak - 224 MiB)
-#: / 180,224 candidates / 96 rays, the 1x set's single tile (4x set: 24 bytes, 1062 MiB for
-#: ~381,000 candidates per context).
-NMS_BYTES_PER_CANDIDATE_RAY = 26.0
+#: NMS task memory per candidate of its context and per ray, (worker peak - 224 MiB) /
+#: candidates of the largest context / 96 rays: 26 bytes at 1x (648 MiB, 180,224), 24 at 4x
+#: (1,062 MiB, ~381,000), 28 at 16x (1,330 MiB, ~430,000): the largest.
+NMS_BYTES_PER_CANDIDATE_RAY = 28.0
 #: labeling task memory per chunk voxel: the uint32 chunk, its mask and the compressed copy
 #: (an estimate, not measured: the 1x set's labeling never set a worker's peak).
 RENDER_BYTES_PER_VOXEL = 12.0
-#: driver peak RSS (imports, scheduler, per-tile and per-object arrays; VmHWM): 251 MiB on
-#: the 1x set, 255 MiB on the 4x set; it barely grows with the volume.
+#: driver peak RSS (imports, scheduler, per-tile and per-object arrays; VmHWM): 251, 255 and
+#: 260 MiB on the 1x, 4x and 16x sets; it barely grows with the volume.
 DRIVER_BASE_MIB = 260.0
 #: cores a worker process keeps busy: the numba kernels and StarDist's NMS hold the GIL, so a
 #: process's extra threads wait (issue #10, item 1).
