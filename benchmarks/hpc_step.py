@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +45,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from measure import current_rss_mib, peak_rss_mib, verdict
+from measure import current_rss_mib, peak_rss_mib, run_child, verdict
 
 from stardist_hpc.config import NMS_BACKEND_FAST, NMS_BACKEND_STARDIST, NmsSection
 from stardist_hpc.synthetic import random_centres, synthetic_candidates, write_candidate_file
@@ -80,7 +79,6 @@ EFFICIENCY_TARGET = 0.9
 EPSILON_SECONDS = 1e-9
 #: prefix of the JSON line a child prints on stdout.
 RESULT_PREFIX = "HPC_STEP_RESULT "
-LOG_TAIL_LINES = 30
 #: fields of the "cpu" line of /proc/stat (user nice system idle iowait irq softirq steal).
 IDLE_FIELD, IOWAIT_FIELD, STEAL_FIELD = 3, 4, 7
 STAGES = ("index", "nms", "gather", "labeling", "write")
@@ -187,21 +185,11 @@ class Run:
     result: dict
 
 
-def run_child(config_path, n_workers, log_path):
+def _run(config_path, n_workers, log_path):
     """Run one measurement in a fresh Python process; return its result dict (or a failure)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(config_path),
            str(n_workers)]
-    with open(log_path, "w") as child_log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=child_log, text=True,
-                                cwd=REPO)
-        out, _ = proc.communicate()
-    lines = [l for l in out.splitlines() if l.startswith(RESULT_PREFIX)]
-    if proc.returncode == 0 and lines:
-        return json.loads(lines[-1][len(RESULT_PREFIX):])
-    tail = Path(log_path).read_text().splitlines()[-LOG_TAIL_LINES:]
-    log.error("child failed (exit code %d); end of its log:\n%s", proc.returncode,
-              "\n".join(tail))
-    return {"failed": f"exit code {proc.returncode}"}
+    return run_child(cmd, log_path, RESULT_PREFIX, REPO)
 
 
 def measure_all(workdir, args):
@@ -220,7 +208,7 @@ def measure_all(workdir, args):
         config = run_dir / "hpc.yaml"
         write_config(config, files[name], run_dir, args)
         log.info("running the %s volume %s with %d worker(s)", name, shapes[name], n_workers)
-        result = run_child(config, n_workers, run_dir / "child.log")
+        result = _run(config, n_workers, run_dir / "child.log")
         log.info("%s, %d worker(s): %s", name, n_workers, result)
         runs.append(Run(name, shapes[name], n_workers, result))
     return runs

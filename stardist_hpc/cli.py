@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import sys
+from dataclasses import dataclass
 
 from . import config as config_module
 from .errors import EXIT_BAD_INPUT, UserError
@@ -22,10 +23,35 @@ log = logging.getLogger("stardist_hpc")
 EXIT_INTERRUPTED = 130
 
 
-def _parser(description, config_help):
+@dataclass(frozen=True)
+class Report:
+    """An option that prints what ``runner(config)`` returns (text) instead of running the step.
+
+    Attributes
+    ----------
+    flag : str
+        The option, e.g. ``--plan``.
+    help : str
+    runner : str
+        ``"module:function"`` returning the text to print on stdout.
+    """
+    flag: str
+    help: str
+    runner: str
+
+    @property
+    def dest(self):
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+def _parser(description, config_help, reports):
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help=config_help)
+    # argparse cannot print the usage of an empty group
+    exclusive = parser.add_mutually_exclusive_group() if reports else parser
+    for report in reports:
+        exclusive.add_argument(report.flag, action="store_true", help=report.help)
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         help="override one config key, e.g. --set prediction.block_shape="
                              "[32,128,128] (repeatable; values are YAML)")
@@ -54,7 +80,13 @@ def _setup_logging(verbose):
     logging.getLogger("tifffile").addFilter(_AsWarning())
 
 
-def run_script(argv, *, description, config_cls, runner, config_help="YAML config file"):
+def _import(runner):
+    module_name, function_name = runner.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def run_script(argv, *, description, config_cls, runner, config_help="YAML config file",
+               reports=()):
     """Parse ``argv``, load the config, call ``runner(config)``; map bad input to exit code 2.
 
     Parameters
@@ -67,19 +99,23 @@ def run_script(argv, *, description, config_cls, runner, config_help="YAML confi
         Frozen config dataclass to validate the YAML into.
     runner : str
         ``"module:function"`` of the stage, imported only after the config is valid.
+    reports : sequence of Report
+        Options that print a report of the config instead of running the stage.
 
     Returns
     -------
     int
         Exit code: 0, 2 for bad input, 130 when interrupted.
     """
-    args = _parser(description, config_help).parse_args(argv)
+    args = _parser(description, config_help, reports).parse_args(argv)
     _setup_logging(args.verbose)
+    chosen = [report for report in reports if getattr(args, report.dest)]
     try:
         config = config_module.load(config_cls, args.config, args.set)
-        module_name, function_name = runner.split(":")
-        run = getattr(importlib.import_module(module_name), function_name)
-        run(config)
+        if chosen:
+            print(_import(chosen[0].runner)(config), flush=True)
+        else:
+            _import(runner)(config)
     except UserError as e:
         # one line, whatever a library's message quoted inside it holds
         log.error("%s", " ".join(str(e).split()))
@@ -111,6 +147,16 @@ Rerunning the same command after an interruption resumes from the checkpoints in
 Example: python hpc_prediction.py hpc_prediction_template.yaml --set cluster.mode=local
 """
 
+#: the HPC step's options that print instead of running.
+SEGMENT_REPORTS = (
+    Report("--job-script", "print the job script of the SLURM worker jobs (dask-jobqueue's, "
+                           "with the site's settings) and exit without submitting anything",
+           "stardist_hpc.segment.cluster:job_script"),
+    Report("--plan", "print the run's plan (candidates, tiles, chunks, tasks, halo, memory, "
+                     "CPU-hours, wall time) from the candidate file's index and exit without "
+                     "running", "stardist_hpc.segment.plan:plan_report"),
+)
+
 
 def predict_main(argv=None):
     """The GPU step's command line; returns the exit code."""
@@ -121,4 +167,4 @@ def predict_main(argv=None):
 def segment_main(argv=None):
     """The HPC step's command line; returns the exit code."""
     return run_script(argv, description=SEGMENT_DESCRIPTION, config_cls=config_module.HpcConfig,
-                      runner="stardist_hpc.segment.step:run")
+                      runner="stardist_hpc.segment.step:run", reports=SEGMENT_REPORTS)

@@ -412,19 +412,36 @@ class LocalClusterSection:
     threads_per_worker: int = key(positive_int, 1, "threads per worker process")
 
 
+#: what a null ``cluster.slurm`` key of dask-jobqueue's means.
+_SITE = "null: the site's dask-jobqueue config"
+
+
 @dataclass(frozen=True)
 class SlurmSection:
+    """``cluster.slurm``: worker jobs. Every key but ``jobs``, ``scheduler_host`` and
+    ``worker_timeout`` is the ``SLURMCluster`` argument of the same name; null leaves it to
+    dask-jobqueue's config (``~/.config/dask/jobqueue.yaml`` or ``$DASK_CONFIG``)."""
     jobs: int = key(positive_int, 16, "worker jobs to submit")
-    cores: int = key(positive_int, 14, "cores per job")
-    processes: int = key(positive_int, 1, "worker processes per job")
-    memory: str = key(memory_size, "32GB", "memory per job")
-    walltime: str = key(slurm_time, "24:00:00", "walltime per job")
-    queue: str | None = key(optional(text), None, "partition (sbatch -p)")
-    account: str | None = key(optional(text), None, "account (sbatch -A)")
-    interface: str | None = key(optional(text), None, "network interface of the workers")
-    local_directory: str | None = key(optional(text), None, "node-local scratch for workers")
-    job_extra_directives: tuple = key(string_list, (), "extra #SBATCH lines, e.g. ['--qos=long']")
-    job_script_prologue: tuple = key(string_list, (), "shell lines run before each worker starts")
+    cores: int | None = key(optional(positive_int), None, f"cores per job ({_SITE})")
+    processes: int | None = key(optional(positive_int), None,
+                                f"worker processes per job ({_SITE})")
+    memory: str | None = key(optional(memory_size), None, f"memory per job, e.g. 32GB ({_SITE})")
+    walltime: str | None = key(optional(slurm_time), None, f"walltime per job ({_SITE})")
+    queue: str | None = key(optional(text), None, f"partition, sbatch -p ({_SITE})")
+    account: str | None = key(optional(text), None, f"account, sbatch -A ({_SITE})")
+    interface: str | None = key(optional(text), None,
+                                f"network interface of the workers ({_SITE})")
+    local_directory: str | None = key(optional(text), None,
+                                      f"node-local scratch for workers ({_SITE})")
+    job_extra_directives: tuple | None = key(optional(string_list), None,
+                                             f"extra #SBATCH lines, e.g. ['--qos=long'] "
+                                             f"({_SITE})")
+    job_script_prologue: tuple | None = key(optional(string_list), None,
+                                            f"shell lines run before each worker starts "
+                                            f"({_SITE})")
+    worker_extra_args: tuple | None = key(optional(string_list), None,
+                                          f"extra arguments of each dask worker ({_SITE}); "
+                                          "--no-dashboard is always added")
     scheduler_host: str | None = key(optional(text), None,
                                      "address the scheduler listens on (null: dask-jobqueue's "
                                      "choice from interface)")

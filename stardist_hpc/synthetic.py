@@ -164,16 +164,21 @@ def synthetic_candidates(image_shape, centres, *, n_rays=SYNTHETIC_RAYS, radius_
             np.concatenate(dist).astype(np.float32), np.concatenate(points).astype(np.int32))
 
 
+def _synthetic_meta(image_shape, rays, nms_thresh):
+    """Attributes of a synthetic candidate file."""
+    from .io.candidates import CandidateMeta
+    return CandidateMeta(image_shape=tuple(image_shape), rays_json=json.dumps(rays.to_json()),
+                         grid=(1, 2, 2), prob_thresh=0.5, nms_thresh=nms_thresh,
+                         model_name="synthetic")
+
+
 def write_candidate_file(path, image_shape, rays, prob, dist, points, *,
                          block_shape=(None, 32, 32), nms_thresh=SYNTHETIC_NMS_THRESH):
     """Write candidates as local_prediction.py does: block by block, shuffled within blocks."""
     from .geometry.tiling import grid_boxes
-    from .io.candidates import CandidateMeta, CandidateWriter
-    meta = CandidateMeta(image_shape=tuple(image_shape), rays_json=json.dumps(rays.to_json()),
-                         grid=(1, 2, 2), prob_thresh=0.5, nms_thresh=nms_thresh,
-                         model_name="synthetic")
+    from .io.candidates import CandidateWriter
     rng = np.random.default_rng(len(prob))
-    with CandidateWriter(path, meta) as writer:
+    with CandidateWriter(path, _synthetic_meta(image_shape, rays, nms_thresh)) as writer:
         for box in grid_boxes(image_shape, block_shape):
             inside = rng.permutation(np.flatnonzero(box.contains(points)))
             writer.append(box.lo, box.hi, prob[inside], dist[inside], points[inside])
@@ -233,7 +238,9 @@ def separated_centres(image_shape, n, min_distance, *, anisotropy=DEFAULT_ANISOT
 
 def _ray_lengths_to_ellipsoid(offsets, directions, radii):
     """Lengths (N, n_rays) of rays from ``offsets`` (N, 3) inside an axis-aligned ellipsoid
-    (semi-axes ``radii``, centred at 0) along ``directions`` (n_rays, 3) to its surface."""
+    (semi-axes ``radii``, (3,) or one row per offset (N, 3), centred at 0) along
+    ``directions`` (n_rays, 3) to its surface."""
+    radii = np.asarray(radii, np.float64)[..., None, :]
     p = offsets[:, None, :] / radii
     u = directions[None, :, :] / radii
     a = np.sum(u * u, axis=-1)
@@ -276,3 +283,141 @@ def dense_candidates(image_shape, centres, *, n_rays=96, anisotropy=DEFAULT_ANIS
         prob.append(np.clip(1.0 - spread[:, 0] + rng.normal(0, 0.05, len(spread)), 0.5, 1.0))
     return (rays, np.concatenate(prob).astype(np.float32),
             np.concatenate(dist).astype(np.float32), np.concatenate(points).astype(np.int32))
+
+
+# ---------------------------------------------------------------------------------------------
+# noisy candidates: bumpy, rotated, interpenetrating nuclei, as a trained network emits them
+
+#: physical nucleus radius (x/y voxels) of noisy candidates; each axis varies by
+#: ``NOISY_RADIUS_SPREAD`` (relative) around it.
+NOISY_RADIUS = 9.0
+NOISY_RADIUS_SPREAD = 0.3
+#: independent relative noise on every ray length (uniform, +-).
+NOISY_RAY_NOISE = 0.05
+#: candidates sit on the grid points whose ellipsoidal radius coordinate (0 at the centre, 1 on
+#: the surface) is at most this: about 110 per nucleus of average size on the network grid.
+NOISY_INNER_FRACTION = 0.67
+#: the network predicts on this (z, y, x) grid of the image.
+NETWORK_GRID = (1, 2, 2)
+#: prob falls from 1 at a nucleus centre to this at the edge of its candidate region (the
+#: network's threshold), before noise of this standard deviation is added.
+NOISY_PROB_EDGE = 0.5
+NOISY_PROB_NOISE = 0.05
+#: prob is clipped to this range: above the network's threshold, saturating at exactly 1.0.
+NOISY_PROB_RANGE = (0.501, 1.0)
+
+
+def _yx_rotation(angle):
+    """Rotation matrix (z, y, x) by ``angle`` in the y-x plane."""
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+
+
+def _grid_points_near(centre, extent, image_shape):
+    """Network grid points of the image within ``extent`` (z, y, x) of ``centre``."""
+    axes = []
+    for c, e, step, size in zip(centre, extent, NETWORK_GRID, image_shape):
+        first = max(0, int(np.ceil((c - e) / step)) * step)
+        axes.append(np.arange(first, min(size - 1, c + e) + 1, step))
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
+def noisy_candidates(image_shape, centres, *, n_rays=96, anisotropy=DEFAULT_ANISOTROPY,
+                     radius=NOISY_RADIUS, seed=0):
+    """Candidates as a trained network emits them on crowded, irregular nuclei.
+
+    Each nucleus is an ellipsoid with semi-axes ``radius / anisotropy`` varying by
+    ``NOISY_RADIUS_SPREAD`` per axis, rotated in the y-x plane. Its candidates are the
+    network grid points (``NETWORK_GRID``, inside the image) within ``NOISY_INNER_FRACTION`` of
+    its radii; their rays reach its surface, each with independent noise
+    (``NOISY_RAY_NOISE``), so the polyhedra are bumpy. ``prob`` is the normalised inner
+    distance (1 at the centre, ``NOISY_PROB_EDGE`` at the edge of the candidate region) plus
+    noise, clipped to
+    ``NOISY_PROB_RANGE``: many exact ties at 1.0. Centres from :func:`random_centres` make
+    neighbouring nuclei interpenetrate.
+
+    Returns
+    -------
+    rays : stardist Rays
+    prob : float32 (N,)
+    dist : float32 (N, n_rays)
+    points : int32 (N, 3)
+    """
+    from stardist import Rays_GoldenSpiral
+    rays = Rays_GoldenSpiral(n_rays, anisotropy=anisotropy)
+    directions = np.asarray(rays.vertices, np.float64)
+    rng = np.random.default_rng(seed)
+    prob, dist, points = [], [], []
+    for centre in np.asarray(centres):
+        radii = radius * rng.uniform(1 - NOISY_RADIUS_SPREAD, 1 + NOISY_RADIUS_SPREAD, 3) \
+            / np.asarray(anisotropy, np.float64)
+        rotation = _yx_rotation(rng.uniform(0, np.pi))
+        # a y-x rotation keeps the z extent; y and x reach at most the larger y-x radius
+        extent = NOISY_INNER_FRACTION * np.array([radii[0], radii[1:].max(), radii[1:].max()])
+        grid = _grid_points_near(centre, extent, image_shape)
+        # coordinates in the ellipsoid's own axes (the columns of ``rotation``)
+        local = (grid - centre) @ rotation
+        radial = np.sqrt(np.sum((local / radii) ** 2, axis=1))
+        near = radial <= NOISY_INNER_FRACTION
+        noise = rng.uniform(1 - NOISY_RAY_NOISE, 1 + NOISY_RAY_NOISE, (near.sum(), n_rays))
+        dist.append(_ray_lengths_to_ellipsoid(local[near], directions @ rotation, radii) * noise)
+        points.append(grid[near])
+        inner = 1 - (1 - NOISY_PROB_EDGE) * radial[near] / NOISY_INNER_FRACTION
+        prob.append(np.clip(inner + rng.normal(0, NOISY_PROB_NOISE, len(inner)),
+                            *NOISY_PROB_RANGE))
+    return (rays, np.concatenate(prob).astype(np.float32),
+            np.concatenate(dist).astype(np.float32), np.concatenate(points).astype(np.int32))
+
+
+#: prob of a dense candidate: 1 at its nucleus' centre, falling off by its relative distance,
+#: plus this much noise, clipped to [DENSE_PROB_MIN, 1].
+DENSE_PROB_NOISE, DENSE_PROB_MIN = 0.05, 0.5
+#: relative noise of dense candidates' ray lengths.
+DENSE_DIST_NOISE = 0.05
+
+
+def write_dense_candidate_file(path, image_shape, n_nuclei, *, n_rays=96,
+                               candidates_per_nucleus=88, anisotropy=DEFAULT_ANISOTROPY,
+                               radius_range=DEFAULT_RADIUS_RANGE, inner_fraction=0.5,
+                               block_shape=(None, 256, 256), seed=0):
+    """Write a candidate file like :func:`dense_candidates`'s, vectorised and block by block.
+
+    For benchmarks at scale: points and probabilities of all nuclei are drawn at once (small
+    arrays), ray lengths only for one prediction block at a time (the large array), so memory
+    stays that of one block. Nucleus centres are :func:`random_centres` (they may overlap).
+
+    Returns
+    -------
+    n_candidates : int
+    """
+    from stardist import Rays_GoldenSpiral
+
+    from .geometry.tiling import Grid
+    from .io.candidates import CandidateWriter
+    rng = np.random.default_rng(seed)
+    shape = np.asarray(image_shape)
+    centres = random_centres(image_shape, n_nuclei, seed)
+    radii = rng.uniform(*radius_range, (n_nuclei, 1)) / np.asarray(anisotropy, np.float64)
+    nucleus = np.repeat(np.arange(n_nuclei), candidates_per_nucleus)
+    unit = rng.normal(size=(len(nucleus), 3))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    spread = inner_fraction * rng.random(len(nucleus)) ** (1 / 3)
+    points = np.clip(centres[nucleus] + np.rint(unit * spread[:, None] * radii[nucleus]),
+                     0, shape - 1).astype(np.int32)
+    prob = np.clip(1.0 - spread + rng.normal(0, DENSE_PROB_NOISE, len(spread)),
+                   DENSE_PROB_MIN, 1.0).astype(np.float32)
+    rays = Rays_GoldenSpiral(n_rays, anisotropy=anisotropy)
+    directions = np.asarray(rays.vertices, np.float64)
+    grid = Grid(tuple(image_shape), block_shape)
+    block = grid.index_of(points)
+    order = np.argsort(block, kind="stable")
+    bounds = np.searchsorted(block[order], np.arange(len(grid) + 1))
+    with CandidateWriter(path, _synthetic_meta(image_shape, rays, SYNTHETIC_NMS_THRESH)) as w:
+        for index, box in enumerate(grid):
+            rows = order[bounds[index]:bounds[index + 1]]
+            owner = nucleus[rows]
+            dist = _ray_lengths_to_ellipsoid(points[rows] - centres[owner], directions,
+                                             radii[owner])
+            dist *= rng.uniform(1 - DENSE_DIST_NOISE, 1 + DENSE_DIST_NOISE, dist.shape)
+            w.append(box.lo, box.hi, prob[rows], dist.astype(np.float32), points[rows])
+    return len(points)

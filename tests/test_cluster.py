@@ -1,16 +1,30 @@
-"""The Dask cluster: SLURM job scripts from the config, local workers, retried tasks."""
+"""The Dask cluster: SLURM job scripts from the config and the site's settings, local workers,
+retried tasks."""
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
-from stardist_hpc.config import ClusterSection, LocalClusterSection, SlurmSection
+from stardist_hpc.config import (
+    ClusterSection,
+    HpcConfig,
+    LocalClusterSection,
+    SlurmSection,
+    arguments_config,
+)
 from stardist_hpc.errors import UserError
 from stardist_hpc.segment.cluster import (
     _wait_for_slurm_workers,
+    job_script,
     run_tasks,
     slurm_cluster_kwargs,
     start_cluster,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 SLURM = SlurmSection(jobs=3, cores=8, processes=2, memory="20GB", walltime="02:30:00",
                      queue="gpu-short", account="lab42", interface=None,
@@ -19,7 +33,107 @@ SLURM = SlurmSection(jobs=3, cores=8, processes=2, memory="20GB", walltime="02:3
                      scheduler_host="127.0.0.1", worker_timeout=5.0)
 
 
-def test_slurm_job_script_holds_the_configured_directives():
+def _write_site_config(folder, settings):
+    """A site's ``jobqueue.yaml`` holding ``settings`` under ``jobqueue.slurm``."""
+    folder.mkdir(exist_ok=True)
+    (folder / "jobqueue.yaml").write_text(yaml.safe_dump({"jobqueue": {"slurm": settings}}))
+    return folder
+
+
+@pytest.fixture
+def site_config(tmp_path):
+    """Set the site's dask-jobqueue config (only it: no ~/.config/dask) for one test."""
+    import dask
+    import dask_jobqueue  # noqa: F401  (its defaults must be registered before the refresh)
+
+    def use(settings):
+        dask.config.refresh(paths=[str(_write_site_config(tmp_path / "dask", settings))])
+    use({})
+    yield use
+    dask.config.refresh()
+
+
+#: a site's jobqueue.yaml, as HPC sites write it once for all their users.
+SITE = {"cores": 6, "memory": "12GB", "walltime": "05:00:00", "queue": "site-queue",
+        "account": "site-account", "job-extra-directives": ["--qos=site"],
+        "job-script-prologue": ["module load site-python"],
+        "worker-extra-args": ["--lifetime", "23h"]}
+
+
+def _script(tmp_path, **slurm):
+    """The worker job script of a config whose cluster.slurm section is ``slurm``."""
+    config = arguments_config(HpcConfig,
+                              output={"labels": tmp_path / "label.h5", "work_dir": tmp_path / "w"},
+                              cluster={"mode": "slurm",
+                                       "slurm": {"scheduler_host": "127.0.0.1", **slurm}})
+    return job_script(config)
+
+
+def _assert_lines(script, present=(), absent=()):
+    for line in present:
+        assert line in script, f"{line!r} not in job script:\n{script}"
+    for line in absent:
+        assert line not in script, f"{line!r} in job script:\n{script}"
+
+
+def test_the_sites_jobqueue_settings_apply_when_ours_are_null(site_config, tmp_path):
+    site_config(SITE)
+    _assert_lines(_script(tmp_path), present=(
+        "#SBATCH --cpus-per-task=6", "#SBATCH -t 05:00:00", "#SBATCH -p site-queue",
+        "#SBATCH -A site-account", "#SBATCH --qos=site", "module load site-python",
+        "--lifetime 23h", "--no-dashboard"))
+
+
+def test_our_yaml_overrides_the_site_key_by_key(site_config, tmp_path):
+    site_config(SITE)
+    script = _script(tmp_path, cores=8, queue="our-queue",
+                     job_script_prologue=["module load our-python"],
+                     worker_extra_args=["--lifetime", "2h"])
+    _assert_lines(script, present=(
+        "#SBATCH --cpus-per-task=8", "#SBATCH -p our-queue", "module load our-python",
+        "--lifetime 2h", "--no-dashboard",
+        # the keys we leave null stay the site's
+        "#SBATCH -t 05:00:00", "#SBATCH -A site-account", "#SBATCH --qos=site"),
+        absent=("site-queue", "site-python", "--lifetime 23h", "--cpus-per-task=6"))
+
+
+@pytest.mark.parametrize("ours, missing", [({}, "cores"), ({"cores": 4}, "memory"),
+                                           ({"memory": "4GB"}, "cores")])
+def test_job_size_missing_from_both_configs_names_the_key(site_config, tmp_path, ours, missing):
+    with pytest.raises(UserError, match=f"cluster.slurm.{missing} is not set here nor in the "
+                                        f"site's dask-jobqueue config"):
+        _script(tmp_path, **ours)
+
+
+def test_job_script_option_prints_the_script_and_submits_nothing(tmp_path):
+    """``--job-script`` in a fresh process whose site config comes from $DASK_CONFIG."""
+    site = _write_site_config(tmp_path / "dask", SITE)
+    config = tmp_path / "hpc.yaml"
+    config.write_text(yaml.safe_dump({"cluster": {"mode": "slurm", "slurm": {
+        "scheduler_host": "127.0.0.1", "memory": "3GB"}}}))
+    code = ("import sys; from stardist_hpc.cli import segment_main; "
+            f"code = segment_main([{str(config)!r}, '--job-script']); "
+            "assert 'tensorflow' not in sys.modules; sys.exit(code)")
+    env = {**os.environ, "DASK_CONFIG": str(site), "PATH": "/usr/bin:/bin"}   # no sbatch
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    _assert_lines(done.stdout, present=("#SBATCH --cpus-per-task=6", "#SBATCH -p site-queue",
+                                        "module load site-python", "--no-dashboard"))
+    assert "--mem=3G" in done.stdout or "--mem=2G" in done.stdout
+
+
+def test_missing_job_size_is_a_one_line_error_before_any_work(tmp_path):
+    config = tmp_path / "hpc.yaml"
+    config.write_text(yaml.safe_dump({"cluster": {"mode": "slurm"}}))
+    env = {**os.environ, "DASK_CONFIG": str(_write_site_config(tmp_path / "dask", {}))}
+    done = subprocess.run([sys.executable, "hpc_prediction.py", str(config), "--job-script"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "cluster.slurm.cores is not set" in done.stderr.strip().splitlines()[-1]
+
+
+def test_slurm_job_script_holds_the_configured_directives(site_config):
     from dask_jobqueue import SLURMCluster
     kwargs = slurm_cluster_kwargs(SLURM)
     assert kwargs["scheduler_options"] == {"host": "127.0.0.1",

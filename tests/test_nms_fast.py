@@ -12,9 +12,14 @@ from stardist_hpc.geometry import cone_table as star_geometry
 from stardist_hpc.geometry.cone_table import prepare_polyhedra
 from stardist_hpc.geometry.order import rank_scores, total_order
 from stardist_hpc.geometry.rays import ray_geometry
-from stardist_hpc.segment import nms_fast
-from stardist_hpc.segment.nms_fast import non_maximum_suppression
-from stardist_hpc.synthetic import dense_candidates, random_centres
+from stardist_hpc.segment.nms_fast import non_maximum_suppression, suppress_counting_pairs
+from stardist_hpc.synthetic import (
+    NETWORK_GRID,
+    NOISY_PROB_RANGE,
+    dense_candidates,
+    noisy_candidates,
+    random_centres,
+)
 
 pytestmark = pytest.mark.usefixtures("single_openmp_thread")
 
@@ -59,6 +64,43 @@ def test_extreme_anisotropy_agrees(anisotropy):
         shape, random_centres(shape, 6, seed=1), n_rays=64, anisotropy=anisotropy,
         radius_range=(12.0, 16.0), candidates_per_nucleus=30, seed=2)
     _assert_same_kept(rays, prob, dist, points)
+
+
+#: a small volume of noisy nuclei that interpenetrate (issue #15's sets, in small)
+NOISY_SHAPE = (24, 64, 64)
+NOISY_NUCLEI = 8
+
+
+@pytest.mark.parametrize("n_rays", [64, 96])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_noisy_interpenetrating_candidates_agree(n_rays, seed):
+    rays, prob, dist, points = noisy_candidates(
+        NOISY_SHAPE, random_centres(NOISY_SHAPE, NOISY_NUCLEI, seed), n_rays=n_rays, seed=seed)
+    kept = _assert_same_kept(rays, prob, dist, points)
+    assert kept.sum() >= NOISY_NUCLEI // 2
+
+
+def test_noisy_candidates_look_like_a_network_s():
+    rays, prob, dist, points = noisy_candidates(
+        NOISY_SHAPE, random_centres(NOISY_SHAPE, NOISY_NUCLEI, 3), n_rays=64, seed=3)
+    assert np.all(points % np.array(NETWORK_GRID) == 0)
+    assert prob.min() >= np.float32(NOISY_PROB_RANGE[0]) and prob.max() == 1.0
+    assert np.sum(prob == 1.0) >= 2   # exact ties at the top
+    assert 50 * NOISY_NUCLEI <= len(prob) <= 200 * NOISY_NUCLEI
+    # bumpy: neighbouring rays of one candidate differ by more than a smooth shape's would
+    assert np.all(dist > 0) and np.median(np.abs(np.diff(dist, axis=1)) / dist[:, 1:]) > 0.02
+
+
+def test_pair_counts_add_up():
+    rays, prob, dist, points = noisy_candidates(
+        NOISY_SHAPE, random_centres(NOISY_SHAPE, NOISY_NUCLEI, 4), n_rays=64, seed=4)
+    order = total_order(prob, points, np.arange(len(prob)))
+    kept, counts = suppress_counting_pairs(dist[order], points[order], _geometry(rays), THRESH)
+    np.testing.assert_array_equal(kept, non_maximum_suppression(dist[order], points[order],
+                                                                _geometry(rays), THRESH))
+    assert counts.tested == (counts.by_boxes + counts.by_bounds + counts.by_counting
+                             + counts.by_qhull)
+    assert counts.by_counting > 0 and counts.voxels_per_counted_pair > 0
 
 
 def test_one_candidate_is_kept():
@@ -142,8 +184,8 @@ def test_inside_test_agrees_with_stardist_rendering():
     table = star_geometry.cone_table(geometry, (16, 24, 24))
     differing = total = 0
     for i in range(len(dist)):
-        mask, _ = nms_fast._rasterise(i, *polyhedra[:2], polyhedra.lo, polyhedra.hi, table,
-                                      np.empty(3))
+        mask = star_geometry.rasterise(table, polyhedra.inv_dist[i], polyhedra.centres[i],
+                                       polyhedra.lo[i], polyhedra.hi[i])
         lo, hi = polyhedra.lo[i], polyhedra.hi[i] + 1
         shifted = points[i:i + 1] - lo + 1
         stardist = polyhedron_to_label(dist[i:i + 1], shifted, rays, tuple(hi - lo + 2),

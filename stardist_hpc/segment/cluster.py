@@ -56,23 +56,128 @@ def local_cluster_kwargs(local: LocalClusterSection):
                 dashboard_address=f"{LOCALHOST}:0", silence_logs=worker_logs)
 
 
+#: ``cluster.slurm`` keys that are ``SLURMCluster`` arguments of the same name: passed only when
+#: set, so that a null leaves the value to the site's dask-jobqueue config.
+JOBQUEUE_KEYS = ("cores", "processes", "memory", "walltime", "queue", "account", "interface",
+                 "local_directory", "job_extra_directives", "job_script_prologue")
+#: keys without which dask-jobqueue cannot size a job, with an example value for the message.
+REQUIRED_KEYS = {"cores": "14", "memory": "32GB"}
+#: always added to the workers' arguments: workers open no port beyond the one the scheduler
+#: talks to.
+WORKER_ARGS = ("--no-dashboard",)
+
+
+def site_setting(name):
+    """The site's dask-jobqueue value of ``cluster.slurm.<name>`` (``jobqueue.slurm.<name>``).
+
+    Parameters
+    ----------
+    name : str
+        A ``cluster.slurm`` key, e.g. ``job_script_prologue``.
+
+    Returns
+    -------
+    object
+        From ``~/.config/dask/jobqueue.yaml``, ``$DASK_CONFIG`` or dask-jobqueue's own defaults;
+        None if unset.
+    """
+    import dask
+    import dask_jobqueue  # noqa: F401  (registers dask-jobqueue's defaults in dask.config)
+    return dask.config.get(f"jobqueue.slurm.{name.replace('_', '-')}", None)
+
+
+def _check_required(given):
+    """Refuse a run whose jobs have no size, neither in our config nor in the site's."""
+    for name, example in REQUIRED_KEYS.items():
+        if name not in given and site_setting(name) is None:
+            raise UserError(
+                f"cluster.slurm.{name} is not set here nor in the site's dask-jobqueue config: "
+                f"set cluster.slurm.{name} (e.g. {example}), or jobqueue.slurm.{name} in "
+                f"~/.config/dask/jobqueue.yaml (or $DASK_CONFIG)")
+
+
+def _worker_args(slurm: SlurmSection):
+    """The workers' extra arguments (ours, else the site's) followed by :data:`WORKER_ARGS`."""
+    given = slurm.worker_extra_args
+    args = list(site_setting("worker_extra_args") or () if given is None else given)
+    return args + [a for a in WORKER_ARGS if a not in args]
+
+
 def slurm_cluster_kwargs(slurm: SlurmSection):
     """Keyword arguments of ``dask_jobqueue.SLURMCluster`` for the ``cluster.slurm`` section.
 
-    Config keys map one-to-one onto SLURMCluster arguments. With ``scheduler_host`` set, the
-    scheduler and its dashboard listen there only. Workers run without a dashboard, so they
-    open no port beyond the one the scheduler talks to.
+    Config keys map one-to-one onto SLURMCluster arguments; a null key is left out, so
+    dask-jobqueue takes the site's value (``jobqueue.slurm.*`` in ``~/.config/dask`` or
+    ``$DASK_CONFIG``), else its own default. With ``scheduler_host`` set, the scheduler and its
+    dashboard listen there only (the site's other scheduler options are kept).
+
+    Raises
+    ------
+    UserError
+        If ``cores`` or ``memory`` is set neither here nor in the site's config.
     """
-    scheduler_options = ({} if slurm.scheduler_host is None else
-                         {"host": slurm.scheduler_host,
-                          "dashboard_address": f"{slurm.scheduler_host}:0"})
-    return dict(cores=slurm.cores, processes=slurm.processes, memory=slurm.memory,
-                walltime=slurm.walltime, queue=slurm.queue, account=slurm.account,
-                interface=slurm.interface, local_directory=slurm.local_directory,
-                job_extra_directives=list(slurm.job_extra_directives),
-                job_script_prologue=list(slurm.job_script_prologue),
-                worker_extra_args=["--no-dashboard"],
-                scheduler_options=scheduler_options)
+    kwargs = {name: getattr(slurm, name) for name in JOBQUEUE_KEYS
+              if getattr(slurm, name) is not None}
+    _check_required(kwargs)
+    kwargs = {name: list(v) if isinstance(v, tuple) else v for name, v in kwargs.items()}
+    kwargs["worker_extra_args"] = _worker_args(slurm)
+    if slurm.scheduler_host is not None:
+        kwargs["scheduler_options"] = {**(site_setting("scheduler_options") or {}),
+                                       "host": slurm.scheduler_host,
+                                       "dashboard_address": f"{slurm.scheduler_host}:0"}
+    return kwargs
+
+
+def check_cluster(cluster: ClusterSection):
+    """Refuse SLURM settings that could not start a job, before any work is done.
+
+    Raises
+    ------
+    UserError
+        As :func:`slurm_cluster_kwargs` does.
+    """
+    if cluster.mode == "slurm":
+        slurm_cluster_kwargs(cluster.slurm)
+
+
+@contextlib.contextmanager
+def slurm_cluster(slurm: SlurmSection):
+    """A ``SLURMCluster`` of the ``cluster.slurm`` section (its scheduler runs; no job is
+    submitted until it is scaled).
+
+    Raises
+    ------
+    UserError
+        For settings dask-jobqueue refuses (e.g. a memory it cannot parse).
+    """
+    from dask_jobqueue import SLURMCluster
+    _quiet_distributed_logs()
+    kwargs = slurm_cluster_kwargs(slurm)
+    try:
+        cluster = SLURMCluster(**kwargs)
+    except ValueError as e:
+        raise UserError(f"dask-jobqueue refused the cluster.slurm settings: {e}") from None
+    with cluster:
+        yield cluster
+
+
+def job_script(config) -> str:
+    """The job script each SLURM worker job would be submitted with; submits nothing.
+
+    Parameters
+    ----------
+    config : HpcConfig
+
+    Returns
+    -------
+    str
+        dask-jobqueue's ``SLURMCluster.job_script()`` for ``config.cluster.slurm``.
+    """
+    if config.cluster.mode != "slurm":
+        log.warning("cluster.mode is %s: this is the job script cluster.mode slurm would "
+                    "submit", config.cluster.mode)
+    with slurm_cluster(config.cluster.slurm) as cluster:
+        return cluster.job_script()
 
 
 def _wait_for_slurm_workers(client, slurm: SlurmSection):
@@ -111,16 +216,16 @@ def start_cluster(cluster: ClusterSection):
     Raises
     ------
     UserError
-        If no SLURM worker joins within ``cluster.slurm.worker_timeout`` seconds.
+        If the SLURM settings are incomplete, or no SLURM worker joins within
+        ``cluster.slurm.worker_timeout`` seconds.
     """
     import distributed
     _quiet_distributed_logs()
     if cluster.mode == "slurm":
-        from dask_jobqueue import SLURMCluster
-        dask_cluster = SLURMCluster(**slurm_cluster_kwargs(cluster.slurm))
+        cluster_context = slurm_cluster(cluster.slurm)
     else:
-        dask_cluster = distributed.LocalCluster(**local_cluster_kwargs(cluster.local))
-    with dask_cluster, distributed.Client(dask_cluster) as client:
+        cluster_context = distributed.LocalCluster(**local_cluster_kwargs(cluster.local))
+    with cluster_context as dask_cluster, distributed.Client(dask_cluster) as client:
         log.info("Dask dashboard: %s", client.dashboard_link)
         if cluster.mode == "slurm":
             dask_cluster.scale(jobs=cluster.slurm.jobs)

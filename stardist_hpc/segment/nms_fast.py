@@ -27,7 +27,14 @@ import numba
 import numpy as np
 from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError
 
-from ..geometry.cone_table import cone_table, inside, prepare_polyhedra, reach
+from ..geometry.cone_table import (
+    cone_table,
+    inside_held,
+    prepare_polyhedra,
+    rasterise,
+    reach,
+    table_holds,
+)
 from .render import kernel_halfspaces
 
 #: StarDist's guard against dividing by a zero volume (``A_min + 1e-10``).
@@ -37,6 +44,24 @@ VOLUME_EPS = 1e-10
 BORDERLINE = 0.05
 #: StarDist's value for a convex-hull intersection that Qhull fails on (never keeps).
 HULL_ERROR = 1e10
+#: indices of the pair counters the suppression loop keeps (see :class:`PairCounts`).
+TESTED, BY_BOXES, BY_BOUNDS, BY_COUNTING, BY_QHULL, VOXELS = range(6)
+
+
+class PairCounts(NamedTuple):
+    """What the suppression loop did: pairs (kept ``i``, later ``j``) whose boxes meet."""
+    tested: int        # pairs looked at
+    by_boxes: int      # kept on the volume of the shared box alone
+    by_bounds: int     # decided by voxel bounds (summed-volume tables), without counting
+    by_counting: int   # decided by counting voxels
+    by_qhull: int      # borderline counts, decided by StarDist's Qhull check
+    voxels: int        # inside tests while counting
+
+    @property
+    def voxels_per_counted_pair(self):
+        """Inside tests per pair that was counted (0 when none was)."""
+        counted = self.by_counting + self.by_qhull
+        return self.voxels / counted if counted else 0.0
 
 
 class NeighbourGrid(NamedTuple):
@@ -68,18 +93,14 @@ def neighbour_grid(polyhedra):
 
 
 @numba.njit(cache=True)
-def _rasterise(i, centres, inv_dist, lo, hi, table, scratch):
+def _rasterise(i, centres, inv_dist, lo, hi, table):
     """Voxels of polyhedron ``i`` in its box, and their summed-volume table."""
-    nz, ny, nx = hi[i, 0] - lo[i, 0] + 1, hi[i, 1] - lo[i, 1] + 1, hi[i, 2] - lo[i, 2] + 1
-    mask = np.zeros((nz, ny, nx), np.bool_)
+    mask = rasterise(table, inv_dist[i], centres[i], lo[i], hi[i])
+    nz, ny, nx = mask.shape
     summed = np.zeros((nz + 1, ny + 1, nx + 1), np.int32)
     for z in range(nz):
-        oz = lo[i, 0] + z - centres[i, 0]
         for y in range(ny):
-            oy = lo[i, 1] + y - centres[i, 1]
             for x in range(nx):
-                ox = lo[i, 2] + x - centres[i, 2]
-                mask[z, y, x] = inside(table, inv_dist[i], oz, oy, ox, scratch)
                 summed[z + 1, y + 1, x + 1] = (
                     mask[z, y, x] + summed[z, y + 1, x + 1] + summed[z + 1, y, x + 1]
                     + summed[z + 1, y + 1, x] - summed[z, y, x + 1] - summed[z, y + 1, x]
@@ -95,29 +116,49 @@ def _voxels_in_box(summed, z0, y0, x0, z1, y1, x1):
 
 
 @numba.njit(cache=True)
-def _count_overlap(mask, origin, box_lo, box_hi, upper, low, high, centre, inv_dist, table,
-                   scratch):
+def _count_overlap(mask, origin, box_lo, box_hi, upper, low, high, centre, inv_dist, table):
     """Voxels of ``mask`` in the box that lie inside the polyhedron, counted until it decides.
 
     ``upper`` is the number of mask voxels in the box. Counting stops once the count exceeds
     ``high`` (returning it) or can no longer exceed ``low`` (returning that bound); a result
-    in ``(low, high]`` is the exact count.
+    in ``(low, high]`` is the exact count. Also returns the inside tests made.
     """
+    if not table_holds(table, centre, box_lo, box_hi):
+        return _count_beyond_table(mask, origin, box_lo, box_hi, centre, inv_dist, table)
+    face, coords, half, faces, _ = table
     count, remaining = 0, upper
     for z in range(box_lo[0], box_hi[0] + 1):
+        tz = z - centre[0] + half[0]
         for y in range(box_lo[1], box_hi[1] + 1):
+            ty = y - centre[1] + half[1]
             for x in range(box_lo[2], box_hi[2] + 1):
                 if not mask[z - origin[0], y - origin[1], x - origin[2]]:
                     continue
                 remaining -= 1
-                if inside(table, inv_dist, z - centre[0], y - centre[1], x - centre[2],
-                          scratch):
+                if inside_held(face, coords, faces, inv_dist, tz, ty, x - centre[2] + half[2]):
                     count += 1
                     if count > high:
-                        return count
+                        return count, upper - remaining
                 elif count + remaining <= low:
-                    return count + remaining
-    return count
+                    return count + remaining, upper - remaining
+    return count, upper
+
+
+@numba.njit(cache=True)
+def _count_beyond_table(mask, origin, box_lo, box_hi, centre, inv_dist, table):
+    """The exact count of :func:`_count_overlap` for a box the cone table does not hold.
+
+    Kept apart because a voxel loop that may search the faces cannot be compiled as tightly.
+    """
+    inner = rasterise(table, inv_dist, centre, box_lo, box_hi)
+    count = 0
+    for z in range(inner.shape[0]):
+        for y in range(inner.shape[1]):
+            for x in range(inner.shape[2]):
+                count += inner[z, y, x] and mask[box_lo[0] + z - origin[0],
+                                                 box_lo[1] + y - origin[1],
+                                                 box_lo[2] + x - origin[2]]
+    return count, inner.size
 
 
 def _intersection_volume(halfspaces, interior, on_error):
@@ -220,30 +261,35 @@ def _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi):
 
 @numba.njit(cache=True)
 def _suppresses(i, j, mask, summed, polyhedra, dist, vertices, table, thresh, a_min, limit,
-                box_lo, box_hi, scratch):
+                box_lo, box_hi, counters):
     """Whether kept ``i`` suppresses ``j``, whose boxes meet (``mask``: i's voxels), with
-    ``limit`` the overlap allowed by ``thresh`` and the smaller volume ``a_min``."""
+    ``limit`` the overlap allowed by ``thresh`` and the smaller volume ``a_min``; counts how
+    the pair was decided in ``counters``."""
     centres, inv_dist, volumes, lo, hi = polyhedra
     low, high = (1 - BORDERLINE) * limit, (1 + BORDERLINE) * limit
     upper = _voxels_in_box(summed, box_lo[0] - lo[i, 0], box_lo[1] - lo[i, 1],
                            box_lo[2] - lo[i, 2], box_hi[0] - lo[i, 0] + 1,
                            box_hi[1] - lo[i, 1] + 1, box_hi[2] - lo[i, 2] + 1)
     if upper <= low:
+        counters[BY_BOUNDS] += 1
         return False
-    count = _count_overlap(mask, lo[i], box_lo, box_hi, upper, low, high, centres[j],
-                           inv_dist[j], table, scratch)
+    count, tests = _count_overlap(mask, lo[i], box_lo, box_hi, upper, low, high, centres[j],
+                                  inv_dist[j], table)
+    counters[VOXELS] += tests
     if count <= low or count > high:
+        counters[BY_COUNTING] += 1
         return count > high
+    counters[BY_QHULL] += 1
     return _borderline_suppresses(i, j, dist, centres, vertices, table.faces, a_min, thresh,
                                   count > limit)
 
 
 @numba.njit(cache=True)
-def _suppress_loop(polyhedra, dist, vertices, grid, table, thresh):
+def _suppress_loop(polyhedra, dist, vertices, grid, table, thresh, counters):
     centres, inv_dist, volumes, lo, hi = polyhedra
     origin, cell, shape, starts, members, largest_reach = grid
     suppressed = np.zeros(centres.shape[0], np.bool_)
-    scratch, box_lo, box_hi = np.empty(3), np.empty(3, np.int64), np.empty(3, np.int64)
+    box_lo, box_hi = np.empty(3, np.int64), np.empty(3, np.int64)
     cell_lo, cell_hi = np.empty(3, np.int64), np.empty(3, np.int64)
     for i in range(centres.shape[0]):
         if suppressed[i]:
@@ -263,19 +309,32 @@ def _suppress_loop(polyhedra, dist, vertices, grid, table, thresh):
                             continue
                         a_min = min(volumes[i], volumes[j])
                         limit = thresh * (a_min + VOLUME_EPS)
+                        counters[TESTED] += 1
                         if _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi):
+                            counters[BY_BOXES] += 1
                             continue
                         if mask.size == 0:
-                            mask, summed = _rasterise(i, centres, inv_dist, lo, hi, table,
-                                                      scratch)
+                            mask, summed = _rasterise(i, centres, inv_dist, lo, hi, table)
                         suppressed[j] = _suppresses(i, j, mask, summed, polyhedra, dist,
                                                     vertices, table, thresh, a_min, limit,
-                                                    box_lo, box_hi, scratch)
+                                                    box_lo, box_hi, counters)
     return ~suppressed
 
 
 def non_maximum_suppression(dist, points, geometry, thresh):
     """Kept candidates of StarDist's NMS rule, for candidates in decreasing rank order.
+
+    See :func:`suppress_counting_pairs` for the parameters.
+
+    Returns
+    -------
+    kept : ndarray of bool (N,)
+    """
+    return suppress_counting_pairs(dist, points, geometry, thresh)[0]
+
+
+def suppress_counting_pairs(dist, points, geometry, thresh):
+    """:func:`non_maximum_suppression`, also telling how its pairs were decided.
 
     Parameters
     ----------
@@ -290,11 +349,14 @@ def non_maximum_suppression(dist, points, geometry, thresh):
     Returns
     -------
     kept : ndarray of bool (N,)
+    counts : PairCounts
     """
+    counters = np.zeros(len(PairCounts._fields), np.int64)
     if len(dist) == 0:
-        return np.zeros(0, bool)
+        return np.zeros(0, bool), PairCounts(*counters)
     dist = np.ascontiguousarray(dist, np.float32)
     polyhedra = prepare_polyhedra(dist, points, geometry)
     grid = neighbour_grid(polyhedra)
-    return _suppress_loop(polyhedra, dist, np.ascontiguousarray(geometry.vertices, np.float32),
-                          grid, cone_table(geometry, grid.reach), np.float32(thresh))
+    kept = _suppress_loop(polyhedra, dist, np.ascontiguousarray(geometry.vertices, np.float32),
+                          grid, cone_table(geometry, grid.reach), np.float32(thresh), counters)
+    return kept, PairCounts(*(int(c) for c in counters))

@@ -30,7 +30,7 @@ import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
 from ..config import LABELING_BACKEND_FAST
-from ..geometry.cone_table import cone_table, inside, prepare_polyhedra, reach
+from ..geometry.cone_table import cone_table, prepare_polyhedra, rasterise, reach
 from ..geometry.rays import bbox_of_vertices, polyhedron_vertices, ray_geometry
 from ..geometry.tiling import Box
 from ..io.checkpoint import save_record, write_bytes
@@ -129,17 +129,16 @@ def _hull_halfspaces(vertices):
 @numba.njit(cache=True)
 def _render_polyhedra_fast(labels, origin, centres, inv_dist, lo, hi, ids, table):
     """As ``_render_polyhedra``, deciding each voxel with the cone-table inside test."""
-    scratch = np.empty(3)
+    last = origin + np.array(labels.shape) - 1
     for i in range(centres.shape[0]):
-        for z in range(max(lo[i, 0], origin[0]), min(hi[i, 0] + 1, origin[0] + labels.shape[0])):
-            for y in range(max(lo[i, 1], origin[1]),
-                           min(hi[i, 1] + 1, origin[1] + labels.shape[1])):
-                for x in range(max(lo[i, 2], origin[2]),
-                               min(hi[i, 2] + 1, origin[2] + labels.shape[2])):
-                    local = (z - origin[0], y - origin[1], x - origin[2])
-                    if labels[local] == 0 and inside(table, inv_dist[i], z - centres[i, 0],
-                                                     y - centres[i, 1], x - centres[i, 2],
-                                                     scratch):
+        box_lo, box_hi = np.maximum(lo[i], origin), np.minimum(hi[i], last)
+        mask = rasterise(table, inv_dist[i], centres[i], box_lo, box_hi)
+        for z in range(mask.shape[0]):
+            for y in range(mask.shape[1]):
+                for x in range(mask.shape[2]):
+                    local = (box_lo[0] - origin[0] + z, box_lo[1] - origin[1] + y,
+                             box_lo[2] - origin[2] + x)
+                    if mask[z, y, x] and labels[local] == 0:
                         labels[local] = ids[i]
 
 

@@ -44,7 +44,7 @@ from ..io.label_file import write_label_file
 from ..io.model_files import read_model_info
 from ..io.path_guard import check_outputs_apart
 from ..io.survivors import SurvivorFile, intact_survivor_file, write_survivor_table
-from .cluster import run_tasks, start_cluster
+from .cluster import check_cluster, run_tasks, start_cluster
 from .nms import gather_tile, plan_tiles, resolve_halo, run_rounds
 from .params import CHECKPOINTS, INDEXED_INPUT, SETTING_CHECKPOINTS, SegmentParams
 from .render import chunk_tasks, render_chunk
@@ -89,7 +89,7 @@ def _timed(seconds, stage):
 # resolving the parameters
 
 
-def _model_info(config: HpcConfig):
+def configured_model(config: HpcConfig):
     """The configured model's info, or None when ``model.basedir`` or ``model.name`` is null.
 
     A configured folder that does not exist is an error (read_model_info says so): a typo
@@ -296,8 +296,10 @@ def _client(client, config):
 def segment_config(config: HpcConfig, *, client=None, show_progress=True) -> RunSummary:
     """Run the HPC step for a validated :class:`~stardist_hpc.config.HpcConfig`."""
     seconds = StageSeconds()
-    model = _model_info(config)
+    model = configured_model(config)
     _check_outputs_apart(config)
+    if client is None:
+        check_cluster(config.cluster)
     work_dir = config.output.work_dir
     if config.input.prediction.exists():   # a missing one is reported by _open_candidates
         # before indexing: an indexed copy of a changed input must not be reused
