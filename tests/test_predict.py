@@ -10,7 +10,8 @@ import pytest
 from stardist_hpc.candidates import CandidateFile, CandidateMeta, CandidateWriter
 from stardist_hpc.image_io import open_volume
 from stardist_hpc.normalization import percentile_normalization
-from stardist_hpc.predict import auto_n_tiles, network_geometry, plan_blocks, predict_volume
+from stardist_hpc.predict import (Network, auto_n_tiles, network_geometry, plan_blocks,
+                                  predict_volume)
 
 REPO = Path(__file__).resolve().parents[1]
 #: network outputs agree to this tolerance between block-wise and whole-image calls
@@ -26,7 +27,7 @@ def _blockwise(model, image_section, tmp_path, block_shape, max_tile_voxels, pro
     with open_volume(image_section) as volume:
         norm = percentile_normalization(volume, 1.0, 99.8, sample_size=10**6)
         with CandidateWriter(tmp_path / "c.h5", meta) as writer:
-            predict_volume(model, volume, norm, writer, block_shape=block_shape,
+            predict_volume(Network(model), volume, norm, writer, block_shape=block_shape,
                            prob_thresh=prob_thresh, n_tiles=None,
                            max_tile_voxels=max_tile_voxels)
         whole = norm.apply(volume.read((0, 0, 0), volume.shape))
@@ -99,10 +100,10 @@ def test_a_run_interrupted_after_its_last_block_only_renames(demo_model, small_n
         norm = percentile_normalization(volume, 1.0, 99.8, sample_size=10**6)
         with pytest.raises(KeyboardInterrupt):
             with CandidateWriter(path, meta, "key") as writer:
-                first = predict_volume(demo_model, volume, norm, writer, **settings)
+                first = predict_volume(Network(demo_model), volume, norm, writer, **settings)
                 raise KeyboardInterrupt   # after the last block, before the rename
         with CandidateWriter(path, meta, "key") as writer:
-            again = predict_volume(demo_model, volume, norm, writer, **settings)
+            again = predict_volume(Network(demo_model), volume, norm, writer, **settings)
     assert writer.n_blocks == first.blocks == again.blocks
     assert CandidateFile(path).n_candidates == first.candidates == again.candidates
     assert again.network_seconds == 0
@@ -129,3 +130,44 @@ def test_cli_writes_a_complete_indexed_candidate_file(small_nuclei_tif, tmp_path
         lo, hi = (b["z0"], b["y0"], b["x0"]), (b["z1"], b["y1"], b["x1"])
         rows, *_ = candidates.read_box(lo, hi)
         np.testing.assert_array_equal(rows, np.arange(b["row_start"], b["row_stop"]))
+
+
+def _owned_reference(points, plan, geometry):
+    """The ownership rule spelled out on global points: in the core, in the image, and
+    outside StarDist's border of BORDER_CELLS grid cells of the padded image."""
+    from stardist_hpc.predict import BORDER_CELLS
+    cells = points // np.asarray(geometry.grid)
+    last_cell = np.asarray(geometry.padded_shape) // np.asarray(geometry.grid) - BORDER_CELLS
+    owned = np.all((points >= plan.core_lo) & (points < plan.core_hi), axis=1)
+    owned &= np.all((cells >= BORDER_CELLS) & (cells < last_cell), axis=1)
+    return owned & np.all(points < np.asarray(geometry.shape), axis=1)
+
+
+@pytest.mark.parametrize("n_tiles", [(1, 1, 1), (2, 3, 2)])
+def test_sparse_post_processing_equals_predict_sparse_bit_for_bit(demo_model, small_nuclei,
+                                                                  n_tiles):
+    from stardist_hpc.normalization import Normalization
+    from stardist_hpc.predict import (LaneClock, block_candidates, owned_cells, read_block,
+                                      tile_candidates)
+
+    image = small_nuclei[0]
+    network, prob_thresh = Network(demo_model), demo_model.thresholds.prob
+    geometry = network.geometry(image.shape)
+    norm = Normalization(1.0, 99.8, *np.percentile(image, [1.0, 99.8]))
+    volume = type("V", (), {"shape": image.shape, "read": staticmethod(
+        lambda lo, hi: image[tuple(slice(l, h) for l, h in zip(lo, hi))])})
+    plans = plan_blocks(geometry, (16, 48, 48))
+    for plan in (plans[0], plans[-1]):   # a first and a last, reflect-padded block
+        block = read_block(volume, plan, norm, LaneClock())
+        parts = [tile_candidates(*network(tile), s_src, s_dst, owned_cells(plan, geometry),
+                                 prob_thresh) for tile, s_src, s_dst in network.tiles(block, n_tiles)]
+        prob, dist, points = block_candidates(parts, plan, geometry.grid)
+        ref_prob, ref_dist, ref_points = demo_model.predict_sparse(
+            block, prob_thresh=prob_thresh, axes="ZYX", n_tiles=n_tiles,
+            show_tile_progress=False, b=0)
+        ref_points = ref_points + np.asarray(plan.read_lo)
+        owned = _owned_reference(ref_points, plan, geometry)
+        assert owned.sum() > 10
+        np.testing.assert_array_equal(points, ref_points[owned])
+        assert prob.tobytes() == ref_prob[owned].astype(np.float32).tobytes()
+        assert dist.tobytes() == ref_dist[owned].astype(np.float32).tobytes()
