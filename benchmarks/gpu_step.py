@@ -121,19 +121,19 @@ def child_whole(config_path):
     from stardist_hpc.config import LocalConfig, load
     from stardist_hpc.image_io import open_volume
     from stardist_hpc.model_files import read_model_info
-    from stardist_hpc.normalization import percentile_normalization
+    from stardist_hpc.normalization import configured_normalization
 
     baseline = _import_tensorflow_baseline()
     from stardist.models import StarDist3D
 
     config = load(LocalConfig, config_path)
-    norm, start = config.prediction.normalize, time.perf_counter()
+    start = time.perf_counter()
     info = read_model_info(config.model.basedir, config.model.name)
     model = StarDist3D(None, name=config.model.name, basedir=str(config.model.basedir))
     prob_thresh = (info.prob_thresh if config.prediction.prob_thresh is None
                    else config.prediction.prob_thresh)
     with open_volume(config.image) as volume:
-        normalization = percentile_normalization(volume, norm.pmin, norm.pmax, norm.sample_size)
+        normalization = configured_normalization(volume, config.prediction.normalize)
         image = normalization.apply(volume.read((0, 0, 0), volume.shape))
     t0 = time.perf_counter()
     prob, _, _ = model.predict_sparse(image, prob_thresh=prob_thresh, axes="ZYX",

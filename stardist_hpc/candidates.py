@@ -9,7 +9,7 @@ Layout (format version 1)::
                                   [row_start, row_stop) and the largest candidate extent
                                   (max over rays of dist * |ray component|) along z, y, x
     attrs   format_version, image_shape, rays_json, grid, prob_thresh, nms_thresh, model_name,
-            image_path, channel, norm_lo, norm_hi, norm_pmin, norm_pmax
+            image_path, channel, norm_lo, norm_hi, norm_pmin, norm_pmax, norm_method
 
 Candidates of one block are stored contiguously, and every candidate lies in the core of
 exactly one block, so a spatial query reads only the rows of the blocks it meets.
@@ -60,6 +60,7 @@ class CandidateMeta:
     norm_hi: float = float("nan")
     norm_pmin: float = float("nan")
     norm_pmax: float = float("nan")
+    norm_method: str = ""
 
     @property
     def n_rays(self):

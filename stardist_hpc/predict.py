@@ -15,8 +15,8 @@ import logging
 import math
 import sys
 import time
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from .candidates import CandidateMeta, CandidateWriter
 from .errors import UserError
 from .image_io import open_volume
 from .model_files import read_model_info
-from .normalization import percentile_normalization
+from .normalization import configured_normalization
 from .tiling import grid_boxes
 
 log = logging.getLogger(__name__)
@@ -450,11 +450,9 @@ def resume_key(config, meta):
 
 def run(config):
     """Run the GPU step for a validated :class:`~stardist_hpc.config.LocalConfig`."""
-    norm = config.prediction.normalize
     info = read_model_info(config.model.basedir, config.model.name)   # cheap checks first
     with open_volume(config.image) as volume:
-        # the sample finds unreadable or non-finite pixels before TensorFlow takes its time
-        normalization = percentile_normalization(volume, norm.pmin, norm.pmax, norm.sample_size)
+        normalization = configured_normalization(volume, config.prediction.normalize)
         model = load_model(config.model)
         prob_thresh = (info.prob_thresh if config.prediction.prob_thresh is None
                        else config.prediction.prob_thresh)
@@ -463,7 +461,8 @@ def run(config):
             prob_thresh=prob_thresh, nms_thresh=info.nms_thresh, model_name=info.name,
             image_path=str(volume.path), channel=config.image.channel,
             norm_lo=normalization.lo, norm_hi=normalization.hi,
-            norm_pmin=normalization.pmin, norm_pmax=normalization.pmax)
+            norm_pmin=normalization.pmin, norm_pmax=normalization.pmax,
+            norm_method=normalization.method)
         with CandidateWriter(config.output.path, meta, resume_key(config, meta)) as writer:
             summary = predict_volume(Network(model), volume, normalization, writer,
                                      block_shape=config.prediction.block_shape,

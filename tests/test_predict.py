@@ -10,8 +10,13 @@ import pytest
 from stardist_hpc.candidates import CandidateFile, CandidateMeta, CandidateWriter
 from stardist_hpc.image_io import open_volume
 from stardist_hpc.normalization import percentile_normalization
-from stardist_hpc.predict import (Network, auto_n_tiles, network_geometry, plan_blocks,
-                                  predict_volume)
+from stardist_hpc.predict import (
+    Network,
+    auto_n_tiles,
+    network_geometry,
+    plan_blocks,
+    predict_volume,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 #: network outputs agree to this tolerance between block-wise and whole-image calls
@@ -54,7 +59,13 @@ def test_blockwise_equals_whole_image(demo_model, small_nuclei_tif, tmp_path, bl
     prob_thresh = demo_model.thresholds.prob
     whole, prob, dist, points = _blockwise(demo_model, small_nuclei_tif, tmp_path, block_shape,
                                            max_tile_voxels, prob_thresh)
-    ref_prob, ref_dist, ref_points = demo_model.predict_sparse(whole, prob_thresh=prob_thresh)
+    reference = demo_model.predict_sparse(whole, prob_thresh=prob_thresh)
+    _assert_same_candidates(reference, (prob, dist, points), prob_thresh)
+
+
+def _assert_same_candidates(reference, candidates, prob_thresh):
+    """Same points, prob and dist up to the convolutions' rounding (see PROB_ATOL)."""
+    (ref_prob, ref_dist, ref_points), (prob, dist, points) = reference, candidates
     ref = {tuple(p): i for i, p in enumerate(ref_points)}
     got = {tuple(p): i for i, p in enumerate(points)}
     assert len(got) == len(points), "a point was predicted twice"
@@ -147,8 +158,13 @@ def _owned_reference(points, plan, geometry):
 def test_sparse_post_processing_equals_predict_sparse_bit_for_bit(demo_model, small_nuclei,
                                                                   n_tiles):
     from stardist_hpc.normalization import Normalization
-    from stardist_hpc.predict import (LaneClock, block_candidates, owned_cells, read_block,
-                                      tile_candidates)
+    from stardist_hpc.predict import (
+        LaneClock,
+        block_candidates,
+        owned_cells,
+        read_block,
+        tile_candidates,
+    )
 
     image = small_nuclei[0]
     network, prob_thresh = Network(demo_model), demo_model.thresholds.prob
@@ -171,3 +187,57 @@ def test_sparse_post_processing_equals_predict_sparse_bit_for_bit(demo_model, sm
         np.testing.assert_array_equal(points, ref_points[owned])
         assert prob.tobytes() == ref_prob[owned].astype(np.float32).tobytes()
         assert dist.tobytes() == ref_dist[owned].astype(np.float32).tobytes()
+
+
+def _uint16_tif(path, shape, seed):
+    """A synthetic nuclei volume written as uint16 TIFF (as the demo image); its ImageSection."""
+    from stardist_hpc.config import ImageSection
+    from stardist_hpc.demo import write_uint16_tiff
+    from stardist_hpc.synthetic import nuclei_volume
+
+    image, _ = nuclei_volume(shape, round(NUCLEI_PER_VOXEL * np.prod(shape)), seed=seed)
+    write_uint16_tiff(path, image)
+    return ImageSection(path=path, dataset=None, channel=0, axes=None)
+
+
+#: nuclei per voxel of the uint16 test volumes (about the demo image's density).
+NUCLEI_PER_VOXEL = 4e-5
+
+
+def test_exact_percentiles_equal_numpy_of_the_whole_volume(tmp_path, monkeypatch):
+    from stardist_hpc import normalization
+
+    monkeypatch.setattr(normalization, "HISTOGRAM_SLAB_VOXELS", 3 * 91 * 117)   # many slabs
+    section = _uint16_tif(tmp_path / "v.tif", (37, 91, 117), seed=2)
+    percentiles = [0.0, 1.0, 3.7, 50.0, 99.8, 99.99, 100.0]
+    with open_volume(section) as volume:
+        counts, offset = normalization.volume_histogram(volume)
+        whole = volume.read((0, 0, 0), volume.shape)
+    got = normalization.histogram_percentiles(counts, offset, whole.dtype, percentiles)
+    assert got.tobytes() == np.percentile(whole, percentiles).tobytes()
+
+
+def test_blockwise_exact_equals_predict_sparse_of_csbdeep_normalize(demo_model, tmp_path):
+    """Over 4M voxels (where the sample of sample_size voxels is no longer the whole volume)."""
+    from csbdeep.utils import normalize
+
+    from stardist_hpc.config import NormalizeSection
+    from stardist_hpc.normalization import configured_normalization
+
+    section = _uint16_tif(tmp_path / "big.tif", (64, 256, 264), seed=5)
+    prob_thresh = demo_model.thresholds.prob
+    meta = CandidateMeta(image_shape=(0, 0, 0), rays_json=_rays_json(demo_model),
+                         grid=(1, 2, 2), prob_thresh=prob_thresh, nms_thresh=0.3)
+    with open_volume(section) as volume:
+        norm = configured_normalization(volume, NormalizeSection())
+        with CandidateWriter(tmp_path / "c.h5", meta) as writer:
+            predict_volume(Network(demo_model), volume, norm, writer, block_shape=(64, 128, 264),
+                           prob_thresh=prob_thresh, n_tiles=None, max_tile_voxels=10**8)
+        image = volume.read((0, 0, 0), volume.shape)
+    assert norm.method == "exact"
+    whole = normalize(image, 1, 99.8, axis=(0, 1, 2))
+    assert norm.apply(image).tobytes() == whole.tobytes()
+    with h5py.File(tmp_path / "c.h5") as f:
+        candidates = f["prob"][()], f["dist"][()], f["points"][()]
+    reference = demo_model.predict_sparse(whole, prob_thresh=prob_thresh)
+    _assert_same_candidates(reference, candidates, prob_thresh)
