@@ -124,8 +124,8 @@ def child_blockwise(config_path):
     start = time.perf_counter()
     summary = run(config)
     wall = time.perf_counter() - start
-    return dict(asdict(summary), wall_seconds=wall, peak_rss_mib=peak_rss_mib(),
-                baseline_rss_mib=baseline)
+    return dict(asdict(summary), network_seconds=summary.network_seconds, wall_seconds=wall,
+                peak_rss_mib=peak_rss_mib(), baseline_rss_mib=baseline)
 
 
 def child_whole(config_path):

@@ -27,8 +27,12 @@ from typing import NamedTuple
 import numpy as np
 
 from .candidates import CandidateFile, ray_vectors
-from .checkpoint import (SurvivorFile, check_signature, remove_stale_temporaries,
-                         write_survivor_table)
+from .checkpoint import (
+    SurvivorFile,
+    check_signature,
+    remove_stale_temporaries,
+    write_survivor_table,
+)
 from .cluster import run_tasks, start_cluster
 from .config import HpcConfig
 from .errors import UserError

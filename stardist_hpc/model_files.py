@@ -28,6 +28,7 @@ class ModelInfo:
     grid: tuple
     prob_thresh: float
     nms_thresh: float
+    thresholds_source: str = "thresholds.json"   # or StarDist's defaults (file missing)
 
 
 def _read_json(path):
@@ -73,9 +74,13 @@ def read_model_info(basedir, name):
         raise UserError(f"model {model_dir}: expected a StarDist3D model (n_dim 3 in "
                         f"config.json), got n_dim {config.get('n_dim')!r}")
     _require_keys(config, CONFIG_KEYS, config_path)
-    thresholds = (_require_keys(_read_json(thresholds_path), THRESHOLD_KEYS, thresholds_path)
-                  if thresholds_path.exists()
-                  else {"prob": DEFAULT_PROB_THRESH, "nms": DEFAULT_NMS_THRESH})
+    if thresholds_path.exists():
+        thresholds = _require_keys(_read_json(thresholds_path), THRESHOLD_KEYS, thresholds_path)
+        source = str(thresholds_path)
+    else:
+        thresholds, source = ({"prob": DEFAULT_PROB_THRESH, "nms": DEFAULT_NMS_THRESH},
+                              f"StarDist's defaults ({thresholds_path} is missing)")
     return ModelInfo(name=name, rays_json=json.dumps(config["rays_json"]),
                      n_rays=int(config["n_rays"]), grid=tuple(config["grid"]),
-                     prob_thresh=float(thresholds["prob"]), nms_thresh=float(thresholds["nms"]))
+                     prob_thresh=float(thresholds["prob"]), nms_thresh=float(thresholds["nms"]),
+                     thresholds_source=source)

@@ -25,7 +25,6 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-
 from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError
 
 from .render import kernel_halfspaces

@@ -165,15 +165,16 @@ def percentile_normalization(volume, pmin, pmax, sample_size):
 def configured_normalization(volume, section):
     """The normalisation a ``NormalizeSection`` asks for on ``volume``.
 
-    Fixed ``lo``/``hi`` win; otherwise ``method`` (None: :func:`default_method`). The sample
-    is read even then: it finds unreadable or non-finite pixels before TensorFlow loads.
+    Fixed ``lo``/``hi`` win; otherwise ``method`` (None: :func:`default_method`). The strided
+    sample is read with every method: it finds unreadable or non-finite pixels before
+    TensorFlow takes its time to load.
     """
-    sampled = percentile_normalization(volume, section.pmin, section.pmax, section.sample_size)
+    method = section.method or default_method(volume.dtype)
+    if section.lo is None and method == METHOD_SAMPLE:
+        return percentile_normalization(volume, section.pmin, section.pmax, section.sample_size)
+    strided_sample(volume, section.sample_size)
     if section.lo is not None:
         log.info("normalisation: fixed lo/hi %r/%r", section.lo, section.hi)
         return Normalization(pmin=float("nan"), pmax=float("nan"), lo=section.lo,
                              hi=section.hi, method=METHOD_FIXED)
-    method = section.method or default_method(volume.dtype)
-    if method == METHOD_EXACT:
-        return exact_normalization(volume, section.pmin, section.pmax)
-    return sampled
+    return exact_normalization(volume, section.pmin, section.pmax)

@@ -29,8 +29,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .candidates import (BLOCK_DTYPE, ROWS_PER_CHUNK, CandidateFile, CandidateMeta,
-                         candidate_extent, create_candidate_datasets, ray_vectors)
+from .candidates import (
+    BLOCK_DTYPE,
+    ROWS_PER_CHUNK,
+    CandidateFile,
+    CandidateMeta,
+    candidate_extent,
+    create_candidate_datasets,
+    ray_vectors,
+)
 from .errors import UserError
 from .model_files import ModelInfo
 

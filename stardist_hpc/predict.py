@@ -10,13 +10,17 @@ and the previous one written, while the network runs.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import math
+import os
+import re
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +44,10 @@ DIST_MIN = 1e-3
 WEIGHTS_FILE = "weights_best.h5"
 #: seconds between progress lines when stderr is not a terminal.
 PROGRESS_LOG_SECONDS = 30
+#: file descriptor of the process's standard error, where TensorFlow's C++ code logs.
+STDERR_FD = 2
+#: the prefix absl puts before a C++ log line, e.g. "I0000 00:00:1796.9 19433 port.cc:153] ".
+ABSL_LOG_PREFIX = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] ")
 #: guards divisions by a duration against zero.
 EPSILON_SECONDS = 1e-9
 
@@ -256,14 +264,58 @@ def block_candidates(parts, plan, grid):
     return prob.astype(np.float32), dist.astype(np.float32), points.astype(np.int32)
 
 
-def load_model(model_section):
-    """Load the StarDist3D model named in the config (imports TensorFlow)."""
-    from stardist.models import StarDist3D
+@contextmanager
+def _stderr_lines_once(prefix):
+    """Capture what C code writes to file descriptor 2 in the body; log each distinct line
+    once, with ``prefix`` (TensorFlow's libraries each print the same banner at import).
 
-    model = StarDist3D(None, name=model_section.name, basedir=str(model_section.basedir))
+    On an exception the captured text goes back to stderr unchanged, so a crash stays
+    explained.
+    """
+    sys.stderr.flush()
+    saved = os.dup(STDERR_FD)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), STDERR_FD)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, STDERR_FD)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, STDERR_FD)
+            os.close(saved)
+        captured.seek(0)
+        lines = captured.read().decode(errors="replace").splitlines()
+    # without absl's prefix (severity, time, thread, source line) repeats are equal
+    messages = (ABSL_LOG_PREFIX.sub("", line).strip() for line in lines)
+    for message in dict.fromkeys(m for m in messages if m):
+        log.info("%s%s", prefix, message)
+
+
+def load_model(model_section):
+    """Load the StarDist3D model named in the config (imports TensorFlow).
+
+    TensorFlow's import banner is logged once (see :func:`_stderr_lines_once`), and StarDist's
+    prints go to the debug log: its "Using default values" line after loading thresholds.json
+    reads as if the file had been ignored. One INFO line says what was loaded instead.
+    """
+    with _stderr_lines_once("TensorFlow: "):
+        import tensorflow as tf
+        from stardist.models import StarDist3D
+
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        model = StarDist3D(None, name=model_section.name, basedir=str(model_section.basedir))
+    for line in printed.getvalue().splitlines():
+        log.debug("StarDist: %s", line)
     if model.config.n_channel_in != 1:
         raise UserError(f"model {model_section.name}: expected a single-channel model, got "
                         f"n_channel_in {model.config.n_channel_in}")
+    devices = ", ".join(d.name for d in tf.config.list_logical_devices()) or "none"
+    log.info("model %s loaded with TensorFlow %s (devices: %s)",
+             Path(model_section.basedir) / model_section.name, tf.__version__, devices)
     return model
 
 
@@ -326,16 +378,18 @@ def _blocks_to_predict(plans, writer):
 
 
 def _progress(blocks, total, done):
-    """``blocks`` with progress: a tqdm bar on a terminal, else a log line every
-    ``PROGRESS_LOG_SECONDS`` (carriage-return bars garble log files such as SLURM's)."""
+    """``blocks`` with progress: a tqdm bar on a terminal, else an INFO line every
+    ``PROGRESS_LOG_SECONDS`` and a DEBUG line per block (carriage-return bars garble log files
+    such as SLURM's)."""
     if sys.stderr.isatty():
         yield from tqdm(blocks, total=total, initial=done, desc="blocks", unit="block")
         return
     last = time.monotonic()
     for i, item in enumerate(blocks, start=done + 1):
         yield item
-        if time.monotonic() - last >= PROGRESS_LOG_SECONDS or i == total:
-            log.info("block %d of %d done", i, total)
+        due = time.monotonic() - last >= PROGRESS_LOG_SECONDS or i == total
+        log.log(logging.INFO if due else logging.DEBUG, "block %d of %d done", i, total)
+        if due:
             last = time.monotonic()
 
 
@@ -448,14 +502,24 @@ def resume_key(config, meta):
                       sort_keys=True, default=str)
 
 
+def _thresholds_in_effect(info, configured_prob_thresh):
+    """The candidate threshold to apply; logs both thresholds and where they come from."""
+    if configured_prob_thresh is None:
+        log.info("thresholds: prob %g, nms %g from %s", info.prob_thresh, info.nms_thresh,
+                 info.thresholds_source)
+        return info.prob_thresh
+    log.info("thresholds: prob %g from prediction.prob_thresh, nms %g from %s",
+             configured_prob_thresh, info.nms_thresh, info.thresholds_source)
+    return configured_prob_thresh
+
+
 def run(config):
     """Run the GPU step for a validated :class:`~stardist_hpc.config.LocalConfig`."""
     info = read_model_info(config.model.basedir, config.model.name)   # cheap checks first
     with open_volume(config.image) as volume:
         normalization = configured_normalization(volume, config.prediction.normalize)
         model = load_model(config.model)
-        prob_thresh = (info.prob_thresh if config.prediction.prob_thresh is None
-                       else config.prediction.prob_thresh)
+        prob_thresh = _thresholds_in_effect(info, config.prediction.prob_thresh)
         meta = CandidateMeta(
             image_shape=tuple(volume.shape), rays_json=info.rays_json, grid=info.grid,
             prob_thresh=prob_thresh, nms_thresh=info.nms_thresh, model_name=info.name,
