@@ -31,11 +31,22 @@ wide along every axis: both volumes then reach the same largest call, and the ra
 whether anything else grows with the image. ``cpu s`` is the child's CPU time (imports included): far
 less than cores x wall time means the child waited for cores other processes held.
 
+With ``--stand-in``
+-------------------
+What a GPU would see, without one: the step runs in one child on a ``--stand-in-shape``
+(default 64x1024x1024) uint16 image of random intensities, with the network replaced by
+``StandInNetwork``, which returns outputs of the right shapes at no cost and with the demo
+model's candidate density. The report gives the busy seconds and voxels/s of each lane (read,
+normalise, network, post, write; they run in parallel threads), of the exact-percentile pass,
+of the block loop, and of the step without its network (target >= 5e7 voxels/s on 2 cores): the
+rate a GPU network would have to beat before the host sets the pace.
+
 How to run
 ----------
 ::
 
     .venv/bin/python benchmarks/gpu_step.py
+    .venv/bin/python benchmarks/gpu_step.py --stand-in
     .venv/bin/python benchmarks/gpu_step.py --shape 32 128 128 --block-shape 32 128 128 \\
         --model-basedir /tmp/trainprobe --prob-thresh 0.1
 

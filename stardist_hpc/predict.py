@@ -4,8 +4,11 @@ Each block's core is predicted with enough context around it for the network's r
 field; only candidates whose point lies in the core are kept, so every voxel is predicted once.
 Blocks at the far end of an axis are read from the image reflect-padded to a multiple of the
 network's divisor, exactly as StarDist pads a whole image, so a block-wise run gives the
-candidates of one whole-image ``predict_sparse`` call. The next block is read and normalised,
-and the previous one written, while the network runs.
+candidates of one whole-image ``predict_sparse`` call.
+
+The main thread only calls the network: the next block is read and normalised, the previous
+tile's outputs post-processed (threshold first, then gather and clamp only the kept cells) and
+the previous block written in threads, while the network runs.
 """
 from __future__ import annotations
 
@@ -394,6 +397,7 @@ def _progress(blocks, total, done):
 
 
 def _volume_of(plan):
+    """Voxels of a block's core."""
     return math.prod(h - l for l, h in zip(plan.core_lo, plan.core_hi))
 
 
