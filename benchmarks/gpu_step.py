@@ -31,11 +31,22 @@ wide along every axis: both volumes then reach the same largest call, and the ra
 whether anything else grows with the image. ``cpu s`` is the child's CPU time (imports
 included): far less than cores x wall time means the child waited for cores other processes held.
 
+With ``--stand-in``
+-------------------
+What a GPU would see, without one: the step runs in one child on a ``--stand-in-shape``
+(default 64x1024x1024) uint16 image of random intensities, with the network replaced by
+``StandInNetwork``, which returns outputs of the right shapes at no cost and with the demo
+model's candidate density. The report gives the busy seconds and voxels/s of each lane (read,
+normalise, network, post, write; they run in parallel threads), of the exact-percentile pass,
+of the block loop, and of the step without its network (target >= 5e7 voxels/s on 2 cores): the
+rate a GPU network would have to beat before the host sets the pace.
+
 How to run
 ----------
 ::
 
     .venv/bin/python benchmarks/gpu_step.py
+    .venv/bin/python benchmarks/gpu_step.py --stand-in
     .venv/bin/python benchmarks/gpu_step.py --shape 32 128 128 --block-shape 32 128 128 \\
         --model-basedir /tmp/trainprobe --prob-thresh 0.1
 
@@ -58,6 +69,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from measure import KIB_PER_MIB, current_rss_mib, peak_rss_mib, verdict
 
 from stardist_hpc.demo import DEMO_NUCLEI, DEMO_SEED, DEMO_SHAPE
@@ -84,7 +96,18 @@ EPSILON_SECONDS = 1e-9
 RESULT_PREFIX = "GPU_STEP_RESULT "
 #: lines of a failed child's log shown in the error.
 LOG_TAIL_LINES = 30
-CHILD_KINDS = ("blockwise", "whole")
+CHILD_KINDS = ("blockwise", "whole", "standin")
+#: --stand-in: image shape (z, y, x) and block shape of the run without a network.
+STAND_IN_SHAPE = (64, 1024, 1024)
+STAND_IN_BLOCK_SHAPE = (64, 256, 256)
+#: --stand-in: candidates per voxel, as the demo model finds them on the demo-density volume
+#: (7223 candidates on 48x192x192 voxels, README).
+STAND_IN_CANDIDATES_PER_VOXEL = 7223 / (48 * 192 * 192)
+#: --stand-in: ray lengths of the stand-in's outputs are uniform in this range (voxels); some
+#: fall below StarDist's 1e-3 floor so that the clamp does work.
+STAND_IN_DIST_RANGE = (-0.5, 12.0)
+#: targets of the stand-in run: voxels/s of the step without its network (moonshot 1e8).
+STAND_IN_RATE_TARGET = 5e7
 #: exit codes of a child killed for lack of memory: SIGABRT (std::bad_alloc), SIGKILL (OOM killer).
 OUT_OF_MEMORY_EXIT_CODES = (-signal.SIGABRT, -signal.SIGKILL)
 
@@ -112,8 +135,8 @@ def child_blockwise(config_path):
     start = time.perf_counter()
     summary = run(config)
     wall = time.perf_counter() - start
-    return dict(asdict(summary), wall_seconds=wall, peak_rss_mib=peak_rss_mib(),
-                baseline_rss_mib=baseline)
+    return dict(asdict(summary), network_seconds=summary.network_seconds, wall_seconds=wall,
+                peak_rss_mib=peak_rss_mib(), baseline_rss_mib=baseline)
 
 
 def child_whole(config_path):
@@ -121,19 +144,19 @@ def child_whole(config_path):
     from stardist_hpc.config import LocalConfig, load
     from stardist_hpc.io.image import open_volume
     from stardist_hpc.io.model_files import read_model_info
-    from stardist_hpc.predict.normalization import percentile_normalization
+    from stardist_hpc.predict.normalization import configured_normalization
 
     baseline = _import_tensorflow_baseline()
     from stardist.models import StarDist3D
 
     config = load(LocalConfig, config_path)
-    norm, start = config.prediction.normalize, time.perf_counter()
+    start = time.perf_counter()
     info = read_model_info(config.model.basedir, config.model.name)
     model = StarDist3D(None, name=config.model.name, basedir=str(config.model.basedir))
     prob_thresh = (info.prob_thresh if config.prediction.prob_thresh is None
                    else config.prediction.prob_thresh)
     with open_volume(config.image) as volume:
-        normalization = percentile_normalization(volume, norm.pmin, norm.pmax, norm.sample_size)
+        normalization = configured_normalization(volume, config.prediction.normalize)
         image = normalization.apply(volume.read((0, 0, 0), volume.shape))
     t0 = time.perf_counter()
     prob, _, _ = model.predict_sparse(image, prob_thresh=prob_thresh, axes="ZYX",
@@ -144,11 +167,130 @@ def child_whole(config_path):
                 wall_seconds=wall, peak_rss_mib=peak_rss_mib(), baseline_rss_mib=baseline)
 
 
+class StandInNetwork:
+    """Zero-cost stand-in for the network: outputs of the right shapes, no computation.
+
+    Returns views into one buffer of random outputs per run (as large as the largest tile's),
+    so every call costs nothing while post-processing reads memory as it would read a real
+    network's output. A fraction of cells (``STAND_IN_CANDIDATES_PER_VOXEL`` per voxel) is
+    above ``prob_thresh``. Filling the buffer (on the first call and when a larger tile comes)
+    is no network work: its time, ``fill_seconds``, is taken out of the network lane.
+    """
+
+    def __init__(self, network, prob_thresh, seed=0):
+        self.network, self.prob_thresh = network, prob_thresh
+        self.geometry, self.tiles, self.grid = network.geometry, network.tiles, network.grid
+        self._rng = np.random.default_rng(seed)
+        self._prob = self._dist = None
+        self.fill_seconds = 0.0
+
+    def __call__(self, tile):
+        cells = tuple(s // g for s, g in zip(tile.shape[:3], self.grid))
+        if self._prob is None or any(c > b for c, b in zip(cells, self._prob.shape)):
+            start = time.perf_counter()
+            self._fill(tuple(max(c, b) for c, b in zip(cells, self._prob.shape[:3]))
+                       if self._prob is not None else cells)
+            self.fill_seconds += time.perf_counter() - start
+        view = tuple(slice(0, c) for c in cells)
+        return self._prob[view], self._dist[view]
+
+    def _fill(self, cells):
+        """Random outputs for tiles of up to ``cells`` grid cells."""
+        n_rays = self.network.model.config.n_rays
+        above = STAND_IN_CANDIDATES_PER_VOXEL * math.prod(self.grid)   # per cell
+        uniform = self._rng.random((*cells, 1), dtype=np.float32)
+        # cells with uniform < above get prob in (thresh, 1]; the rest stay below thresh
+        self._prob = np.where(uniform < above, 1 - uniform, uniform * self.prob_thresh)
+        low, high = STAND_IN_DIST_RANGE
+        self._dist = self._rng.random((*cells, n_rays), dtype=np.float32)
+        self._dist *= high - low
+        self._dist += low
+
+
+def child_standin(config_path):
+    """Run the block loop with :class:`StandInNetwork`; return the lanes' seconds and rates."""
+    from stardist_hpc.config import LocalConfig, load
+    from stardist_hpc.io.candidates import CandidateMeta, CandidateWriter
+    from stardist_hpc.io.image import open_volume
+    from stardist_hpc.io.model_files import read_model_info
+    from stardist_hpc.predict.normalization import configured_normalization
+    from stardist_hpc.predict.step import Network, load_model, log_summary, predict_volume
+
+    config = load(LocalConfig, config_path)
+    info = read_model_info(config.model.basedir, config.model.name)
+    network = StandInNetwork(Network(load_model(config.model.basedir / config.model.name)),
+                             info.prob_thresh)
+    with open_volume(config.image) as volume:
+        t0 = time.perf_counter()
+        normalization = configured_normalization(volume, config.prediction.normalize)
+        percentile_seconds = time.perf_counter() - t0
+        meta = CandidateMeta(image_shape=tuple(volume.shape), rays_json=info.rays_json,
+                             grid=info.grid, prob_thresh=info.prob_thresh,
+                             nms_thresh=info.nms_thresh)
+        with CandidateWriter(config.output.path, meta) as writer:
+            summary = predict_volume(network, volume, normalization, writer,
+                                     block_shape=config.prediction.block_shape,
+                                     prob_thresh=info.prob_thresh, n_tiles=None,
+                                     max_tile_voxels=config.prediction.max_tile_voxels)
+    summary.lane_seconds["network"] -= network.fill_seconds
+    log_summary(summary, config.output.path)
+    return dict(asdict(summary), fill_seconds=network.fill_seconds,
+                percentile_seconds=percentile_seconds,
+                norm_method=normalization.method, peak_rss_mib=peak_rss_mib())
+
+
+def write_noise_volume(path, shape, seed):
+    """A uint16 TIFF of random intensities: the stand-in network does not look at them."""
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    tifffile.imwrite(path, rng.integers(0, 2**16, shape, dtype=np.uint16))
+
+
+def run_stand_in(workdir, args):
+    """Write the stand-in volume and config, run the stand-in child and print its report."""
+    shape = tuple(args.stand_in_shape)
+    image, config = workdir / "standin.tif", workdir / "standin.yaml"
+    write_noise_volume(image, shape, SEED)
+    args.block_shape = args.stand_in_block_shape
+    write_config(config, image, workdir / "standin_prediction.h5", args)
+    log.info("running the stand-in network on %s", shape)
+    result = run_child("standin", config, workdir)
+    if "failed" in result:
+        print(f"stand-in run FAILED: {result['failed']}")
+        return 1
+    print_stand_in(result, shape)
+    return 0
+
+
+def print_stand_in(result, shape):
+    """Print voxels/s of the whole step, of the step without its network, and of each lane."""
+    voxels = result["voxels"]
+    # the buffer fills are the stand-in's set-up, not the step's: out of the wall time too
+    loop = max(result["seconds"] - result["fill_seconds"], EPSILON_SECONDS)
+    network = result["lane_seconds"]["network"]
+    print(f"stand-in network, image {'x'.join(map(str, shape))} uint16, {result['blocks']} "
+          f"blocks, {result['candidates']} candidates, peak RSS {result['peak_rss_mib']:.0f} MiB")
+    print(f"{'lane':<28}{'busy s':>9}{'voxels/s':>11}")
+    for lane, seconds in result["lane_seconds"].items():
+        print(f"{lane:<28}{seconds:>9.2f}{voxels / max(seconds, EPSILON_SECONDS):>11.3g}")
+    print(f"{'percentiles (' + result['norm_method'] + ', own pass)':<28}"
+          f"{result['percentile_seconds']:>9.2f}"
+          f"{voxels / max(result['percentile_seconds'], EPSILON_SECONDS):>11.3g}")
+    print(f"{'block loop (wall, no fills)':<28}{loop:>9.2f}{voxels / loop:>11.3g}")
+    without = voxels / max(loop - network, EPSILON_SECONDS)
+    print(f"step without its network: {without:.3g} voxels/s (block loop minus network calls)"
+          f"  target >= {STAND_IN_RATE_TARGET:.0e}  {verdict(without >= STAND_IN_RATE_TARGET)}")
+    whole = voxels / (loop + result["percentile_seconds"])
+    print(f"whole step incl. the percentile pass: {whole:.3g} voxels/s")
+
+
 def child_main(kind, config_path):
     """Entry point of a child: measure, then print the result as one JSON line on stdout."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
-    measure = child_blockwise if kind == "blockwise" else child_whole
+    measure = {"blockwise": child_blockwise, "whole": child_whole,
+               "standin": child_standin}[kind]
     print(RESULT_PREFIX + json.dumps(measure(config_path)), flush=True)
     return 0
 
@@ -315,6 +457,14 @@ def parse_args(argv):
                         help="candidate probability threshold (default: the model's)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where volumes, configs and logs go (default: a temporary dir)")
+    parser.add_argument("--stand-in", action="store_true",
+                        help="run the step with a zero-cost stand-in network instead (lanes "
+                             "and voxels/s of everything but the network)")
+    parser.add_argument("--stand-in-shape", type=int, nargs=3, default=STAND_IN_SHAPE,
+                        metavar=("Z", "Y", "X"), help="image shape of the stand-in run")
+    parser.add_argument("--stand-in-block-shape", type=int, nargs=3,
+                        default=STAND_IN_BLOCK_SHAPE, metavar=("Z", "Y", "X"),
+                        help="prediction.block_shape of the stand-in run")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "CONFIG"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -333,6 +483,8 @@ def main(argv=None):
                        else nullcontext(args.workdir))
     with workdir_context as workdir:
         Path(workdir).mkdir(parents=True, exist_ok=True)
+        if args.stand_in:
+            return run_stand_in(Path(workdir), args)
         runs = measure_all(Path(workdir), args)
     print(f"GPU step benchmark: model {args.model_basedir}/{args.model_name}, block shape "
           f"{'x'.join(map(str, args.block_shape))}, prob_thresh "

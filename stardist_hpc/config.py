@@ -310,8 +310,24 @@ class ModelSection:
 class NormalizeSection:
     pmin: float = key(percentile, 1.0, "lower percentile mapped to 0")
     pmax: float = key(percentile, 99.8, "upper percentile mapped to 1")
+    method: str | None = key(optional(choice("exact", "sample")), None,
+                             "percentiles of every voxel (exact) or of a strided sample (null: "
+                             "exact for 8/16-bit integer images, sample otherwise)")
     sample_size: int = key(positive_int, 4_000_000,
                            "voxels sampled (strided over the whole volume) for the percentiles")
+    lo: float | None = key(optional(number), None,
+                           "fixed intensity mapped to 0, instead of percentiles (with hi)")
+    hi: float | None = key(optional(number), None,
+                           "fixed intensity mapped to 1, instead of percentiles (with lo)")
+
+    def __post_init__(self):
+        # lo and hi only make sense together: one alone would silently mix two schemes
+        if (self.lo is None) != (self.hi is None):
+            given, missing = (f"prediction.normalize.{k}" for k in
+                              (("lo", "hi") if self.hi is None else ("hi", "lo")))
+            raise UserError(f"config key '{missing}' is required when '{given}' is given")
+        if self.lo is not None and not self.hi > self.lo:
+            _fail("prediction.normalize.hi", f"a number greater than lo ({self.lo})", self.hi)
 
     def check(self, where):
         if not self.pmin < self.pmax:

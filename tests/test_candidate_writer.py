@@ -103,3 +103,13 @@ def test_an_error_removes_the_temporary_file(tmp_path):
             writer.append(*_block(0, 3))
             raise ValueError("a bad block")
     assert not path.with_name("prediction.h5.tmp").exists() and not path.exists()
+
+
+def test_largest_extent_is_the_candidates_largest_bit_for_bit():
+    from stardist_hpc.geometry.rays import candidate_extent, largest_extent
+
+    rng = np.random.default_rng(1)
+    dist = rng.uniform(0, 20, (500, 96)).astype(np.float32)
+    rays = rng.normal(size=(96, 3))
+    expected = candidate_extent(dist, rays).max(axis=0)
+    assert largest_extent(dist, rays).tobytes() == expected.tobytes()

@@ -373,8 +373,10 @@ def _assert_same_hdf5(actual, expected):
 
 
 def _blocks_predicted(log_path):
-    """Blocks the GPU step has predicted so far, and the total, from its progress bar."""
-    return _progress(log_path.read_text(errors="replace")).get("blocks", (0, 0))
+    """Blocks the GPU step has predicted so far, and the total, from its progress lines
+    (one per block at debug level; its stderr is no terminal, so it draws no bar)."""
+    lines = re.findall(r"block (\d+) of (\d+) done", log_path.read_text(errors="replace"))
+    return tuple(map(int, lines[-1])) if lines else (0, 0)
 
 
 def test_killed_gpu_step_leaves_no_output_and_continues_after_its_last_block(tmp_path):
@@ -386,7 +388,7 @@ def test_killed_gpu_step_leaves_no_output_and_continues_after_its_last_block(tmp
     assert main([str(config_path)]) == 0
     uninterrupted = _read_hdf5(output)
     output.unlink()
-    command = _command("local_prediction.py", config_path)
+    command = _command("local_prediction.py", config_path) + ["--verbose"]
     log_path = tmp_path / "killed.log"
     with _started(command, log_path) as process:
         # a block counts once the next one is predicted, and its write has been waited for

@@ -10,7 +10,13 @@ import pytest
 from stardist_hpc.io.candidates import CandidateFile, CandidateMeta, CandidateWriter
 from stardist_hpc.io.image import open_volume
 from stardist_hpc.predict.normalization import percentile_normalization
-from stardist_hpc.predict.step import auto_n_tiles, network_geometry, plan_blocks, predict_volume
+from stardist_hpc.predict.step import (
+    Network,
+    auto_n_tiles,
+    network_geometry,
+    plan_blocks,
+    predict_volume,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 #: network outputs agree to this tolerance between block-wise and whole-image calls
@@ -26,7 +32,7 @@ def _blockwise(model, image_section, tmp_path, block_shape, max_tile_voxels, pro
     with open_volume(image_section) as volume:
         norm = percentile_normalization(volume, 1.0, 99.8, sample_size=10**6)
         with CandidateWriter(tmp_path / "c.h5", meta) as writer:
-            predict_volume(model, volume, norm, writer, block_shape=block_shape,
+            predict_volume(Network(model), volume, norm, writer, block_shape=block_shape,
                            prob_thresh=prob_thresh, n_tiles=None,
                            max_tile_voxels=max_tile_voxels)
         whole = norm.apply(volume.read((0, 0, 0), volume.shape))
@@ -59,7 +65,13 @@ def test_blockwise_equals_whole_image(demo_model, small_nuclei_tif, tmp_path, bl
     prob_thresh = demo_model.thresholds.prob
     whole, prob, dist, points = _blockwise(demo_model, small_nuclei_tif, tmp_path, block_shape,
                                            max_tile_voxels, prob_thresh)
-    ref_prob, ref_dist, ref_points = demo_model.predict_sparse(whole, prob_thresh=prob_thresh)
+    reference = demo_model.predict_sparse(whole, prob_thresh=prob_thresh)
+    _assert_same_candidates(reference, (prob, dist, points), prob_thresh)
+
+
+def _assert_same_candidates(reference, candidates, prob_thresh):
+    """Same points, prob and dist up to the convolutions' rounding (see PROB_ATOL)."""
+    (ref_prob, ref_dist, ref_points), (prob, dist, points) = reference, candidates
     ref = {tuple(p): i for i, p in enumerate(ref_points)}
     got = {tuple(p): i for i, p in enumerate(points)}
     assert len(got) == len(points), "a point was predicted twice"
@@ -106,10 +118,10 @@ def test_a_run_interrupted_after_its_last_block_only_renames(demo_model, small_n
         norm = percentile_normalization(volume, 1.0, 99.8, sample_size=10**6)
         with pytest.raises(KeyboardInterrupt):
             with CandidateWriter(path, meta, "key") as writer:
-                first = predict_volume(demo_model, volume, norm, writer, **settings)
+                first = predict_volume(Network(demo_model), volume, norm, writer, **settings)
                 raise KeyboardInterrupt   # after the last block, before the rename
         with CandidateWriter(path, meta, "key") as writer:
-            again = predict_volume(demo_model, volume, norm, writer, **settings)
+            again = predict_volume(Network(demo_model), volume, norm, writer, **settings)
     assert writer.n_blocks == first.blocks == again.blocks
     assert CandidateFile(path).n_candidates == first.candidates == again.candidates
     assert again.network_seconds == 0
@@ -136,3 +148,104 @@ def test_cli_writes_a_complete_indexed_candidate_file(small_nuclei_tif, tmp_path
         lo, hi = (b["z0"], b["y0"], b["x0"]), (b["z1"], b["y1"], b["x1"])
         rows, *_ = candidates.read_box(lo, hi)
         np.testing.assert_array_equal(rows, np.arange(b["row_start"], b["row_stop"]))
+
+
+def _owned_reference(points, plan, geometry):
+    """The ownership rule spelled out on global points: in the core, in the image, and
+    outside StarDist's border of BORDER_CELLS grid cells of the padded image."""
+    from stardist_hpc.predict.step import BORDER_CELLS
+    cells = points // np.asarray(geometry.grid)
+    last_cell = np.asarray(geometry.padded_shape) // np.asarray(geometry.grid) - BORDER_CELLS
+    owned = np.all((points >= plan.core_lo) & (points < plan.core_hi), axis=1)
+    owned &= np.all((cells >= BORDER_CELLS) & (cells < last_cell), axis=1)
+    return owned & np.all(points < np.asarray(geometry.shape), axis=1)
+
+
+@pytest.mark.parametrize("n_tiles", [(1, 1, 1), (2, 3, 2)])
+def test_sparse_post_processing_equals_predict_sparse_bit_for_bit(demo_model, small_nuclei,
+                                                                  n_tiles):
+    from stardist_hpc.predict.normalization import Normalization
+    from stardist_hpc.predict.step import (
+        LaneClock,
+        block_candidates,
+        owned_cells,
+        read_block,
+        tile_candidates,
+    )
+
+    image = small_nuclei[0]
+    network, prob_thresh = Network(demo_model), demo_model.thresholds.prob
+    geometry = network.geometry(image.shape)
+    norm = Normalization(1.0, 99.8, *np.percentile(image, [1.0, 99.8]))
+    volume = type("V", (), {"shape": image.shape, "read": staticmethod(
+        lambda lo, hi: image[tuple(slice(l, h) for l, h in zip(lo, hi))])})
+    plans = plan_blocks(geometry, (16, 48, 48))
+    for plan in (plans[0], plans[-1]):   # a first and a last, reflect-padded block
+        block = read_block(volume, plan, norm, LaneClock())
+        owned = owned_cells(plan, geometry)
+        parts = [tile_candidates(*network(tile), s_src, s_dst, owned, prob_thresh)
+                 for tile, s_src, s_dst in network.tiles(block, n_tiles)]
+        prob, dist, points = block_candidates(parts, plan, geometry.grid)
+        ref_prob, ref_dist, ref_points = demo_model.predict_sparse(
+            block, prob_thresh=prob_thresh, axes="ZYX", n_tiles=n_tiles,
+            show_tile_progress=False, b=0)
+        ref_points = ref_points + np.asarray(plan.read_lo)
+        owned = _owned_reference(ref_points, plan, geometry)
+        assert owned.sum() > 10
+        np.testing.assert_array_equal(points, ref_points[owned])
+        assert prob.tobytes() == ref_prob[owned].astype(np.float32).tobytes()
+        assert dist.tobytes() == ref_dist[owned].astype(np.float32).tobytes()
+
+
+def _uint16_tif(path, shape, seed):
+    """A synthetic nuclei volume written as uint16 TIFF (as the demo image); its ImageSection."""
+    from stardist_hpc.config import ImageSection
+    from stardist_hpc.demo import write_uint16_tiff
+    from stardist_hpc.synthetic import nuclei_volume
+
+    image, _ = nuclei_volume(shape, round(NUCLEI_PER_VOXEL * np.prod(shape)), seed=seed)
+    write_uint16_tiff(path, image)
+    return ImageSection(path=path, dataset=None, channel=0, axes=None)
+
+
+#: nuclei per voxel of the uint16 test volumes (about the demo image's density).
+NUCLEI_PER_VOXEL = 4e-5
+
+
+def test_exact_percentiles_equal_numpy_of_the_whole_volume(tmp_path, monkeypatch):
+    from stardist_hpc import normalization
+
+    monkeypatch.setattr(normalization, "HISTOGRAM_SLAB_VOXELS", 3 * 91 * 117)   # many slabs
+    section = _uint16_tif(tmp_path / "v.tif", (37, 91, 117), seed=2)
+    percentiles = [0.0, 1.0, 3.7, 50.0, 99.8, 99.99, 100.0]
+    with open_volume(section) as volume:
+        counts, offset = normalization.volume_histogram(volume)
+        whole = volume.read((0, 0, 0), volume.shape)
+    got = normalization.histogram_percentiles(counts, offset, whole.dtype, percentiles)
+    assert got.tobytes() == np.percentile(whole, percentiles).tobytes()
+
+
+def test_blockwise_exact_equals_predict_sparse_of_csbdeep_normalize(demo_model, tmp_path):
+    """Over 4M voxels (where the sample of sample_size voxels is no longer the whole volume)."""
+    from csbdeep.utils import normalize
+
+    from stardist_hpc.config import NormalizeSection
+    from stardist_hpc.predict.normalization import configured_normalization
+
+    section = _uint16_tif(tmp_path / "big.tif", (64, 256, 264), seed=5)
+    prob_thresh = demo_model.thresholds.prob
+    meta = CandidateMeta(image_shape=(0, 0, 0), rays_json=_rays_json(demo_model),
+                         grid=(1, 2, 2), prob_thresh=prob_thresh, nms_thresh=0.3)
+    with open_volume(section) as volume:
+        norm = configured_normalization(volume, NormalizeSection())
+        with CandidateWriter(tmp_path / "c.h5", meta) as writer:
+            predict_volume(Network(demo_model), volume, norm, writer, block_shape=(64, 128, 264),
+                           prob_thresh=prob_thresh, n_tiles=None, max_tile_voxels=10**8)
+        image = volume.read((0, 0, 0), volume.shape)
+    assert norm.method == "exact"
+    whole = normalize(image, 1, 99.8, axis=(0, 1, 2))
+    assert norm.apply(image).tobytes() == whole.tobytes()
+    with h5py.File(tmp_path / "c.h5") as f:
+        candidates = f["prob"][()], f["dist"][()], f["points"][()]
+    reference = demo_model.predict_sparse(whole, prob_thresh=prob_thresh)
+    _assert_same_candidates(reference, candidates, prob_thresh)

@@ -71,3 +71,23 @@ def candidate_extent(dist, rays):
     # one axis at a time: an (N, n_rays, 3) temporary would triple the memory of ``dist``
     return np.stack([np.max(dist * np.abs(rays[:, axis]).astype(np.float32), axis=1)
                      for axis in range(3)], axis=1) if len(dist) else np.zeros((0, 3), np.float32)
+
+
+def largest_extent(dist, rays):
+    """``candidate_extent(dist, rays).max(axis=0)`` in one pass over ``dist``.
+
+    Multiplying by ``|ray component| >= 0`` preserves order, also after float32 rounding, so
+    the largest product is the product of the largest ray length: the same value, bit for bit,
+    without three (N, n_rays) temporaries (this runs in the GPU step's writer lane).
+
+    Parameters
+    ----------
+    dist : ndarray (N, n_rays), N >= 1
+    rays : ndarray (n_rays, 3)
+
+    Returns
+    -------
+    extent : ndarray of float32, shape (3,)
+    """
+    longest = np.max(np.asarray(dist, np.float32), axis=0)
+    return np.max(longest[:, np.newaxis] * np.abs(rays).astype(np.float32), axis=0)

@@ -9,7 +9,7 @@ Layout (format version 1)::
                                   [row_start, row_stop) and the largest candidate extent
                                   (max over rays of dist * |ray component|) along z, y, x
     attrs   format_version, image_shape, rays_json, grid, prob_thresh, nms_thresh, model_name,
-            image_path, channel, norm_lo, norm_hi, norm_pmin, norm_pmax
+            image_path, channel, norm_lo, norm_hi, norm_pmin, norm_pmax, norm_method
 
 Candidates of one block are stored contiguously, and every candidate lies in the core of
 exactly one block, so a spatial query reads only the rows of the blocks it meets.
@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from ..errors import UserError
-from ..geometry.rays import candidate_extent, ray_vectors
+from ..geometry.rays import largest_extent, ray_vectors
 from .atomic import publish
 from .candidate_checks import (
     FORMAT_VERSION,
@@ -75,6 +75,7 @@ class CandidateMeta:
     software_version: str = ""
     #: JSON of the resolved settings of the run that wrote the file (provenance)
     parameters: str = "{}"
+    norm_method: str = ""
 
     @property
     def n_rays(self):
@@ -196,7 +197,7 @@ class CandidateWriter:
         for name, values in (("prob", prob), ("dist", dist), ("points", points)):
             self._dsets[name].resize(stop, axis=0)
             self._dsets[name][start:stop] = values
-        extent = (candidate_extent(np.asarray(dist), self._rays).max(axis=0) if n
+        extent = (largest_extent(dist, self._rays) if n
                   else np.zeros(3, np.float32))
         row = np.array([(*core_lo, *core_hi, start, stop, *extent)], BLOCK_DTYPE)
         # the block's index entry comes last: a block without one is not in the file

@@ -33,6 +33,7 @@ class ModelInfo:
     grid: tuple
     prob_thresh: float
     nms_thresh: float
+    thresholds_source: str = "thresholds.json"   # or StarDist's defaults (file missing)
 
 
 def _read_json(path):
@@ -84,11 +85,14 @@ def _checked_rays(config, path):
 
 
 def _thresholds(thresholds_path):
-    """prob and nms of thresholds.json, or StarDist's defaults when the file is missing."""
+    """prob, nms and where they come from: thresholds.json, or StarDist's defaults when the
+    file is missing."""
     if not thresholds_path.exists():
-        return DEFAULT_PROB_THRESH, DEFAULT_NMS_THRESH
+        return (DEFAULT_PROB_THRESH, DEFAULT_NMS_THRESH,
+                f"StarDist's defaults ({thresholds_path} is missing)")
     thresholds = _require_keys(_read_json(thresholds_path), THRESHOLD_KEYS, thresholds_path)
-    return tuple(_threshold(thresholds, key, thresholds_path) for key in THRESHOLD_KEYS)
+    return (*(_threshold(thresholds, key, thresholds_path) for key in THRESHOLD_KEYS),
+            str(thresholds_path))
 
 
 def read_model_info(basedir, name):
@@ -112,9 +116,9 @@ def read_model_info(basedir, name):
                         f"config.json), got n_dim {config.get('n_dim')!r}")
     _require_keys(config, CONFIG_KEYS, config_path)
     rays_json, n_rays = _checked_rays(config, config_path)
-    prob_thresh, nms_thresh = _thresholds(thresholds_path)
+    prob_thresh, nms_thresh, source = _thresholds(thresholds_path)
     return ModelInfo(name=name, rays_json=rays_json, n_rays=n_rays, grid=tuple(config["grid"]),
-                     prob_thresh=prob_thresh, nms_thresh=nms_thresh)
+                     prob_thresh=prob_thresh, nms_thresh=nms_thresh, thresholds_source=source)
 
 
 def model_weights(model_dir) -> Path:

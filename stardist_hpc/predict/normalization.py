@@ -1,8 +1,15 @@
-"""Percentile normalisation of a whole volume from a bounded, strided sample.
+"""Percentile normalisation of a whole volume, as StarDist users normalise a whole image.
 
-The percentiles are computed once from every ``stride``-th voxel along each axis (a regular
-lattice over the whole volume, so every region is represented) and then applied to every block;
-reading stays bounded by one plane, memory by ``sample_size``.
+``csbdeep.utils.normalize(img, pmin, pmax, axis=(0, 1, 2))`` maps the ``pmin``/``pmax``
+percentiles of every voxel to 0/1. Three ways to get the two values, computed once and applied
+to every block:
+
+* ``exact`` (8/16-bit integer images): a histogram of every voxel, streamed in slabs of z
+  planes (one read pass, memory bounded by the histogram and one slab), gives the order
+  statistics, interpolated as ``numpy.percentile`` does: the values are numpy's bit for bit.
+* ``sample`` (default for floats): the percentiles of every ``stride``-th voxel along each axis
+  (a regular lattice over the whole volume), at most ``sample_size`` voxels.
+* fixed ``lo``/``hi`` given by the user, to normalise several volumes alike.
 """
 from __future__ import annotations
 
@@ -12,21 +19,38 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
+
+
+#: normalisation methods: exact percentiles, percentiles of a sample, values given by the user.
+METHOD_EXACT, METHOD_SAMPLE, METHOD_FIXED = "exact", "sample", "fixed"
+#: csbdeep's ``normalize_mi_ma`` default ``eps``, added to the denominator.
+CSBDEEP_EPS = 1e-20
+#: largest integer itemsize (bytes) histogrammed for exact percentiles: 65536 bins.
+MAX_EXACT_ITEMSIZE = 2
+#: voxels per slab of the histogram pass (bincount makes an 8-byte index per voxel).
+HISTOGRAM_SLAB_VOXELS = 4 * 2**20
 
 
 @dataclass(frozen=True)
 class Normalization:
-    """Affine map ``(x - lo) / (hi - lo)`` from the ``pmin`` and ``pmax`` percentiles."""
+    """Affine map ``(x - lo) / (hi - lo + eps)``; ``method`` says where ``lo``/``hi`` came from."""
     pmin: float
     pmax: float
     lo: float
     hi: float
+    method: str = METHOD_SAMPLE
 
     def apply(self, block):
-        """Normalised float32 copy of ``block`` (csbdeep's ``normalize_mi_ma`` without clipping)."""
-        scale = np.float32(1.0 / max(self.hi - self.lo, np.finfo(np.float32).eps))
-        return (block.astype(np.float32) - np.float32(self.lo)) * scale
+        """Normalised float32 copy of ``block``, computed as csbdeep's ``normalize_mi_ma``
+        (float32, no clipping), so a block's values are those of the normalised whole image."""
+        x = block.astype(np.float32)
+        lo, hi = np.float32(self.lo), np.float32(self.hi)
+        x -= lo
+        x /= hi - lo + np.float32(CSBDEEP_EPS)
+        return x
 
 
 def sample_stride(shape, sample_size):
@@ -58,10 +82,99 @@ def strided_sample(volume, sample_size):
     return np.concatenate(planes)
 
 
+def default_method(dtype):
+    """``exact`` for 8/16-bit integer images, ``sample`` otherwise (floats, wide integers)."""
+    return METHOD_EXACT if _histogram_offset(dtype) is not None else METHOD_SAMPLE
+
+
+def _histogram_offset(dtype):
+    """Value subtracted to make histogram bins of ``dtype`` start at 0 (None: not binnable)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "ui" or dtype.itemsize > MAX_EXACT_ITEMSIZE:
+        return None
+    return int(np.iinfo(dtype).min)
+
+
+def volume_histogram(volume):
+    """Counts of every value of an 8/16-bit integer ``volume``, read in slabs of z planes.
+
+    Returns
+    -------
+    counts : ndarray of int64
+        ``counts[i]`` voxels have the value ``i + offset``.
+    offset : int
+    """
+    offset = _histogram_offset(volume.dtype)
+    n_bins = 2 ** (8 * volume.dtype.itemsize)
+    counts = np.zeros(n_bins, np.int64)
+    nz, ny, nx = volume.shape
+    planes = max(1, HISTOGRAM_SLAB_VOXELS // (ny * nx))
+    for z in range(0, nz, planes):
+        slab = volume.read((z, 0, 0), (min(z + planes, nz), ny, nx)).ravel()
+        bins = slab if offset == 0 else slab.astype(np.int64) - offset
+        counts += np.bincount(bins, minlength=n_bins)
+    return counts, offset
+
+
+def histogram_percentiles(counts, offset, dtype, percentiles):
+    """``numpy.percentile`` (method 'linear') of the ``dtype`` voxels a histogram counts.
+
+    Follows numpy's steps, so the values are numpy's bit for bit: virtual index
+    ``(n - 1) * q``, its floor and the next order statistic (both the largest value at and past
+    the end), and numpy's ``_lerp``, whose difference of neighbours is taken in ``dtype`` (for
+    int16 numpy's difference wraps around past 32767; csbdeep, hence StarDist, inherits that).
+    """
+    n = int(counts.sum())
+    q = np.true_divide(np.asarray(percentiles, np.float64), 100)
+    virtual = (n - 1) * q
+    previous = np.floor(virtual)
+    gamma = virtual - previous
+    cumulative = np.cumsum(counts)
+
+    def order_statistic(k):
+        k = np.where(k >= n - 1, n - 1, k).astype(np.int64)
+        return (np.searchsorted(cumulative, k, side="right") + offset).astype(dtype)
+
+    a, b = order_statistic(previous), order_statistic(previous + 1)
+    diff = b - a
+    result = a + diff * gamma
+    return np.where(gamma >= 0.5, b - diff * (1 - gamma), result)
+
+
+def exact_normalization(volume, pmin, pmax):
+    """Normalisation from the exact percentiles of every voxel of an 8/16-bit integer image."""
+    if _histogram_offset(volume.dtype) is None:
+        raise UserError("prediction.normalize.method: 'exact' needs an 8- or 16-bit integer "
+                        f"image, got dtype {volume.dtype}; use 'sample' or fixed lo/hi")
+    counts, offset = volume_histogram(volume)
+    lo, hi = histogram_percentiles(counts, offset, volume.dtype, [pmin, pmax])
+    log.info("normalisation: exact percentiles %g/%g of all %d voxels = %r/%r", pmin, pmax,
+             math.prod(volume.shape), float(lo), float(hi))
+    return Normalization(pmin=pmin, pmax=pmax, lo=float(lo), hi=float(hi), method=METHOD_EXACT)
+
+
 def percentile_normalization(volume, pmin, pmax, sample_size):
     """Normalisation of ``volume`` from the ``pmin``/``pmax`` percentiles of a strided sample."""
     sample = strided_sample(volume, sample_size)
     lo, hi = np.percentile(sample, [pmin, pmax])
     log.info("normalisation: percentiles %g/%g of %d sampled voxels = %g/%g",
              pmin, pmax, sample.size, lo, hi)
-    return Normalization(pmin=pmin, pmax=pmax, lo=float(lo), hi=float(hi))
+    return Normalization(pmin=pmin, pmax=pmax, lo=float(lo), hi=float(hi), method=METHOD_SAMPLE)
+
+
+def configured_normalization(volume, section):
+    """The normalisation a ``NormalizeSection`` asks for on ``volume``.
+
+    Fixed ``lo``/``hi`` win; otherwise ``method`` (None: :func:`default_method`). The strided
+    sample is read with every method: it finds unreadable or non-finite pixels before
+    TensorFlow takes its time to load.
+    """
+    method = section.method or default_method(volume.dtype)
+    if section.lo is None and method == METHOD_SAMPLE:
+        return percentile_normalization(volume, section.pmin, section.pmax, section.sample_size)
+    strided_sample(volume, section.sample_size)
+    if section.lo is not None:
+        log.info("normalisation: fixed lo/hi %r/%r", section.lo, section.hi)
+        return Normalization(pmin=float("nan"), pmax=float("nan"), lo=section.lo,
+                             hi=section.hi, method=METHOD_FIXED)
+    return exact_normalization(volume, section.pmin, section.pmax)

@@ -4,20 +4,26 @@ Each block's core is predicted with enough context around it for the network's r
 field; only candidates whose point lies in the core are kept, so every voxel is predicted once.
 Blocks at the far end of an axis are read from the image reflect-padded to a multiple of the
 network's divisor, exactly as StarDist pads a whole image, so a block-wise run gives the
-candidates of one whole-image ``predict_sparse`` call. The next block is read and normalised,
-and the previous one written, while the network runs.
+candidates of one whole-image ``predict_sparse`` call.
+
+The main thread only calls the network: the next block is read and normalised, the previous
+tile's outputs post-processed (threshold first, then gather and clamp only the kept cells) and
+the previous block written in threads, while the network runs.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
 import logging
 import math
 import os
+import re
+import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,7 +40,7 @@ from ..io.candidates import CandidateMeta, CandidateWriter, temporary_path
 from ..io.image import array_volume, open_volume
 from ..io.model_files import ModelInfo, model_weights, read_model_info
 from ..io.path_guard import check_outputs_apart
-from .normalization import percentile_normalization
+from .normalization import configured_normalization
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,16 @@ Shape = tuple[int, int, int]
 
 #: grid cells at the image border where StarDist's predict_sparse ignores candidates (its ``b``).
 BORDER_CELLS = 2
+#: StarDist's lower bound on predicted ray lengths (``np.maximum(1e-3, dist)``).
+DIST_MIN = 1e-3
+#: seconds between progress lines when stderr is not a terminal.
+PROGRESS_LOG_SECONDS = 30
+#: file descriptor of the process's standard error, where TensorFlow's C++ code logs.
+STDERR_FD = 2
+#: the prefix absl puts before a C++ log line, e.g. "I0000 00:00:1796.9 19433 port.cc:153] ".
+ABSL_LOG_PREFIX = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] ")
+#: guards divisions by a duration against zero.
+EPSILON_SECONDS = 1e-9
 
 
 @dataclass(frozen=True)
@@ -105,30 +121,40 @@ def plan_blocks(geometry, block_shape):
     return plans
 
 
-def read_block(volume, plan, normalization):
-    """Read a block's region, reflect-padding past the image end as StarDist pads the image."""
+def read_block(volume, plan, normalization, clock):
+    """Read a block's region, reflect-padding past the image end as StarDist pads the image.
+
+    The time spent reading and normalising is added to ``clock`` (a :class:`LaneClock`).
+    """
     shape = volume.shape
     real_hi = tuple(min(h, s) for h, s in zip(plan.read_hi, shape))
-    block = normalization.apply(volume.read(plan.read_lo, real_hi))
-    pad = [(0, h - r) for h, r in zip(plan.read_hi, real_hi)]
-    if any(p for _, p in pad):
-        block = np.pad(block, pad, mode="reflect")
+    with clock.timing("read"):
+        raw = volume.read(plan.read_lo, real_hi)
+    with clock.timing("normalise"):
+        block = normalization.apply(raw)
+        pad = [(0, h - r) for h, r in zip(plan.read_hi, real_hi)]
+        if any(p for _, p in pad):
+            block = np.pad(block, pad, mode="reflect")
     return block
 
 
-def keep_owned(points, plan, geometry):
-    """Mask of candidates (global points) in the block's core and outside StarDist's border.
+def owned_cells(plan, geometry):
+    """Box ``[lo, hi)`` of the block's grid cells whose candidates the block owns.
 
-    StarDist drops candidates in the first and last ``BORDER_CELLS`` grid cells of the padded
-    image and those in the padding itself; the same rule applied globally keeps block-wise and
-    whole-image candidates identical.
+    A cell's candidate lies at ``cell * grid + read_lo``. It is owned when that point is in the
+    block's core and in the image, and outside the first and last ``BORDER_CELLS`` grid cells
+    of the padded image, where StarDist's ``predict_sparse`` ignores candidates; the same rule
+    applied to every block keeps block-wise and whole-image candidates identical.
     """
-    grid = np.asarray(geometry.grid)
-    cells = points // grid
-    last_cell = np.asarray(geometry.padded_shape) // grid - BORDER_CELLS
-    owned = np.all((points >= plan.core_lo) & (points < plan.core_hi), axis=1)
-    owned &= np.all((cells >= BORDER_CELLS) & (cells < last_cell), axis=1)
-    return owned & np.all(points < np.asarray(geometry.shape), axis=1)
+    lo, hi = [], []
+    for axis, g in enumerate(geometry.grid):
+        read_lo = plan.read_lo[axis]
+        first = max(plan.core_lo[axis], BORDER_CELLS * g)
+        stop = min(plan.core_hi[axis], geometry.shape[axis],
+                   (geometry.padded_shape[axis] // g - BORDER_CELLS) * g)
+        lo.append(max(0, -(-(first - read_lo) // g)))
+        hi.append(max(lo[-1], -(-(stop - read_lo) // g)))
+    return tuple(lo), tuple(hi)
 
 
 def _tile_voxels(region_shape, context, n_tiles):
@@ -154,26 +180,149 @@ def auto_n_tiles(region_shape, context, max_tile_voxels):
     return tuple(n_tiles)
 
 
-def predict_block(model, block, plan, geometry, prob_thresh, n_tiles):
-    """Candidates (prob, dist, points in global voxel coordinates) owned by one block."""
-    prob, dist, points = model.predict_sparse(block, prob_thresh=prob_thresh, axes="ZYX",
-                                              n_tiles=n_tiles, show_tile_progress=False, b=0)
-    points = points.astype(np.int64) + np.asarray(plan.read_lo)
-    owned = keep_owned(points, plan, geometry)
-    return (prob[owned].astype(np.float32), dist[owned].astype(np.float32),
-            points[owned].astype(np.int32))
+class Network:
+    """A StarDist3D model as the block loop calls it: one Keras call per tile.
+
+    Calls ``keras_model.predict`` exactly as StarDist's ``predict_sparse`` does, and tiles a
+    block with csbdeep's ``tile_iterator`` and the same arguments, so that the network outputs
+    are StarDist's bit for bit. Subclasses (the benchmark's stand-in) replace :meth:`__call__`.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.grid = tuple(model.config.grid)
+
+    def geometry(self, shape):
+        """Block alignment on an image of ``shape`` (see :func:`network_geometry`)."""
+        return network_geometry(self.model, shape)
+
+    def tiles(self, block, n_tiles):
+        """Yield ``(tile, s_src, s_dst)`` as StarDist's ``tiling_setup`` does, in grid cells.
+
+        ``tile`` has a trailing channel axis; ``s_src`` selects the tile's own cells in its
+        network output, ``s_dst`` where they lie in the block's cells.
+        """
+        from csbdeep.internals.predict import tile_iterator
+
+        x = block[..., np.newaxis]
+        if math.prod(n_tiles) == 1:
+            yield x, (slice(None),) * 3, tuple(slice(0, s // g) for s, g in
+                                                zip(block.shape, self.grid))
+            return
+        div_by = tuple(self.model._axes_div_by("ZYXC"))
+        overlaps = self.model._axes_tile_overlap("ZYXC")
+        n_block_overlaps = [int(np.ceil(o / d)) for o, d in zip(overlaps, div_by)]
+        for tile, s_src, s_dst in tile_iterator(x, (*n_tiles, 1), block_sizes=div_by,
+                                                n_block_overlaps=n_block_overlaps):
+            yield tile, *(tuple(slice(s.start // g, s.stop // g) for s, g in
+                                zip(sl[:3], self.grid)) for sl in (s_src, s_dst))
+
+    def __call__(self, tile):
+        """Raw network outputs of one tile: prob (z, y, x, 1) and dist (z, y, x, n_rays)."""
+        prob, dist = self.model.keras_model.predict(tile[np.newaxis], verbose=0)[:2]
+        return prob[0], dist[0]
+
+
+def tile_candidates(prob, dist, s_src, s_dst, owned, prob_thresh):
+    """Owned candidates of one tile's network output, as block-local grid cells.
+
+    Thresholds ``prob`` first and reads and clamps ``dist`` only at the kept cells, where
+    StarDist's ``predict_sparse`` clamps the whole dense map: the same values, bit for bit,
+    in the same (C) order.
+
+    Parameters
+    ----------
+    prob, dist : ndarray
+        Network outputs of the tile, (z, y, x, 1) and (z, y, x, n_rays).
+    s_src, s_dst : tuple of slice
+        The tile's own cells in its output and in the block (see :meth:`Network.tiles`).
+    owned : (lo, hi)
+        Box of block cells the block owns (see :func:`owned_cells`).
+    prob_thresh : float
+
+    Returns
+    -------
+    prob : ndarray of float32 (N,)
+    dist : ndarray of float32 (N, n_rays)
+    cells : ndarray of int64 (N, 3)
+        Block-local grid cells.
+    """
+    lo = [max(d.start, o) for d, o in zip(s_dst, owned[0])]
+    hi = [min(d.stop, o) for d, o in zip(s_dst, owned[1])]
+    if any(h <= l for l, h in zip(lo, hi)):
+        return (np.zeros(0, np.float32), np.zeros((0, dist.shape[-1]), np.float32),
+                np.zeros((0, 3), np.int64))
+    box = tuple(slice(s.start + l - d.start, s.start + h - d.start)
+                for s, d, l, h in zip(_resolved(s_src, prob.shape), s_dst, lo, hi))
+    prob_box = prob[box + (0,)]
+    cells = np.nonzero(prob_box > prob_thresh)
+    kept_prob = prob_box[cells]
+    kept_dist = np.maximum(DIST_MIN, dist[box][cells])
+    return kept_prob, kept_dist, np.stack(cells, axis=1) + np.asarray(lo)
+
+
+def _resolved(slices, shape):
+    """``slices`` with explicit start and stop (``slice(None)`` becomes ``0:n``)."""
+    return tuple(slice(*s.indices(n)[:2]) for s, n in zip(slices, shape))
+
+
+def block_candidates(parts, plan, grid):
+    """Concatenate a block's tile candidates into (prob, dist, points in global voxels)."""
+    prob, dist, cells = (np.concatenate(p) for p in zip(*parts))
+    points = cells * np.asarray(grid) + np.asarray(plan.read_lo)
+    return prob.astype(np.float32), dist.astype(np.float32), points.astype(np.int32)
+
+
+@contextmanager
+def _stderr_lines_once(prefix):
+    """Capture what C code writes to file descriptor 2 in the body; log each distinct line
+    once, with ``prefix`` (TensorFlow's libraries each print the same banner at import).
+
+    On an exception the captured text goes back to stderr unchanged, so a crash stays
+    explained.
+    """
+    sys.stderr.flush()
+    saved = os.dup(STDERR_FD)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), STDERR_FD)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, STDERR_FD)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, STDERR_FD)
+            os.close(saved)
+        captured.seek(0)
+        lines = captured.read().decode(errors="replace").splitlines()
+    # without absl's prefix (severity, time, thread, source line) repeats are equal
+    messages = (ABSL_LOG_PREFIX.sub("", line).strip() for line in lines)
+    for message in dict.fromkeys(m for m in messages if m):
+        log.info("%s%s", prefix, message)
 
 
 def load_model(model_dir):
-    """Load the StarDist3D model in folder ``model_dir`` (imports TensorFlow)."""
-    from stardist.models import StarDist3D
+    """Load the StarDist3D model in folder ``model_dir`` (imports TensorFlow).
+
+    TensorFlow's import banner is logged once (see :func:`_stderr_lines_once`), and StarDist's
+    prints go to the debug log: its "Using default values" line after loading thresholds.json
+    reads as if the file had been ignored. One INFO line says what was loaded instead.
+    """
+    with _stderr_lines_once("TensorFlow: "):
+        import tensorflow as tf
+        from stardist.models import StarDist3D
 
     model_dir = Path(model_dir)
-    # StarDist prints what it loads on stdout, which a library must leave to its caller
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
+    printed = io.StringIO()
+    with redirect_stdout(printed):
         model = StarDist3D(None, name=model_dir.name, basedir=str(model_dir.parent))
     for line in printed.getvalue().splitlines():
         log.debug("StarDist: %s", line)
+    devices = ", ".join(d.name for d in tf.config.list_logical_devices()) or "none"
+    log.info("model %s loaded with TensorFlow %s (devices: %s)", model_dir, tf.__version__,
+             devices)
     return _single_channel(model)
 
 
@@ -189,7 +338,8 @@ def _loaded_model_info(model):
     return ModelInfo(name=str(model.name), rays_json=json.dumps(model.config.rays_json),
                      n_rays=int(model.config.n_rays), grid=tuple(model.config.grid),
                      prob_thresh=float(model.thresholds.prob),
-                     nms_thresh=float(model.thresholds.nms))
+                     nms_thresh=float(model.thresholds.nms),
+                     thresholds_source="the thresholds of the loaded model")
 
 
 def _prefetch(plans, load):
@@ -205,13 +355,39 @@ def _prefetch(plans, load):
             yield plan, block
 
 
+#: lanes of the block loop, in the order a block passes them.
+LANES = ("read", "normalise", "network", "post", "write")
+
+
+class LaneClock:
+    """Seconds spent in each lane of the block loop; each lane is timed by one thread."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(LANES, 0.0)
+
+    @contextmanager
+    def timing(self, lane):
+        """Add the time spent in the ``with`` body to ``lane``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[lane] += time.perf_counter() - start
+
+
 @dataclass(frozen=True)
 class PredictionSummary:
-    """What a GPU-step run did; ``seconds`` and ``network_seconds`` cover the block loop."""
+    """What a GPU-step run did; ``seconds`` covers the block loop, ``lane_seconds`` the time
+    each lane (see ``LANES``) was busy, lanes running in parallel threads."""
     blocks: int
     candidates: int
+    voxels: int
     seconds: float
-    network_seconds: float
+    lane_seconds: dict
+
+    @property
+    def network_seconds(self):
+        return self.lane_seconds["network"]
 
 
 def _blocks_to_predict(plans, writer):
@@ -224,35 +400,111 @@ def _blocks_to_predict(plans, writer):
     return plans[len(done):]
 
 
-def predict_volume(model, volume, normalization, writer, *, block_shape, prob_thresh, n_tiles,
+def _progress(blocks, total, done, show_progress):
+    """``blocks`` with progress: a tqdm bar on a terminal, else an INFO line every
+    ``PROGRESS_LOG_SECONDS`` and a DEBUG line per block (carriage-return bars garble log files
+    such as SLURM's); only DEBUG lines without ``show_progress``."""
+    if show_progress and sys.stderr.isatty():
+        yield from tqdm(blocks, total=total, initial=done, desc="blocks", unit="block")
+        return
+    last = time.monotonic()
+    for i, item in enumerate(blocks, start=done + 1):
+        yield item
+        due = show_progress and (time.monotonic() - last >= PROGRESS_LOG_SECONDS or i == total)
+        log.log(logging.INFO if due else logging.DEBUG, "block %d of %d done", i, total)
+        if due:
+            last = time.monotonic()
+
+
+def _volume_of(plan):
+    """Voxels of a block's core."""
+    return math.prod(h - l for l, h in zip(plan.core_lo, plan.core_hi))
+
+
+class _Lanes:
+    """The post-processing and writer threads behind the network, one job in flight each.
+
+    Waiting for a lane's previous job before giving it the next bounds the network outputs
+    held in memory to two tiles, and surfaces a lane's errors in the main thread.
+    """
+
+    def __init__(self, writer, clock, prob_thresh, grid):
+        self.writer, self.clock, self.prob_thresh, self.grid = writer, clock, prob_thresh, grid
+        self._post = ThreadPoolExecutor(max_workers=1, thread_name_prefix="post")
+        self._write = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write")
+        self._last_post = self._last_write = None
+
+    def post(self, outputs, s_src, s_dst, owned):
+        """Queue the post-processing of one tile's outputs; return its future."""
+        if self._last_post is not None:
+            self._last_post.result()
+        self._last_post = self._post.submit(self._timed, "post", tile_candidates, *outputs,
+                                            s_src, s_dst, owned, self.prob_thresh)
+        return self._last_post
+
+    def write(self, plan, parts):
+        """Queue the append of a block whose tiles' post-processing futures are ``parts``."""
+        if self._last_write is not None:
+            self._last_write.result()
+        self._last_write = self._write.submit(self._append, plan, parts)
+
+    def _append(self, plan, parts):
+        prob, dist, points = block_candidates([f.result() for f in parts], plan, self.grid)
+        self._timed("write", self.writer.append, plan.core_lo, plan.core_hi, prob, dist, points)
+
+    def _timed(self, lane, function, *args):
+        with self.clock.timing(lane):
+            return function(*args)
+
+    def close(self):
+        """Wait for the queued jobs (raising their errors) and stop both threads."""
+        try:
+            for job in (self._last_post, self._last_write):
+                if job is not None:
+                    job.result()
+        finally:
+            self._post.shutdown()
+            self._write.shutdown()
+
+
+def predict_volume(network, volume, normalization, writer, *, block_shape, prob_thresh, n_tiles,
                    max_tile_voxels, show_progress=True):
     """Predict the blocks of ``volume`` that ``writer`` lacks and append their candidates.
 
-    Reading runs one block ahead and writing one block behind the network call. With
-    ``n_tiles`` None, each block is split into tiles of at most ``max_tile_voxels``.
+    The main thread only calls the network (a :class:`Network`): reading and normalising run
+    one block ahead in a thread, post-processing one tile behind and writing one block behind
+    in two more. With ``n_tiles`` None, each block is split into tiles of at most
+    ``max_tile_voxels``.
     """
-    geometry = network_geometry(model, volume.shape)
+    geometry = network.geometry(volume.shape)
     all_plans = plan_blocks(geometry, block_shape)
-    log.info("%d blocks of core %s with context %s (network divisor %s)", len(all_plans),
-             aligned_block_shape(geometry, block_shape), geometry.context, geometry.div_by)
-    plans = _blocks_to_predict(all_plans, writer)
-    start, network_seconds, pending_write = time.perf_counter(), 0.0, None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer_pool:
-        blocks = _prefetch(plans, lambda p: read_block(volume, p, normalization))
-        for plan, block in tqdm(blocks, total=len(all_plans), initial=len(all_plans) - len(plans),
-                                desc="blocks", unit="block", disable=not show_progress):
-            t0 = time.perf_counter()
+    _log_plan(all_plans, geometry)
+    plans, clock = _blocks_to_predict(all_plans, writer), LaneClock()
+    lanes = _Lanes(writer, clock, prob_thresh, geometry.grid)
+    start = time.perf_counter()
+    try:
+        blocks = _prefetch(plans, lambda p: read_block(volume, p, normalization, clock))
+        for plan, block in _progress(blocks, len(all_plans), len(all_plans) - len(plans),
+                                     show_progress):
             tiles = n_tiles or auto_n_tiles(block.shape, geometry.context, max_tile_voxels)
-            prob, dist, points = predict_block(model, block, plan, geometry, prob_thresh, tiles)
-            network_seconds += time.perf_counter() - t0
-            if pending_write is not None:
-                pending_write.result()   # surfaces write errors; at most one block in flight
-            pending_write = writer_pool.submit(writer.append, plan.core_lo, plan.core_hi,
-                                               prob, dist, points)
-        if pending_write is not None:
-            pending_write.result()
-    return PredictionSummary(len(all_plans), writer.n_rows, time.perf_counter() - start,
-                             network_seconds)
+            owned, parts = owned_cells(plan, geometry), []
+            for tile, s_src, s_dst in network.tiles(block, tiles):
+                with clock.timing("network"):
+                    outputs = network(tile)
+                parts.append(lanes.post(outputs, s_src, s_dst, owned))
+            lanes.write(plan, parts)
+    finally:
+        lanes.close()
+    return PredictionSummary(len(all_plans), writer.n_rows, sum(map(_volume_of, plans)),
+                             time.perf_counter() - start, dict(clock.seconds))
+
+
+def _log_plan(plans, geometry):
+    """Log the block count with the distinct (clipped) core shapes, largest first."""
+    shapes = sorted({tuple(h - l for l, h in zip(p.core_lo, p.core_hi)) for p in plans},
+                    key=math.prod, reverse=True)
+    log.info("%d blocks, cores %s, context %s (network divisor %s)", len(plans),
+             ", ".join("x".join(map(str, s)) for s in shapes), geometry.context, geometry.div_by)
 
 
 def _file_state(path):
@@ -276,6 +528,17 @@ def resume_key(meta, model_dir, prediction):
                        "n_tiles": prediction.n_tiles,
                        "max_tile_voxels": prediction.max_tile_voxels},
                       sort_keys=True, default=str)
+
+
+def _thresholds_in_effect(info, configured_prob_thresh):
+    """The candidate threshold to apply; logs both thresholds and where they come from."""
+    if configured_prob_thresh is None:
+        log.info("thresholds: prob %g, nms %g from %s", info.prob_thresh, info.nms_thresh,
+                 info.thresholds_source)
+        return info.prob_thresh
+    log.info("thresholds: prob %g from prediction.prob_thresh, nms %g from %s",
+             configured_prob_thresh, info.nms_thresh, info.thresholds_source)
+    return configured_prob_thresh
 
 
 def _open_image(image, *, channel, axes, dataset, missing_chunks):
@@ -337,7 +600,8 @@ def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.Pat
     max_tile_voxels : int
         Voxels per network call when ``n_tiles`` is None [prediction.max_tile_voxels].
     normalize : mapping, optional
-        ``pmin``, ``pmax``, ``sample_size`` [prediction.normalize].
+        ``method``, ``pmin``, ``pmax``, ``sample_size``, ``lo``, ``hi``
+        [prediction.normalize].
     prob_thresh : float, optional
         Candidate threshold (None: the model's) [prediction.prob_thresh].
     show_progress : bool
@@ -346,7 +610,7 @@ def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.Pat
     Returns
     -------
     PredictionSummary
-        ``blocks``, ``candidates``, ``seconds``, ``network_seconds``.
+        ``blocks``, ``candidates``, ``voxels``, ``seconds`` and the busy seconds of each lane.
 
     Raises
     ------
@@ -382,41 +646,48 @@ def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.Pat
 
 
 def _predict(volume, load, info, output, settings, channel, model_dir, show_progress):
-    norm = settings.normalize
-    # the sample finds unreadable or non-finite pixels before TensorFlow takes its time
-    normalization = percentile_normalization(volume, norm.pmin, norm.pmax, norm.sample_size)
+    # the normalisation reads the image (and finds unreadable or non-finite pixels) before
+    # TensorFlow takes its time
+    normalization = configured_normalization(volume, settings.normalize)
     model = load()
-    prob_thresh = info.prob_thresh if settings.prob_thresh is None else settings.prob_thresh
+    prob_thresh = _thresholds_in_effect(info, settings.prob_thresh)
     meta = CandidateMeta(
         image_shape=tuple(volume.shape), rays_json=info.rays_json, grid=info.grid,
         prob_thresh=prob_thresh, nms_thresh=info.nms_thresh, model_name=info.name,
         image_path=str(volume.path), channel=channel,
         norm_lo=normalization.lo, norm_hi=normalization.hi,
         norm_pmin=normalization.pmin, norm_pmax=normalization.pmax,
-        software_version=__version__,
+        norm_method=normalization.method, software_version=__version__,
         parameters=json.dumps({"model": str(model_dir or info.name), "prediction":
                                dataclasses.asdict(settings)}, default=str, sort_keys=True))
     with CandidateWriter(output, meta, resume_key(meta, model_dir, settings)) as writer:
-        summary = predict_volume(model, volume, normalization, writer,
+        summary = predict_volume(Network(model), volume, normalization, writer,
                                  block_shape=settings.block_shape, prob_thresh=prob_thresh,
                                  n_tiles=settings.n_tiles,
                                  max_tile_voxels=settings.max_tile_voxels,
                                  show_progress=show_progress)
-    log.info("done: %d blocks, %d candidates in %.1f s (%.0f candidates/s; %.0f%% in the "
-             "network) -> %s", summary.blocks, summary.candidates, summary.seconds,
-             summary.candidates / max(summary.seconds, 1e-9),
-             100 * summary.network_seconds / max(summary.seconds, 1e-9), output)
+    log_summary(summary, output)
     return summary
 
 
 def run(config):
     """``local_prediction.py``: the GPU step for a validated :class:`LocalConfig`."""
-    image, norm = config.image, config.prediction.normalize
+    image = config.image
     return predict_candidates(
         image.path, config.model.basedir / config.model.name, config.output.path,
         channel=image.channel, axes=image.axes, dataset=image.dataset,
         missing_chunks=image.missing_chunks,
         block_shape=config.prediction.block_shape, n_tiles=config.prediction.n_tiles,
         max_tile_voxels=config.prediction.max_tile_voxels,
-        normalize={"pmin": norm.pmin, "pmax": norm.pmax, "sample_size": norm.sample_size},
+        normalize=dataclasses.asdict(config.prediction.normalize),
         prob_thresh=config.prediction.prob_thresh)
+
+
+def log_summary(summary, output):
+    """Log the run's rate and how busy each lane was (lanes overlap: their sum may exceed
+    the loop's wall time)."""
+    wall = max(summary.seconds, EPSILON_SECONDS)
+    lanes = ", ".join(f"{lane} {seconds:.1f} s" for lane, seconds in summary.lane_seconds.items())
+    log.info("done: %d blocks, %d candidates, %.3g voxels/s (%.1f s; busy: %s) -> %s",
+             summary.blocks, summary.candidates, summary.voxels / wall, summary.seconds, lanes,
+             output)
