@@ -130,11 +130,11 @@ def test_configs_are_frozen(tmp_path):
 
 def test_fixed_normalisation_needs_both_values(tmp_path):
     with pytest.raises(UserError, match=r"'prediction.normalize.hi' is required"):
-        load(LocalConfig, _write(tmp_path, "image: {path: x.tif}\n"
+        load(LocalConfig, _write(tmp_path, IMAGE_AND_MODEL +
                                            "prediction: {normalize: {lo: 100}}\n"))
     with pytest.raises(UserError, match=r"'prediction.normalize.hi': expected a number greater"):
-        load(LocalConfig, _write(tmp_path, "image: {path: x.tif}\n"
+        load(LocalConfig, _write(tmp_path, IMAGE_AND_MODEL +
                                            "prediction: {normalize: {lo: 100, hi: 50}}\n"))
     with pytest.raises(UserError, match=r"'prediction.normalize.method': expected one of"):
-        load(LocalConfig, _write(tmp_path, "image: {path: x.tif}\n"
+        load(LocalConfig, _write(tmp_path, IMAGE_AND_MODEL +
                                            "prediction: {normalize: {method: exakt}}\n"))

@@ -213,7 +213,7 @@ NUCLEI_PER_VOXEL = 4e-5
 
 
 def test_exact_percentiles_equal_numpy_of_the_whole_volume(tmp_path, monkeypatch):
-    from stardist_hpc import normalization
+    from stardist_hpc.predict import normalization
 
     monkeypatch.setattr(normalization, "HISTOGRAM_SLAB_VOXELS", 3 * 91 * 117)   # many slabs
     section = _uint16_tif(tmp_path / "v.tif", (37, 91, 117), seed=2)

@@ -53,7 +53,8 @@ def load_checkpoint(path, record_type, identity):
     """
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        # the file is opened here, not by np.load, so that a damaged one is closed as well
+        with open(path, "rb") as file, np.load(file, allow_pickle=False) as npz:
             members = {name: npz[name] for name in npz.files}
         record = record_type(*(members[name].item() if members[name].ndim == 0
                                else members[name] for name in record_type._fields))

@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 
 from ..errors import UserError
+from ..geometry.rays import candidate_extent, ray_vectors
 from ..geometry.tiling import Grid
 from .atomic import atomic_path, remove_stale_temporaries
 from .candidate_checks import first_invalid_value
@@ -36,10 +37,8 @@ from .candidates import (
     ROWS_PER_CHUNK,
     CandidateFile,
     CandidateMeta,
-    candidate_extent,
     create_block_table,
     create_candidate_datasets,
-    ray_vectors,
 )
 from .hdf5 import open_hdf5
 from .model_files import ModelInfo
