@@ -89,23 +89,27 @@ def _timed(seconds, stage):
 # resolving the parameters
 
 
+def _model_folder(config: HpcConfig):
+    """The configured model folder, or None when ``model.basedir`` or ``model.name`` is null."""
+    model = config.model
+    return None if model.basedir is None or model.name is None else model.basedir / model.name
+
+
 def configured_model(config: HpcConfig):
     """The configured model's info, or None when ``model.basedir`` or ``model.name`` is null.
 
     A configured folder that does not exist is an error (read_model_info says so): a typo
     must not silently fall back to the file's own rays and thresholds.
     """
-    model = config.model
-    if model.basedir is None or model.name is None:
-        return None
-    return read_model_info(model.basedir, model.name)
+    folder = _model_folder(config)
+    return None if folder is None else read_model_info(folder.parent, folder.name)
 
 
 def _check_outputs_apart(config: HpcConfig):
     """Refuse a label file or work_dir that would write over the candidates or the model."""
     inputs = {"input.prediction": config.input.prediction}
-    if config.model.basedir is not None and config.model.name is not None:
-        inputs["model.name"] = config.model.basedir / config.model.name
+    if _model_folder(config) is not None:
+        inputs["model.name"] = _model_folder(config)
     check_outputs_apart(inputs, outputs={"output.labels": (config.output.labels,)},
                         directories={"output.work_dir": config.output.work_dir})
 
@@ -143,17 +147,13 @@ def _nms_thresh(config, model, candidates):
     return model.nms_thresh if model is not None else candidates.meta.nms_thresh
 
 
-def _model_dir(config: HpcConfig) -> str:
-    model = config.model
-    return "" if model.basedir is None or model.name is None else str(model.basedir / model.name)
-
-
 def source_identity(config: HpcConfig) -> dict:
     """The input file's path, size and modification time, and the model folder: what the
     indexed copy of an original-format input depends on (fields of SegmentParams)."""
     stat = Path(config.input.prediction).stat()
     return {"input_path": str(config.input.prediction), "input_size": stat.st_size,
-            "input_mtime_ns": stat.st_mtime_ns, "model_dir": _model_dir(config)}
+            "input_mtime_ns": stat.st_mtime_ns,
+            "model_dir": str(_model_folder(config) or "")}
 
 
 def resolve_params(config: HpcConfig, candidates: CandidateFile, model=None) -> SegmentParams:
