@@ -35,8 +35,13 @@ def load_record(path, record_type):
     Zero-dimensional arrays are returned as Python scalars.
     """
     with np.load(path, allow_pickle=False) as npz:
-        values = (npz[name] for name in record_type._fields)
-        return record_type(*(v.item() if v.ndim == 0 else v for v in values))
+        return _record(record_type, npz)
+
+
+def _record(record_type, arrays):
+    """``record_type`` from a mapping of arrays; zero-dimensional ones become Python scalars."""
+    values = (arrays[name] for name in record_type._fields)
+    return record_type(*(v.item() if v.ndim == 0 else v for v in values))
 
 
 #: what reading a damaged, truncated or foreign ``.npz`` raises (zip CRCs are checked on read).
@@ -56,8 +61,7 @@ def load_checkpoint(path, record_type, identity):
         # the file is opened here, not by np.load, so that a damaged one is closed as well
         with open(path, "rb") as file, np.load(file, allow_pickle=False) as npz:
             members = {name: npz[name] for name in npz.files}
-        record = record_type(*(members[name].item() if members[name].ndim == 0
-                               else members[name] for name in record_type._fields))
+        record = _record(record_type, members)
         wrong = {k: getattr(record, k) for k, v in identity.items() if getattr(record, k) != v}
     except _DAMAGED_NPZ as e:
         wrong = {"content": " ".join(str(e).split())[:80]}
