@@ -129,10 +129,10 @@ def _stardist_libgomp():
 
 @pytest.fixture(scope="module")
 def dask_client():
-    """A Dask client of one in-process worker (threads): in-process transport, no socket."""
+    """A Dask client of one in-process worker (threads); its dashboard listens on loopback only."""
     import distributed
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=1,
-                            dashboard_address=None) as client:
+                            dashboard_address="127.0.0.1:0") as client:
         yield client
 
 
