@@ -12,6 +12,9 @@ DEMO_DIR    := demo_data
 # really meet at boundaries
 DEMO_LOCAL  := --set prediction.block_shape=[64,128,128]
 DEMO_HPC    := --set nms.tile_shape=[null,128,128] --set labeling.chunk_shape=[32,128,128]
+# pytest worker processes; each test module runs whole on one of them (--dist loadscope), so
+# module fixtures (a Dask client, the SLURM cluster) are made once
+TEST_WORKERS ?= 2
 
 .PHONY: demo test venv clean
 
@@ -32,7 +35,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 clean:
 	rm -rf output $(DEMO_DIR) .pytest_cache
