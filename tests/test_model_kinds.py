@@ -128,6 +128,22 @@ def test_a_channel_count_that_does_not_fit_is_refused_before_tensorflow(tmp_path
     assert not (tmp_path / "p.h5").exists()
 
 
+def test_each_channel_is_normalised_as_csbdeep_normalizes_a_zyxc_image():
+    from csbdeep.utils import normalize
+
+    from stardist_hpc.config import NormalizeSection
+    from stardist_hpc.io.image import array_volume
+    from stardist_hpc.predict.normalization import configured_normalization
+    image, _ = sample_image(N_CHANNELS)
+    with array_volume(image, channel=(0, 1), axes="ZYXC") as volume:
+        normalization = configured_normalization(volume, NormalizeSection())
+        normalized = normalization.apply(volume.read((0, 0, 0), volume.shape))
+    expected = np.percentile(image, [PMIN, PMAX], axis=(0, 1, 2))
+    assert normalization.method == "exact" and len(normalization.lo) == N_CHANNELS
+    np.testing.assert_array_equal([normalization.lo, normalization.hi], expected)
+    np.testing.assert_array_equal(normalized, normalize(image, PMIN, PMAX, axis=(0, 1, 2)))
+
+
 def test_model_info_reads_classes_and_channels_from_config_json():
     assert read_model_info(MODELS, "multiclass").n_classes == N_CLASSES
     assert read_model_info(MODELS, "multichannel").n_channel_in == N_CHANNELS
