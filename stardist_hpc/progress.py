@@ -1,8 +1,9 @@
 """Progress of a loop, as both steps report it: a bar on a terminal, log lines elsewhere.
 
 tqdm's carriage-return bars garble log files (SLURM's ``slurm-*.out``, ``tee``), so a bar is
-drawn only when stderr is a terminal; otherwise an INFO line is logged every
-``PROGRESS_LOG_SECONDS`` and when the loop ends, and a DEBUG line per item.
+drawn only when stderr is a terminal; otherwise an INFO line is logged when the loop starts
+(what it sets out to do, also when it is killed before its end), every
+``PROGRESS_LOG_SECONDS`` and when it ends, and a DEBUG line per item.
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def progress(items: Iterable[T], total: int, description: str, unit: str, *, don
         yield from tqdm(items, total=total, initial=done, desc=description, unit=unit,
                         file=sys.stderr)
         return
+    if show_progress:
+        log.info("%s: %d of %d %ss done", description, done, total, unit)
     last = time.monotonic()
     for i, item in enumerate(items, start=done + 1):
         yield item

@@ -376,7 +376,8 @@ def _assert_same_hdf5(actual, expected):
 def _blocks_predicted(log_path):
     """Blocks the GPU step has predicted so far, and the total, from its progress lines
     (one per block at debug level; its stderr is no terminal, so it draws no bar)."""
-    lines = re.findall(r"block (\d+) of (\d+) done", log_path.read_text(errors="replace"))
+    lines = re.findall(r"blocks: (\d+) of (\d+) blocks done",
+                       log_path.read_text(errors="replace"))
     return tuple(map(int, lines[-1])) if lines else (0, 0)
 
 
