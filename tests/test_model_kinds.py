@@ -100,10 +100,11 @@ def test_multichannel_model_equals_predict_instances(tmp_path, dask_client, tiny
     model = tiny_models["multichannel"]
     image, _ = sample_image(N_CHANNELS)
     expected_candidates, expected_labels, _ = _stardist(model, image)
-    # stored channel-first with the channels swapped: image.channel puts them in model order
+    # stored channel-first with the channels swapped: image.channel puts them in model order;
+    # StarDist tiles inside the blocks
     stored = np.ascontiguousarray(np.moveaxis(image, -1, 0)[::-1])
     candidates, labels = _pipeline(tmp_path, dask_client, stored, model,
-                                   channel=[1, 0], axes="CZYX")
+                                   channel=[1, 0], axes="CZYX", n_tiles=(1, 2, 2))
 
     for ours, theirs in zip(_file_candidates(candidates), expected_candidates):
         np.testing.assert_array_equal(ours, theirs)

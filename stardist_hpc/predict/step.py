@@ -232,8 +232,9 @@ class Network:
 
 
 class Candidates(NamedTuple):
-    """Candidates of a tile (``cells``: block-local grid cells) or a block (``points``:
-    global voxels); ``prob_class`` (N, n_classes + 1) only for a multi-class model."""
+    """Candidates of a tile, ``cells`` being their block-local grid cells, or of a block
+    (:func:`block_candidates`), ``cells`` being their points in global voxels;
+    ``prob_class`` (N, n_classes + 1) only for a multi-class model."""
     prob: np.ndarray
     dist: np.ndarray
     cells: np.ndarray
