@@ -393,7 +393,8 @@ def segment_candidates(candidates: str | os.PathLike, labels: str | os.PathLike,
     >>> from stardist_hpc.synthetic import demo_candidate_file
     >>> folder = pathlib.Path(tempfile.mkdtemp())
     >>> path = demo_candidate_file(folder / "prediction.h5", n_nuclei=3)
-    >>> with distributed.Client(processes=False, n_workers=1, dashboard_address=None) as client:
+    >>> with distributed.Client(processes=False, n_workers=1,
+    ...                         dashboard_address="127.0.0.1:0") as client:
     ...     summary = segment_candidates(path, folder / "label.h5", tile_shape=(None, 16, 16),
     ...                                  client=client, show_progress=False)
     >>> summary.n_objects
