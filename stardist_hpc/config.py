@@ -120,6 +120,16 @@ def triple(item_parse, expected):
     return _parse
 
 
+def channels(value, where, base):
+    """One channel index, or a non-empty list of distinct ones (a multi-channel model's input
+    channels, in the model's order)."""
+    if not isinstance(value, (list, tuple)):
+        return _int(value, where, base, minimum=0)
+    if not value or len(set(value)) < len(value):
+        _fail(where, "a channel index or a non-empty list of distinct channel indices", value)
+    return tuple(_int(v, f"{where}[{i}]", base, minimum=0) for i, v in enumerate(value))
+
+
 def string_list(value, where, base):
     if not isinstance(value, (list, tuple)):
         _fail(where, "a list of strings", value)
@@ -290,8 +300,10 @@ class ImageSection:
     path: Path = key(path, doc="image file: .tif/.tiff (incl. BigTIFF), .h5/.hdf5, .ims or .zarr")
     dataset: str | None = key(optional(text), None,
                               "dataset inside an .h5/.zarr file (null: the only 3D/4D one)")
-    channel: int = key(lambda v, w, b: _int(v, w, b, minimum=0), 0,
-                       "channel to segment, for images with a channel axis")
+    channel: int | tuple = key(channels, 0,
+                               "channel to segment, for images with a channel axis; a list "
+                               "(one per model input channel, in order) for a multi-channel "
+                               "model")
     axes: str | None = key(optional(text), None,
                            "axes of the stored array, e.g. ZYX, CZYX, ZCYX (null: guess)")
     missing_chunks: str = key(choice(MISSING_CHUNKS_ERROR, MISSING_CHUNKS_FILL),

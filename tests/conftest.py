@@ -129,7 +129,9 @@ def _stardist_libgomp():
 
 @pytest.fixture(scope="module")
 def dask_client():
-    """A Dask client of one in-process worker (threads); its dashboard listens on loopback only."""
+    """A Dask client of one in-process worker (threads): in-process transport; the
+    scheduler's HTTP server takes any free local port (with None it tries 8787 and warns,
+    an error here, when another cluster on the machine holds that port)."""
     import distributed
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=1,
                             dashboard_address="127.0.0.1:0") as client:

@@ -85,6 +85,8 @@ def _candidates(directory, name="candidates.h5", block_shape=(None, 32, 32)):
 
 MODEL_2D = '{"n_dim": 2, "n_rays": 32, "grid": [1, 1], "axes": "YXC"}'
 DEMO_MODEL = {"basedir": str(MODELS), "name": "demo"}
+#: the tiny two-channel model of tests/models (tests/models/make_tiny_models.py).
+TWO_CHANNEL_MODEL = {"basedir": str(REPO / "tests" / "models"), "name": "multichannel"}
 #: the model folder that `_broken_model` writes, relative to the config file.
 BROKEN_MODEL = {"basedir": "models", "name": "broken"}
 
@@ -390,6 +392,10 @@ CASES = [
     case("local-2d-model", LOCAL,
          _after(local_config(model=BROKEN_MODEL), _image, _broken_model(MODEL_2D)),
          "broken", "expected a StarDist3D model", "got n_dim 2"),
+    # read from config.json before TensorFlow loads
+    case("local-channels-not-the-models", LOCAL,
+         _after(local_config(model=TWO_CHANNEL_MODEL), _image),
+         "image.channel", "model multichannel takes 2 channel(s)", "got 1 (0)"),
     # the GPU step: config
     case("local-misspelled-key", LOCAL, _with_image(),
          "prediction.blok_shape", "did you mean 'block_shape'",

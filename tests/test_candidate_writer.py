@@ -1,4 +1,5 @@
 """The candidate writer continues an interrupted run's temporary file, or starts again."""
+import dataclasses
 import json
 
 import h5py
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 from stardist import Rays_GoldenSpiral
 
+from stardist_hpc.errors import UserError
 from stardist_hpc.io.candidates import CandidateFile, CandidateMeta, CandidateWriter
 
 N_RAYS = 8
@@ -113,3 +115,41 @@ def test_largest_extent_is_the_candidates_largest_bit_for_bit():
     rays = rng.normal(size=(96, 3))
     expected = candidate_extent(dist, rays).max(axis=0)
     assert largest_extent(dist, rays).tobytes() == expected.tobytes()
+
+
+def _class_file(path):
+    """A multi-class candidate file (2 classes) of four blocks; returns its class columns."""
+    meta = dataclasses.replace(_meta(), n_classes=2)
+    written = []
+    with CandidateWriter(path, meta) as writer:
+        for index in range(SHAPE[0]):
+            block = _block(index, 3 + index)
+            prob_class = np.random.default_rng(index).dirichlet(np.ones(3), len(block[2]))
+            written.append(prob_class.astype(np.float32))
+            writer.append(*block, prob_class=written[-1])
+    return np.concatenate(written)
+
+
+def test_class_probabilities_are_stored_and_read_by_row(tmp_path):
+    path = tmp_path / "prediction.h5"
+    expected = _class_file(path)
+    candidates = CandidateFile(path)
+    assert candidates.meta.n_classes == 2
+    rows = np.array([0, 4, 5, 17])   # in the first, second and last block
+    np.testing.assert_array_equal(candidates.read_class_probabilities(rows), expected[rows])
+    assert candidates.read_class_probabilities(rows[:0]).shape == (0, 3)
+
+
+def test_damaged_class_probabilities_are_errors(tmp_path):
+    path = tmp_path / "prediction.h5"
+    _class_file(path)
+    with h5py.File(path, "r+") as f:
+        f["prob_class"][5] = [0.5, np.nan, 0.5]
+    with pytest.raises(UserError, match=r"dataset 'prob_class': expected finite probabilities "
+                                        r"in \[0, 1\], got \[0.5, nan, 0.5\] at row 5"):
+        CandidateFile(path).read_class_probabilities([5])
+    with h5py.File(path, "r+") as f:
+        del f["prob_class"]
+    with pytest.raises(UserError, match="dataset 'prob_class': expected the class "
+                                        "probabilities of 2 classes"):
+        CandidateFile(path)

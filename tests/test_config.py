@@ -94,6 +94,20 @@ def test_negative_channel(tmp_path):
                                            "image: {path: a.tif, channel: -1}\n"))
 
 
+@pytest.mark.parametrize("channel, expected", [("[2, 0]", (2, 0)), ("[1]", (1,)), ("3", 3)])
+def test_channel_list(tmp_path, channel, expected):
+    config = load(LocalConfig, _write(tmp_path, "model: {basedir: models, name: demo}\n"
+                                                f"image: {{path: a.tif, channel: {channel}}}\n"))
+    assert config.image.channel == expected
+
+
+@pytest.mark.parametrize("channel", ["[]", "[0, 0]", "[0, -1]"])
+def test_bad_channel_list(tmp_path, channel):
+    with pytest.raises(UserError, match=r"'image\.channel(\[1\])?': expected"):
+        load(LocalConfig, _write(tmp_path, "model: {basedir: models, name: demo}\n"
+                                           f"image: {{path: a.tif, channel: {channel}}}\n"))
+
+
 def test_required_key(tmp_path):
     with pytest.raises(UserError, match="'image.path' is required"):
         load(LocalConfig, _write(tmp_path, "model: {name: demo}\n"))

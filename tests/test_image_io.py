@@ -153,6 +153,24 @@ def test_any_axes_order(tmp_path, two_channels, axes):
     _assert_reads(_image(**keys, axes=axes, channel=channel), two_channels[channel])
 
 
+@pytest.mark.parametrize("writer", [*MULTICHANNEL_WRITERS, "ims"])
+def test_a_channel_list_reads_those_channels_last_in_its_order(tmp_path, two_channels, writer):
+    if writer == "ims":
+        keys = _ims(tmp_path, two_channels)
+    else:
+        keys = {**MULTICHANNEL_WRITERS[writer](tmp_path, np.moveaxis(two_channels, 0, 1)),
+                "axes": "ZCYX"}
+    region = tuple(map(slice, LO, HI))
+    with open_volume(_image(**keys, channel=(1, 0))) as volume:
+        assert volume.shape == SHAPE and volume.n_channels == 2
+        read = volume.read(LO, HI)
+        assert read.flags.c_contiguous and read.flags.writeable
+        np.testing.assert_array_equal(read, np.stack([two_channels[1][region],
+                                                      two_channels[0][region]], axis=-1))
+        np.testing.assert_array_equal(volume.channel_volume(1).read(LO, HI),
+                                      two_channels[0][region])
+
+
 def test_imaris_crops_padding_and_selects_channel(tmp_path, two_channels, caplog):
     keys = _ims(tmp_path, two_channels)
     _assert_reads(_image(**keys, channel=1), two_channels[1])

@@ -118,9 +118,10 @@ def _kill_when(process, reached, what):
 
 
 def _progress(log_text):
-    """Last ``(done, total)`` of each tqdm progress bar in ``log_text``, by description."""
-    bars = re.findall(r"([A-Za-z][\w ]*): *\d+%\|[^|\r\n]*\| *(\d+)/(\d+)", log_text)
-    return {description: (int(done), int(total)) for description, done, total in bars}
+    """Last ``(done, total)`` of each progress report in ``log_text``, by description (a log
+    file gets lines "<description>: <done> of <total> <unit>s done", not tqdm bars)."""
+    lines = re.findall(r"INFO ([A-Za-z][\w .]*): (\d+) of (\d+) \w+ done", log_text)
+    return {description: (int(done), int(total)) for description, done, total in lines}
 
 
 def _chunks_to_render(log_text):
@@ -375,7 +376,8 @@ def _assert_same_hdf5(actual, expected):
 def _blocks_predicted(log_path):
     """Blocks the GPU step has predicted so far, and the total, from its progress lines
     (one per block at debug level; its stderr is no terminal, so it draws no bar)."""
-    lines = re.findall(r"block (\d+) of (\d+) done", log_path.read_text(errors="replace"))
+    lines = re.findall(r"blocks: (\d+) of (\d+) blocks done",
+                       log_path.read_text(errors="replace"))
     return tuple(map(int, lines[-1])) if lines else (0, 0)
 
 

@@ -183,9 +183,10 @@ def test_sparse_post_processing_equals_predict_sparse_bit_for_bit(demo_model, sm
     for plan in (plans[0], plans[-1]):   # a first and a last, reflect-padded block
         block = read_block(volume, plan, norm, LaneClock())
         owned = owned_cells(plan, geometry)
-        parts = [tile_candidates(*network(tile), s_src, s_dst, owned, prob_thresh)
+        parts = [tile_candidates(network(tile), s_src, s_dst, owned, prob_thresh)
                  for tile, s_src, s_dst in network.tiles(block, n_tiles)]
-        prob, dist, points = block_candidates(parts, plan, geometry.grid)
+        prob, dist, points, prob_class = block_candidates(parts, plan, geometry.grid)
+        assert prob_class is None   # a single-class model
         ref_prob, ref_dist, ref_points = demo_model.predict_sparse(
             block, prob_thresh=prob_thresh, axes="ZYX", n_tiles=n_tiles,
             show_tile_progress=False, b=0)

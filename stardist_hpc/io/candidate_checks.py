@@ -6,7 +6,8 @@ attribute, and the first bad row:
 - :func:`check_header` when the file is opened (cheap: attributes, dataset shapes and dtypes,
   the blocks table's row ranges partition ``0..N`` and its cores do not overlap);
 - :func:`check_block_rows` on the rows a task reads (finite values, ``prob`` in [0, 1],
-  ``dist`` > 0, points inside their block's core, hence inside the image).
+  ``dist`` > 0, points inside their block's core, hence inside the image), and
+  :func:`check_class_rows` on the class probabilities a task reads (finite, in [0, 1]).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ RESUME_KEY = "resume_key"
 #: attribute holding the SHA-256 of every other attribute (a damaged header is an error).
 HEADER_CHECKSUM = "header_sha256"
 AXES = "zyx"
+#: the class probabilities of a multi-class model's candidates (background first).
+PROB_CLASS = "prob_class"
 
 
 #: what StarDist's ``rays_from_json`` (an ``eval`` of the class name) raises on a bad one.
@@ -101,14 +104,31 @@ def check_attributes(attrs, path):
                "grid": _positive_triple(attrs, "grid", path),
                "prob_thresh": _number_in(attrs, "prob_thresh", path, 0, 1),
                "nms_thresh": _number_in(attrs, "nms_thresh", path, 0, 1),
-               "n_rays": _n_rays(attrs["rays_json"], path)}
+               "n_rays": _n_rays(attrs["rays_json"], path),
+               "n_classes": _n_classes(attrs, path)}
     return checked
 
 
-def check_datasets(f, path, n_rays):
-    """Shapes and dtypes of prob, dist, points; returns the number of candidates N."""
+def _n_classes(attrs, path):
+    """The file's object classes: 0 (single class) when the attribute is absent."""
+    value = attrs.get("n_classes", 0)
+    if isinstance(value, (bytes, str)) or not np.isscalar(value) or isinstance(value, bool) \
+            or not float(value).is_integer() or value < 0:
+        _fail(path, "attribute 'n_classes'", f"expected an integer >= 0, got {_plain(value)!r}")
+    return int(value)
+
+
+def check_datasets(f, path, n_rays, n_classes=0):
+    """Shapes and dtypes of prob, dist, points (and prob_class of a multi-class model's
+    file); returns the number of candidates N."""
     n = f["prob"].shape[0] if f["prob"].ndim == 1 else -1
     expected = {"prob": ((n,), "f"), "dist": ((n, n_rays), "f"), "points": ((n, 3), "iu")}
+    if n_classes:
+        if PROB_CLASS not in f:
+            _fail(path, f"dataset '{PROB_CLASS}'", f"expected the class probabilities of "
+                                                   f"{n_classes} classes (attribute "
+                                                   "n_classes), got none")
+        expected[PROB_CLASS] = ((n, n_classes + 1), "f")
     for name, (shape, kinds) in expected.items():
         dset = f[name]
         if dset.shape != shape or dset.dtype.kind not in kinds:
@@ -183,6 +203,16 @@ def first_invalid_value(prob, dist):
                 value = value[~(np.isfinite(value) & (value > 0))][0]
             return name, int(rows[0]), expected, np.asarray(value).tolist()
     return None
+
+
+def check_class_rows(path, start, prob_class):
+    """Class probabilities read from row ``start`` on: finite and in [0, 1]."""
+    bad = np.flatnonzero(~np.all(np.isfinite(prob_class) & (prob_class >= 0)
+                                 & (prob_class <= 1), axis=1))
+    if len(bad):
+        _fail(path, f"dataset '{PROB_CLASS}'", f"expected finite probabilities in [0, 1], got "
+                                               f"{prob_class[bad[0]].tolist()} at row "
+                                               f"{start + bad[0]}")
 
 
 def check_block_rows(path, block, prob, dist, points):

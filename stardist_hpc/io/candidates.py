@@ -5,11 +5,15 @@ Layout (format version 1)::
     prob    float32 (N,)          object probability of each candidate
     dist    float32 (N, n_rays)   ray lengths
     points  int32   (N, 3)        candidate centre, full-resolution z, y, x voxel coordinates
+    prob_class float32 (N, C + 1) class probabilities (background first) of a multi-class
+                                  model's candidates, as StarDist returns them; only when the
+                                  attribute n_classes = C > 0
     blocks  compound (B,)         per prediction block: core region [lo, hi), row range
                                   [row_start, row_stop) and the largest candidate extent
                                   (max over rays of dist * |ray component|) along z, y, x
     attrs   format_version, image_shape, rays_json, grid, prob_thresh, nms_thresh, model_name,
-            image_path, channel, norm_lo, norm_hi, norm_pmin, norm_pmax, norm_method
+            image_path, channel, norm_lo, norm_hi, norm_pmin, norm_pmax, norm_method,
+            n_classes (0 or absent: a single-class model)
 
 Candidates of one block are stored contiguously, and every candidate lies in the core of
 exactly one block, so a spatial query reads only the rows of the blocks it meets.
@@ -34,10 +38,12 @@ from .atomic import publish
 from .candidate_checks import (
     FORMAT_VERSION,
     HEADER_CHECKSUM,
+    PROB_CLASS,
     RESUME_KEY,
     check_attributes,
     check_block_rows,
     check_blocks,
+    check_class_rows,
     check_datasets,
     check_header_checksum,
     header_checksum,
@@ -76,10 +82,20 @@ class CandidateMeta:
     #: JSON of the resolved settings of the run that wrote the file (provenance)
     parameters: str = "{}"
     norm_method: str = ""
+    #: object classes of a multi-class model (0: single class, no prob_class dataset)
+    n_classes: int = 0
 
     @property
     def n_rays(self):
         return len(ray_vectors(self.rays_json))
+
+
+def candidate_columns(meta):
+    """``(name, dtype, row shape)`` of the per-candidate datasets of a file with ``meta``."""
+    columns = [("prob", "f4", ()), ("dist", "f4", (meta.n_rays,)), ("points", "i4", (3,))]
+    if meta.n_classes:
+        columns.append((PROB_CLASS, "f4", (meta.n_classes + 1,)))
+    return columns
 
 
 def create_candidate_datasets(h5file, meta, n_rows):
@@ -89,8 +105,7 @@ def create_candidate_datasets(h5file, meta, n_rows):
     -------
     dict of name -> h5py.Dataset
     """
-    n_rays = meta.n_rays
-    layout = (("prob", "f4", ()), ("dist", "f4", (n_rays,)), ("points", "i4", (3,)))
+    layout = candidate_columns(meta)
     # fletcher32: HDF5 checks every chunk it reads, so a damaged byte is an error, not a value
     dsets = {name: h5file.create_dataset(name, (n_rows, *tail), dtype, maxshape=(None, *tail),
                                          chunks=(ROWS_PER_CHUNK, *tail), fletcher32=True)
@@ -175,7 +190,7 @@ class CandidateWriter:
             return False
         try:
             blocks = f["blocks"][()] if self._same_run(f.attrs.get(RESUME_KEY)) else None
-            dsets = {name: f[name] for name in ("prob", "dist", "points")}
+            dsets = {name: f[name] for name, _, _ in candidate_columns(self.meta)}
         except (KeyError, OSError):
             blocks = None
         n_rows = int(blocks["row_stop"][-1]) if blocks is not None and len(blocks) else 0
@@ -190,11 +205,13 @@ class CandidateWriter:
                                  tuple(int(b[a]) for a in ("z1", "y1", "x1"))) for b in blocks]
         return True
 
-    def append(self, core_lo, core_hi, prob, dist, points):
-        """Append the candidates of one block whose core is ``[core_lo, core_hi)``."""
+    def append(self, core_lo, core_hi, prob, dist, points, prob_class=None):
+        """Append the candidates of one block whose core is ``[core_lo, core_hi)``
+        (``prob_class`` for a multi-class model's file)."""
         n = len(prob)
         start, stop = self.n_rows, self.n_rows + n
-        for name, values in (("prob", prob), ("dist", dist), ("points", points)):
+        columns = {"prob": prob, "dist": dist, "points": points, PROB_CLASS: prob_class}
+        for name, values in ((name, columns[name]) for name in self._dsets):
             self._dsets[name].resize(stop, axis=0)
             self._dsets[name][start:stop] = values
         extent = (largest_extent(dist, self._rays) if n
@@ -250,7 +267,8 @@ class CandidateFile:
             for required in ("image_shape", "rays_json", "grid", "prob_thresh", "nms_thresh"):
                 _attr(f.attrs, required, self.path)
             checked = check_attributes(f.attrs, self.path)
-            self.n_candidates = check_datasets(f, self.path, checked.pop("n_rays"))
+            self.n_candidates = check_datasets(f, self.path, checked.pop("n_rays"),
+                                               checked["n_classes"])
             self.meta = CandidateMeta(**{**kw, **checked})
             self.blocks = self._read(f, "blocks", slice(None))
             check_blocks(self.blocks, self.path, self.n_candidates, self.meta.image_shape)
@@ -311,6 +329,24 @@ class CandidateFile:
         rows, prob, dist, points = (np.concatenate(p) for p in zip(*parts))
         inside = np.all((points >= np.asarray(lo)) & (points < np.asarray(hi)), axis=1)
         return rows[inside], prob[inside], dist[inside], points[inside]
+
+
+    def read_class_probabilities(self, rows):
+        """``prob_class`` at the increasing file ``rows`` ((len(rows), n_classes + 1) float32;
+        no columns for a single-class file), read block by block and checked."""
+        n_columns = self.meta.n_classes + 1 if self.meta.n_classes else 0
+        rows = np.asarray(rows, np.int64)
+        if not n_columns or not len(rows):
+            return np.zeros((len(rows), n_columns), np.float32)
+        in_block = np.searchsorted(self.blocks["row_stop"], rows, side="right")
+        parts = []
+        with self._open() as f:
+            for b in np.unique(in_block):
+                start, stop = int(self.blocks[b]["row_start"]), int(self.blocks[b]["row_stop"])
+                values = self._read(f, PROB_CLASS, slice(start, stop))
+                check_class_rows(self.path, start, values)
+                parts.append(values[rows[in_block == b] - start])
+        return np.concatenate(parts).astype(np.float32)
 
 
 def open_candidates(path) -> CandidateFile:

@@ -1,4 +1,4 @@
-"""Lazy reading of one channel of a 3D image from large files, region by region.
+"""Lazy reading of one channel (or a few) of a 3D image from large files, region by region.
 
 The whole volume is never loaded: every backend gives an array that reads only the slices asked
 for (a memory map or zarr view of a TIFF, an HDF5 dataset, a zarr array).
@@ -19,9 +19,10 @@ Supported files, chosen by suffix (case-insensitive):
     (null: the only 3D/4D array).
 
 ``image.axes`` names the stored axes with the letters T, C, Z, Y, X (null: a 3D array is ZYX).
-``image.channel`` is picked along C; a T axis must have size 1. Regions are returned in z, y, x
-order whatever the stored order. Every bad input raises a one-line
-:class:`~stardist_hpc.errors.UserError` naming the config key at fault.
+``image.channel`` is picked along C (a list picks several, for a multi-channel model: regions
+then have a trailing channel axis in the list's order, as StarDist expects); a T axis must have
+size 1. Regions are returned in z, y, x (, c) order whatever the stored order. Every bad input
+raises a one-line :class:`~stardist_hpc.errors.UserError` naming the config key at fault.
 """
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError)
 
 
 class Volume:
-    """One channel of a 3D image, read lazily region by region; create it with `open_volume`.
+    """One channel (or several) of a 3D image, read lazily region by region; create it with
+    `open_volume`.
 
     Parameters
     ----------
@@ -74,8 +76,9 @@ class Volume:
         Stored array supporting numpy basic slicing (memory map, h5py dataset, zarr array).
     axes : str
         Letters of the stored axes, e.g. ``"ZCYX"``.
-    channel : int
-        Index along the C axis (unused without one).
+    channel : int or tuple of int
+        Index along the C axis (unused without one); a tuple reads those channels into a
+        trailing channel axis.
     shape : tuple of int
         Size (z, y, x) of the image; smaller than the stored array when that is padded.
     close : callable
@@ -86,6 +89,9 @@ class Volume:
     path : Path
     shape : tuple of int
         (z, y, x).
+    channel : int or tuple of int
+    n_channels : int
+        Channels of a region: 1, or the length of a tuple ``channel``.
     dtype : numpy.dtype
         The stored dtype, which `read` returns.
     """
@@ -97,7 +103,8 @@ class Volume:
         self._array = array
         self._close = close
         self._axes = axes
-        self._fixed = {"C": channel, "T": 0}  # the only time point: T is checked to have size 1
+        self.channel = channel
+        self.n_channels = len(channel) if isinstance(channel, tuple) else 1
         kept = [axis for axis in axes if axis in ZYX]
         self._order = tuple(kept.index(axis) for axis in ZYX)
 
@@ -112,7 +119,8 @@ class Volume:
         Returns
         -------
         ndarray
-            Writable, C-contiguous array of shape ``hi - lo`` and dtype `dtype`.
+            Writable, C-contiguous array of shape ``hi - lo`` (followed by `n_channels` when
+            ``channel`` is a tuple) and dtype `dtype`.
 
         Raises
         ------
@@ -120,14 +128,29 @@ class Volume:
             If the region cannot be read, or holds NaN or inf values.
         """
         spans = self._spans(lo, hi)
-        index = tuple(spans[axis] if axis in ZYX else self._fixed[axis] for axis in self._axes)
-        with _reading(self.path):
-            region = np.asarray(self._array[index]).transpose(self._order)
+        if isinstance(self.channel, tuple):   # np.stack copies: C-contiguous and writable
+            region = np.stack([self._read_channel(spans, c) for c in self.channel], axis=-1)
+        else:
+            region = self._read_channel(spans, self.channel)
         _check_finite(region, spans, self.path)
         if region.flags.c_contiguous and region.flags.writeable:
             return region
         # memory-mapped regions are read-only views of the file, transposed ones are strided
         return np.array(region, order="C")
+
+    def _read_channel(self, spans, channel):
+        """Region ``spans`` of one channel, in z, y, x order (T is checked to have size 1)."""
+        fixed = {"C": channel, "T": 0}
+        index = tuple(spans[axis] if axis in ZYX else fixed[axis] for axis in self._axes)
+        with _reading(self.path):
+            return np.asarray(self._array[index]).transpose(self._order)
+
+    def channel_volume(self, i):
+        """The Volume of the ``i``-th of the channels this volume reads (for per-channel
+        normalisation); it shares the file, which stays this volume's to close."""
+        channel = self.channel[i] if isinstance(self.channel, tuple) else self.channel
+        return Volume(self.path, self._array, self._axes, channel, self.shape,
+                      _nothing_to_close)
 
     def _spans(self, lo, hi):
         """Slices (by axis letter) of region ``[lo, hi)``, checked to lie in the image."""
@@ -216,7 +239,7 @@ def _volume(path, stored):
     with _closing_on_error(stored.close):
         axes, shape = _layout(stored)
     volume = Volume(path, stored.array, axes, stored.channel, shape, stored.close)
-    logger.info("opened %s: image shape %s, dtype %s, stored shape %s as %s, channel %d",
+    logger.info("opened %s: image shape %s, dtype %s, stored shape %s as %s, channel %s",
                 path, volume.shape, volume.dtype, tuple(stored.array.shape), axes, stored.channel)
     return volume
 
@@ -230,7 +253,7 @@ class _Stored:
     """An opened array with the axes and channel to read it with, before validation."""
     array: Any
     axes: str | None  # None: guess from the number of dimensions
-    channel: int
+    channel: int | tuple
     close: Callable[[], None]
     size: tuple | None = None  # true (z, y, x) size of a padded array
 
@@ -408,17 +431,42 @@ def _listing(names, shapes=None):
 
 
 def _open_ims(path, image):
-    """Open one channel of an Imaris file, with the true image size to crop its padding to."""
+    """Open one channel (or several) of an Imaris file, with the true image size to crop its
+    padding to."""
     _warn_ignored(image, ("dataset", "axes"), "Imaris files")
     file = h5py.File(path, "r")
     with _closing_on_error(file.close):
-        data = _imaris_channel(file, image.channel, path)
+        several = isinstance(image.channel, tuple)
+        if several:   # one dataset per channel: stacked along C
+            data = _ChannelStack([_imaris_channel(file, c, path) for c in image.channel], path)
+        else:
+            data = _imaris_channel(file, image.channel, path)
         size = _imaris_size(file, path)
         _check_empty(size)
-        if data.ndim != len(ZYX) or any(s > n for s, n in zip(size, data.shape)):
+        zyx = data.shape[-len(ZYX):]
+        if data.ndim != len(ZYX) + several or any(s > n for s, n in zip(size, zyx)):
             raise UserError(f"image.path: expected Imaris data of at least the image size {size} "
-                            f"in {path}, got shape {data.shape}")
+                            f"in {path}, got shape {zyx if several else data.shape}")
+    if several:
+        return _Stored(data, "C" + ZYX, tuple(range(len(image.channel))), file.close, size=size)
     return _Stored(data, ZYX, 0, file.close, size=size)
+
+
+class _ChannelStack:
+    """Datasets of equal shape and dtype (Imaris channels) read as one array with a leading
+    C axis; indexed with an integer channel first, as `Volume` indexes it."""
+
+    def __init__(self, datasets, path):
+        first = datasets[0]
+        if any(d.shape != first.shape or d.dtype != first.dtype for d in datasets):
+            raise UserError(f"image.channel: expected channels of one shape and dtype in the "
+                            f"Imaris file {path}, got "
+                            f"{', '.join(f'{d.shape} {d.dtype}' for d in datasets)}")
+        self._datasets = datasets
+        self.shape, self.dtype, self.ndim = (len(datasets), *first.shape), first.dtype, 4
+
+    def __getitem__(self, index):
+        return self._datasets[index[0]][index[1:]]
 
 
 def _imaris_group(file, name, path):
@@ -515,7 +563,15 @@ def _check_dtype(dtype):
 
 
 def _check_channel(channel, count):
-    """Check ``channel`` against ``count`` channels (None: the image has no C axis)."""
+    """Check ``channel`` (or each of a tuple) against ``count`` channels (None: the image has
+    no C axis)."""
+    if isinstance(channel, tuple):
+        if count is None:
+            raise UserError(f"image.channel: expected one channel for an image without a C "
+                            f"axis in image.axes, got the list {list(channel)}")
+        for c in channel:
+            _check_channel(c, count)
+        return
     if count is None:
         if channel != 0:
             raise UserError(f"image.channel: expected 0 for an image without a C axis in "

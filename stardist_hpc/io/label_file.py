@@ -5,7 +5,9 @@ Layout (format version 1)::
     labels   uint32 image_shape, chunks = labeling.chunk_shape, gzip   0 = background
     data     soft link to /labels (the name the original pipeline used)
     objects  compound (K,)  per object, by id: id, prob, centroid_z/y/x, bbox z0, y0, x0,
-                            z1, y1, x1 (half-open, of the rendered voxels), voxel_count
+                            z1, y1, x1 (half-open, of the rendered voxels), voxel_count;
+                            for a multi-class model also class_id and prob_class_0 ..
+                            prob_class_C (see ``object_dtype``)
     attrs    format_version, image_shape, rays_json, prob_thresh, nms_thresh, source,
              n_objects
 
@@ -15,14 +17,13 @@ no voxel (covered by more probable ones) have voxel_count 0, NaN centroids and a
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import UserError
+from ..progress import progress
 from .atomic import atomic_path
 from .checkpoint import load_record
 from .chunks import ChunkStats, chunk_files
@@ -42,6 +43,22 @@ OBJECT_DTYPE = np.dtype([
 ])
 
 
+#: per-object fields of a multi-class model: StarDist's ``class_id`` (the argmax of the class
+#: probabilities, 0 = background) and one column per class probability (flat, so that
+#: ``pandas.DataFrame(table)`` works), prefixed as below.
+CLASS_ID = "class_id"
+PROB_CLASS_PREFIX = "prob_class_"
+
+
+def object_dtype(n_classes=0):
+    """The ``objects`` table's dtype; with ``n_classes`` > 0 also ``class_id`` and
+    ``prob_class_0`` (background) .. ``prob_class_{n_classes}``."""
+    if not n_classes:
+        return OBJECT_DTYPE
+    return np.dtype(OBJECT_DTYPE.descr + [(CLASS_ID, "i4")]
+                    + [(f"{PROB_CLASS_PREFIX}{k}", "f4") for k in range(n_classes + 1)])
+
+
 class ObjectStatistics:
     """Per-object statistics summed over chunks (arrays of size K, indexed by id - 1)."""
 
@@ -59,11 +76,17 @@ class ObjectStatistics:
         self.bbox_lo[at] = np.minimum(self.bbox_lo[at], stats.bbox_lo)
         self.bbox_hi[at] = np.maximum(self.bbox_hi[at], stats.bbox_hi)
 
-    def table(self, prob):
-        """The ``objects`` table, given the probability of each object by id - 1."""
-        table = np.zeros(len(self.voxel_count), OBJECT_DTYPE)
+    def table(self, prob, prob_class=None):
+        """The ``objects`` table, given the probability (and a multi-class model's class
+        probabilities, (K, n_classes + 1)) of each object by id - 1."""
+        n_classes = 0 if prob_class is None else prob_class.shape[1] - 1
+        table = np.zeros(len(self.voxel_count), object_dtype(n_classes))
         table["id"] = np.arange(1, len(table) + 1)
         table["prob"] = prob
+        if n_classes:   # as StarDist's predict_instances: np.argmax(prob_class, axis=-1)
+            table[CLASS_ID] = np.argmax(prob_class, axis=-1)
+            for k in range(n_classes + 1):
+                table[f"{PROB_CLASS_PREFIX}{k}"] = prob_class[:, k]
         table["voxel_count"] = self.voxel_count
         rendered = self.voxel_count > 0
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -77,8 +100,8 @@ class ObjectStatistics:
 
 def _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics, show_progress):
     """Copy the compressed chunks into ``dset`` and sum their statistics."""
-    for index in tqdm(chunk_indices, desc="write label.h5", file=sys.stderr, unit="chunk",
-                      disable=not show_progress):
+    for index in progress(chunk_indices, len(chunk_indices), "write label.h5", "chunk",
+                          show_progress=show_progress):
         files = chunk_files(chunk_dir, index)
         stats = load_record(files.stats, ChunkStats)
         if len(stats.ids):
@@ -87,7 +110,7 @@ def _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics, show_progres
 
 
 def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes, *,
-                     show_progress=True):
+                     show_progress=True, prob_class=None):
     """Assemble ``label.h5`` from checkpointed chunks; it appears at ``path`` when complete.
 
     Parameters
@@ -105,7 +128,9 @@ def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes, *,
         Provenance written as file attributes: image_shape, rays_json, thresholds, source,
         software version, backends and the resolved parameters (see doc/file_formats.md).
     show_progress : bool
-        Draw a progress bar on stderr.
+        Report progress (a bar on a terminal, else a log line now and then).
+    prob_class : ndarray (K, n_classes + 1), optional
+        Class probabilities of a multi-class model's objects, by id - 1.
     """
     statistics = ObjectStatistics(len(prob))
     with atomic_path(Path(path)) as tmp_path, h5py.File(tmp_path, "w") as f:
@@ -113,7 +138,7 @@ def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes, *,
                                 compression="gzip", fillvalue=0)
         _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics, show_progress)
         f[ORIGINAL_LABELS] = h5py.SoftLink(f"/{LABELS}")
-        f.create_dataset(OBJECTS, data=statistics.table(prob))
+        f.create_dataset(OBJECTS, data=statistics.table(prob, prob_class))
         f.attrs.update(attributes)
         f.attrs.update(format_version=FORMAT_VERSION, n_objects=len(prob))
 
@@ -130,7 +155,8 @@ def read_objects(path) -> np.ndarray:
     -------
     ndarray
         Structured array with the fields ``id``, ``prob``, ``centroid_z/y/x``, the voxel box
-        ``z0, y0, x0`` (first) and ``z1, y1, x1`` (past the last), and ``voxel_count``
+        ``z0, y0, x0`` (first) and ``z1, y1, x1`` (past the last), and ``voxel_count``; for
+        a multi-class model also ``class_id`` and ``prob_class_0`` .. ``prob_class_C``
         (``pandas.DataFrame(table)`` makes it a data frame).
 
     Raises

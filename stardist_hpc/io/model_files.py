@@ -34,6 +34,8 @@ class ModelInfo:
     prob_thresh: float
     nms_thresh: float
     thresholds_source: str = "thresholds.json"   # or StarDist's defaults (file missing)
+    n_classes: int = 0       # object classes of a multi-class model (0: single class)
+    n_channel_in: int = 1    # image channels the network takes
 
 
 def _read_json(path):
@@ -84,6 +86,17 @@ def _checked_rays(config, path):
     return json.dumps(rays_json), n_rays
 
 
+def _count(config, key, path, default):
+    """The positive integer ``config[key]`` (``default`` when absent or null)."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"model file {path}: '{key}': expected a positive integer or null, got "
+                        f"{value!r}")
+    return value
+
+
 def _thresholds(thresholds_path):
     """prob, nms and where they come from: thresholds.json, or StarDist's defaults when the
     file is missing."""
@@ -98,12 +111,16 @@ def _thresholds(thresholds_path):
 def read_model_info(basedir, name):
     """Read rays, grid and thresholds of model ``basedir/name`` without TensorFlow.
 
+    ``n_classes`` (multi-class models) and ``n_channel_in`` come from ``config.json`` too, so
+    that a model the image cannot feed is refused before TensorFlow is imported.
+
     Raises
     ------
     UserError
         If the folder or its ``config.json`` is missing or incomplete, the model is not a
-        3D StarDist model, its rays are not StarDist's or disagree with ``n_rays``, or a
-        threshold is not a number in [0, 1].
+        3D StarDist model (e.g. a StarDist2D one), its rays are not StarDist's or disagree
+        with ``n_rays``, a class or channel count is not a positive integer, or a threshold
+        is not a number in [0, 1].
     """
     model_dir = Path(basedir) / name
     if not model_dir.is_dir():
@@ -118,7 +135,9 @@ def read_model_info(basedir, name):
     rays_json, n_rays = _checked_rays(config, config_path)
     prob_thresh, nms_thresh, source = _thresholds(thresholds_path)
     return ModelInfo(name=name, rays_json=rays_json, n_rays=n_rays, grid=tuple(config["grid"]),
-                     prob_thresh=prob_thresh, nms_thresh=nms_thresh, thresholds_source=source)
+                     prob_thresh=prob_thresh, nms_thresh=nms_thresh, thresholds_source=source,
+                     n_classes=_count(config, "n_classes", config_path, 0),
+                     n_channel_in=_count(config, "n_channel_in", config_path, 1))
 
 
 def model_weights(model_dir) -> Path:

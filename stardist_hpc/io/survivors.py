@@ -27,7 +27,9 @@ class Survivors(NamedTuple):
     """Kept candidates: their file rows, probabilities, centres, ray lengths and bboxes.
 
     ``bbox_lo``/``bbox_hi`` are the half-open voxel box StarDist renders each polyhedron in,
-    clipped to the image. ``ids`` is None until the total order is known.
+    clipped to the image. ``ids`` is None until the total order is known. ``prob_class``
+    (K, n_classes + 1) holds a multi-class model's class probabilities (no columns
+    otherwise).
     """
     rows: np.ndarray
     prob: np.ndarray
@@ -36,15 +38,18 @@ class Survivors(NamedTuple):
     bbox_lo: np.ndarray
     bbox_hi: np.ndarray
     ids: np.ndarray = None
+    prob_class: np.ndarray = None
 
 
 #: columns written as the parts of the table arrive (ids are assigned at the end).
 _WRITTEN_PER_PART = ("rows", "prob", "points", "dist", "bbox_lo", "bbox_hi")
+#: the class probabilities column, in tables of a multi-class model's candidates only.
+PROB_CLASS = "prob_class"
 _SURVIVOR_COLUMNS = (("rows", "i8", ()), ("prob", "f4", ()), ("points", "i4", (3,)),
                      ("bbox_lo", "i4", (3,)), ("bbox_hi", "i4", (3,)), ("ids", "u4", ()))
 
 
-def write_survivor_table(path, n_survivors, n_rays, parts):
+def write_survivor_table(path, n_survivors, n_rays, parts, n_classes=0):
     """Write the survivor table to ``path`` atomically and number the survivors.
 
     Parameters
@@ -53,15 +58,21 @@ def write_survivor_table(path, n_survivors, n_rays, parts):
     n_survivors, n_rays : int
     parts : iterable of (int, Survivors)
         Table row where each part starts, and the part (without ids), in any order.
+    n_classes : int
+        Classes of a multi-class model, whose parts carry ``prob_class`` (0: none).
     """
+    columns = _SURVIVOR_COLUMNS + (("dist", "f4", (n_rays,)),)
+    if n_classes:
+        columns += ((PROB_CLASS, "f4", (n_classes + 1,)),)
+    written = _WRITTEN_PER_PART + ((PROB_CLASS,) if n_classes else ())
     with atomic_path(path) as tmp_path, h5py.File(tmp_path, "w") as f:
         rows_per_chunk = min(SURVIVOR_ROWS_PER_CHUNK, max(1, n_survivors))
-        for name, dtype, tail in _SURVIVOR_COLUMNS + (("dist", "f4", (n_rays,)),):
+        for name, dtype, tail in columns:
             # resizable, so that an empty table may still have its chunk shape
             f.create_dataset(name, (n_survivors, *tail), dtype, chunks=(rows_per_chunk, *tail),
                              maxshape=(None, *tail), fletcher32=True)
         for start, survivors in parts:
-            for name in _WRITTEN_PER_PART:
+            for name in written:
                 f[name][start:start + len(survivors.rows)] = getattr(survivors, name)
         f["ids"][()] = _ids_in_total_order(f["prob"][()], f["points"][()], f["rows"][()])
 
@@ -100,6 +111,7 @@ def intact_survivor_file(path, n_survivors):
     try:
         with h5py.File(path, "r") as f:
             names = [name for name, _, _ in _SURVIVOR_COLUMNS] + ["dist"]
+            names += [PROB_CLASS] if PROB_CLASS in f else []
             lengths = {f[name].shape[0] for name in names}
             for name in names:   # read slice by slice: every chunk checked, little memory
                 for start in range(0, n_survivors, VERIFY_ROWS):

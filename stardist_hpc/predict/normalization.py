@@ -10,9 +10,14 @@ to every block:
 * ``sample`` (default for floats): the percentiles of every ``stride``-th voxel along each axis
   (a regular lattice over the whole volume), at most ``sample_size`` voxels.
 * fixed ``lo``/``hi`` given by the user, to normalise several volumes alike.
+
+An image read with several channels (a multi-channel model) is normalised per channel, as
+``normalize(img, pmin, pmax, axis=(0, 1, 2))`` normalises a z, y, x, c image: each channel's
+percentiles (by the same method) map that channel; fixed ``lo``/``hi`` map every channel.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -36,18 +41,22 @@ HISTOGRAM_SLAB_VOXELS = 4 * 2**20
 
 @dataclass(frozen=True)
 class Normalization:
-    """Affine map ``(x - lo) / (hi - lo + eps)``; ``method`` says where ``lo``/``hi`` came from."""
+    """Affine map ``(x - lo) / (hi - lo + eps)``; ``method`` says where ``lo``/``hi`` came from.
+
+    ``lo`` and ``hi`` are tuples (one value per channel, along a block's last axis) for an
+    image read with several channels.
+    """
     pmin: float
     pmax: float
-    lo: float
-    hi: float
+    lo: float | tuple
+    hi: float | tuple
     method: str = METHOD_SAMPLE
 
     def apply(self, block):
         """Normalised float32 copy of ``block``, computed as csbdeep's ``normalize_mi_ma``
         (float32, no clipping), so a block's values are those of the normalised whole image."""
         x = block.astype(np.float32)
-        lo, hi = np.float32(self.lo), np.float32(self.hi)
+        lo, hi = np.asarray(self.lo, np.float32), np.asarray(self.hi, np.float32)
         x -= lo
         x /= hi - lo + np.float32(CSBDEEP_EPS)
         return x
@@ -163,12 +172,26 @@ def percentile_normalization(volume, pmin, pmax, sample_size):
 
 
 def configured_normalization(volume, section):
-    """The normalisation a ``NormalizeSection`` asks for on ``volume``.
+    """The normalisation a ``NormalizeSection`` asks for on ``volume``, per channel when it
+    reads several (see the module docstring).
 
     Fixed ``lo``/``hi`` win; otherwise ``method`` (None: :func:`default_method`). The strided
     sample is read with every method: it finds unreadable or non-finite pixels before
     TensorFlow takes its time to load.
     """
+    if volume.n_channels == 1:
+        return _channel_normalization(volume, section)
+    log.info("normalising channels %s one by one, in this order", list(volume.channel))
+    parts = [_channel_normalization(volume.channel_volume(i), section)
+             for i in range(volume.n_channels)]
+    lo, hi = (tuple(getattr(p, name) for p in parts) for name in ("lo", "hi"))
+    if section.lo is not None:   # the same fixed values map every channel
+        lo, hi = section.lo, section.hi
+    return dataclasses.replace(parts[0], lo=lo, hi=hi)
+
+
+def _channel_normalization(volume, section):
+    """:func:`configured_normalization` of a volume that reads one channel."""
     method = section.method or default_method(volume.dtype)
     if section.lo is None and method == METHOD_SAMPLE:
         return percentile_normalization(volume, section.pmin, section.pmax, section.sample_size)

@@ -26,20 +26,26 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
-from tqdm import tqdm
 
 from .. import __version__
-from ..config import ImageSection, LocalOutputSection, PredictionSection, arguments_config
+from ..config import (
+    ImageSection,
+    LocalOutputSection,
+    PredictionSection,
+    arguments_config,
+    channels,
+)
 from ..errors import UserError
 from ..geometry.tiling import grid_boxes
 from ..io.candidates import CandidateMeta, CandidateWriter, temporary_path
 from ..io.image import array_volume, open_volume
 from ..io.model_files import ModelInfo, model_weights, read_model_info
 from ..io.path_guard import check_outputs_apart
+from ..progress import progress
 from .normalization import configured_normalization
 
 log = logging.getLogger(__name__)
@@ -51,14 +57,14 @@ Shape = tuple[int, int, int]
 BORDER_CELLS = 2
 #: StarDist's lower bound on predicted ray lengths (``np.maximum(1e-3, dist)``).
 DIST_MIN = 1e-3
-#: seconds between progress lines when stderr is not a terminal.
-PROGRESS_LOG_SECONDS = 30
 #: file descriptor of the process's standard error, where TensorFlow's C++ code logs.
 STDERR_FD = 2
 #: the prefix absl puts before a C++ log line, e.g. "I0000 00:00:1796.9 19433 port.cc:153] ".
 ABSL_LOG_PREFIX = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] ")
 #: guards divisions by a duration against zero.
 EPSILON_SECONDS = 1e-9
+#: spatial dimensions of the models this step runs (StarDist3D).
+N_DIM = 3
 
 
 @dataclass(frozen=True)
@@ -133,8 +139,8 @@ def read_block(volume, plan, normalization, clock):
     with clock.timing("normalise"):
         block = normalization.apply(raw)
         pad = [(0, h - r) for h, r in zip(plan.read_hi, real_hi)]
-        if any(p for _, p in pad):
-            block = np.pad(block, pad, mode="reflect")
+        if any(p for _, p in pad):   # a trailing channel axis is not padded
+            block = np.pad(block, pad + [(0, 0)] * (block.ndim - len(pad)), mode="reflect")
     return block
 
 
@@ -199,12 +205,13 @@ class Network:
     def tiles(self, block, n_tiles):
         """Yield ``(tile, s_src, s_dst)`` as StarDist's ``tiling_setup`` does, in grid cells.
 
-        ``tile`` has a trailing channel axis; ``s_src`` selects the tile's own cells in its
-        network output, ``s_dst`` where they lie in the block's cells.
+        ``tile`` has a trailing channel axis (added to a single-channel block); ``s_src``
+        selects the tile's own cells in its network output, ``s_dst`` where they lie in the
+        block's cells.
         """
         from csbdeep.internals.predict import tile_iterator
 
-        x = block[..., np.newaxis]
+        x = block[..., np.newaxis] if block.ndim == len(self.grid) else block
         if math.prod(n_tiles) == 1:
             yield x, (slice(None),) * 3, tuple(slice(0, s // g) for s, g in
                                                 zip(block.shape, self.grid))
@@ -218,22 +225,35 @@ class Network:
                                 zip(sl[:3], self.grid)) for sl in (s_src, s_dst))
 
     def __call__(self, tile):
-        """Raw network outputs of one tile: prob (z, y, x, 1) and dist (z, y, x, n_rays)."""
-        prob, dist = self.model.keras_model.predict(tile[np.newaxis], verbose=0)[:2]
-        return prob[0], dist[0]
+        """Raw network outputs of one tile: prob (z, y, x, 1), dist (z, y, x, n_rays) and,
+        for a multi-class model, prob_class (z, y, x, n_classes + 1)."""
+        outputs = self.model.keras_model.predict(tile[np.newaxis], verbose=0)
+        return tuple(output[0] for output in outputs)
 
 
-def tile_candidates(prob, dist, s_src, s_dst, owned, prob_thresh):
+class Candidates(NamedTuple):
+    """Candidates of a tile, ``cells`` being their block-local grid cells, or of a block
+    (:func:`block_candidates`), ``cells`` being their points in global voxels;
+    ``prob_class`` (N, n_classes + 1) only for a multi-class model."""
+    prob: np.ndarray
+    dist: np.ndarray
+    cells: np.ndarray
+    prob_class: np.ndarray | None = None
+
+
+def tile_candidates(outputs, s_src, s_dst, owned, prob_thresh):
     """Owned candidates of one tile's network output, as block-local grid cells.
 
     Thresholds ``prob`` first and reads and clamps ``dist`` only at the kept cells, where
     StarDist's ``predict_sparse`` clamps the whole dense map: the same values, bit for bit,
-    in the same (C) order.
+    in the same (C) order; class probabilities are read at the same cells, as StarDist reads
+    them.
 
     Parameters
     ----------
-    prob, dist : ndarray
-        Network outputs of the tile, (z, y, x, 1) and (z, y, x, n_rays).
+    outputs : tuple of ndarray
+        Network outputs of the tile (see :meth:`Network.__call__`): prob, dist and, for a
+        multi-class model, prob_class.
     s_src, s_dst : tuple of slice
         The tile's own cells in its output and in the block (see :meth:`Network.tiles`).
     owned : (lo, hi)
@@ -242,23 +262,22 @@ def tile_candidates(prob, dist, s_src, s_dst, owned, prob_thresh):
 
     Returns
     -------
-    prob : ndarray of float32 (N,)
-    dist : ndarray of float32 (N, n_rays)
-    cells : ndarray of int64 (N, 3)
-        Block-local grid cells.
+    Candidates
+        float32 prob (N,), dist (N, n_rays) and prob_class, int64 cells (N, 3).
     """
+    prob, dist, *prob_class = outputs
     lo = [max(d.start, o) for d, o in zip(s_dst, owned[0])]
     hi = [min(d.stop, o) for d, o in zip(s_dst, owned[1])]
-    if any(h <= l for l, h in zip(lo, hi)):
-        return (np.zeros(0, np.float32), np.zeros((0, dist.shape[-1]), np.float32),
-                np.zeros((0, 3), np.int64))
+    if any(h <= l for l, h in zip(lo, hi)):   # nothing owned: an empty box selects nothing
+        lo = hi = [d.start for d in s_dst]
     box = tuple(slice(s.start + l - d.start, s.start + h - d.start)
                 for s, d, l, h in zip(_resolved(s_src, prob.shape), s_dst, lo, hi))
     prob_box = prob[box + (0,)]
     cells = np.nonzero(prob_box > prob_thresh)
     kept_prob = prob_box[cells]
     kept_dist = np.maximum(DIST_MIN, dist[box][cells])
-    return kept_prob, kept_dist, np.stack(cells, axis=1) + np.asarray(lo)
+    kept_class = prob_class[0][box][cells] if prob_class else None
+    return Candidates(kept_prob, kept_dist, np.stack(cells, axis=1) + np.asarray(lo), kept_class)
 
 
 def _resolved(slices, shape):
@@ -267,10 +286,14 @@ def _resolved(slices, shape):
 
 
 def block_candidates(parts, plan, grid):
-    """Concatenate a block's tile candidates into (prob, dist, points in global voxels)."""
-    prob, dist, cells = (np.concatenate(p) for p in zip(*parts))
+    """Concatenate a block's tile :class:`Candidates` into one whose ``cells`` are the
+    candidates' points in global voxels (int32)."""
+    prob, dist, cells = (np.concatenate(p) for p in zip(*(part[:3] for part in parts)))
     points = cells * np.asarray(grid) + np.asarray(plan.read_lo)
-    return prob.astype(np.float32), dist.astype(np.float32), points.astype(np.int32)
+    prob_class = (None if parts[0].prob_class is None else
+                  np.concatenate([part.prob_class for part in parts]).astype(np.float32))
+    return Candidates(prob.astype(np.float32), dist.astype(np.float32),
+                      points.astype(np.int32), prob_class)
 
 
 @contextmanager
@@ -323,23 +346,32 @@ def load_model(model_dir):
     devices = ", ".join(d.name for d in tf.config.list_logical_devices()) or "none"
     log.info("model %s loaded with TensorFlow %s (devices: %s)", model_dir, tf.__version__,
              devices)
-    return _single_channel(model)
-
-
-def _single_channel(model):
-    if model.config.n_channel_in != 1:
-        raise UserError(f"model {model.name}: expected a single-channel model, got "
-                        f"n_channel_in {model.config.n_channel_in}")
     return model
 
 
 def _loaded_model_info(model):
-    """Rays, grid and thresholds of a StarDist3D model already loaded in Python."""
-    return ModelInfo(name=str(model.name), rays_json=json.dumps(model.config.rays_json),
-                     n_rays=int(model.config.n_rays), grid=tuple(model.config.grid),
+    """Rays, grid, thresholds, classes and channels of a StarDist3D model loaded in Python."""
+    config = model.config
+    if config.n_dim != N_DIM:
+        raise UserError(f"model: expected a StarDist3D model, got n_dim {config.n_dim}")
+    return ModelInfo(name=str(model.name), rays_json=json.dumps(config.rays_json),
+                     n_rays=int(config.n_rays), grid=tuple(config.grid),
                      prob_thresh=float(model.thresholds.prob),
                      nms_thresh=float(model.thresholds.nms),
-                     thresholds_source="the thresholds of the loaded model")
+                     thresholds_source="the thresholds of the loaded model",
+                     n_classes=int(config.n_classes or 0),
+                     n_channel_in=int(config.n_channel_in))
+
+
+def check_channels(info, channel):
+    """Refuse an ``image.channel`` whose count is not the model's ``n_channel_in``."""
+    count = len(channel) if isinstance(channel, tuple) else 1
+    if count != info.n_channel_in:
+        example = list(range(info.n_channel_in)) if info.n_channel_in > 1 else 0
+        raise UserError(f"image.channel: model {info.name} takes {info.n_channel_in} "
+                        f"channel(s) (n_channel_in in config.json), got {count} "
+                        f"({list(channel) if count > 1 else channel}); expected e.g. "
+                        f"{example}, one entry per model input channel, in the model's order")
 
 
 def _prefetch(plans, load):
@@ -400,22 +432,6 @@ def _blocks_to_predict(plans, writer):
     return plans[len(done):]
 
 
-def _progress(blocks, total, done, show_progress):
-    """``blocks`` with progress: a tqdm bar on a terminal, else an INFO line every
-    ``PROGRESS_LOG_SECONDS`` and a DEBUG line per block (carriage-return bars garble log files
-    such as SLURM's); only DEBUG lines without ``show_progress``."""
-    if show_progress and sys.stderr.isatty():
-        yield from tqdm(blocks, total=total, initial=done, desc="blocks", unit="block")
-        return
-    last = time.monotonic()
-    for i, item in enumerate(blocks, start=done + 1):
-        yield item
-        due = show_progress and (time.monotonic() - last >= PROGRESS_LOG_SECONDS or i == total)
-        log.log(logging.INFO if due else logging.DEBUG, "block %d of %d done", i, total)
-        if due:
-            last = time.monotonic()
-
-
 def _volume_of(plan):
     """Voxels of a block's core."""
     return math.prod(h - l for l, h in zip(plan.core_lo, plan.core_hi))
@@ -438,7 +454,7 @@ class _Lanes:
         """Queue the post-processing of one tile's outputs; return its future."""
         if self._last_post is not None:
             self._last_post.result()
-        self._last_post = self._post.submit(self._timed, "post", tile_candidates, *outputs,
+        self._last_post = self._post.submit(self._timed, "post", tile_candidates, outputs,
                                             s_src, s_dst, owned, self.prob_thresh)
         return self._last_post
 
@@ -449,8 +465,9 @@ class _Lanes:
         self._last_write = self._write.submit(self._append, plan, parts)
 
     def _append(self, plan, parts):
-        prob, dist, points = block_candidates([f.result() for f in parts], plan, self.grid)
-        self._timed("write", self.writer.append, plan.core_lo, plan.core_hi, prob, dist, points)
+        found = block_candidates([f.result() for f in parts], plan, self.grid)
+        self._timed("write", self.writer.append, plan.core_lo, plan.core_hi, found.prob,
+                    found.dist, found.cells, found.prob_class)
 
     def _timed(self, lane, function, *args):
         with self.clock.timing(lane):
@@ -484,8 +501,9 @@ def predict_volume(network, volume, normalization, writer, *, block_shape, prob_
     start = time.perf_counter()
     try:
         blocks = _prefetch(plans, lambda p: read_block(volume, p, normalization, clock))
-        for plan, block in _progress(blocks, len(all_plans), len(all_plans) - len(plans),
-                                     show_progress):
+        for plan, block in progress(blocks, len(all_plans), "blocks", "block",
+                                    done=len(all_plans) - len(plans),
+                                    show_progress=show_progress):
             tiles = n_tiles or auto_n_tiles(block.shape, geometry.context, max_tile_voxels)
             owned, parts = owned_cells(plan, geometry), []
             for tile, s_src, s_dst in network.tiles(block, tiles):
@@ -558,12 +576,13 @@ def _model_and_info(model):
         model_weights(model_dir)
         return model_dir, info, lambda: load_model(model_dir)
     if hasattr(model, "predict_sparse") and hasattr(model, "config"):
-        return None, _loaded_model_info(model), lambda: _single_channel(model)
+        return None, _loaded_model_info(model), lambda: model
     raise UserError(f"model: expected a model folder path or a StarDist3D model, got {model!r}")
 
 
 def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.PathLike | Any,
-                       output: str | os.PathLike, *, channel: int = 0, axes: str | None = None,
+                       output: str | os.PathLike, *, channel: int | Sequence[int] = 0,
+                       axes: str | None = None,
                        dataset: str | None = None, missing_chunks: str = "error",
                        block_shape: Shape = (64, 256, 256),
                        n_tiles: Shape | None = None, max_tile_voxels: int = 8_388_608,
@@ -585,8 +604,9 @@ def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.Pat
         A model folder [model.basedir / model.name], or a model loaded in Python.
     output : str or Path
         The candidate file to write (``prediction.h5``) [output.path].
-    channel : int
-        Channel of an image with a C axis [image.channel].
+    channel : int or sequence of int
+        Channel of an image with a C axis; one per model input channel, in the model's
+        order, for a multi-channel model [image.channel].
     axes : str, optional
         Stored axes, e.g. ``"CZYX"`` (None: a 3D image is ZYX) [image.axes].
     dataset : str, optional
@@ -634,6 +654,8 @@ def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.Pat
                                 normalize=normalize)
     output = arguments_config(LocalOutputSection, path=output).path
     model_dir, info, load = _model_and_info(model)
+    channel = channels(channel, "image.channel", Path.cwd())
+    check_channels(info, channel)
     with _open_image(image, channel=channel, axes=axes, dataset=dataset,
                      missing_chunks=missing_chunks) as volume:
         # named by their config keys, which the docstring maps onto the arguments
@@ -654,7 +676,7 @@ def _predict(volume, load, info, output, settings, channel, model_dir, show_prog
     meta = CandidateMeta(
         image_shape=tuple(volume.shape), rays_json=info.rays_json, grid=info.grid,
         prob_thresh=prob_thresh, nms_thresh=info.nms_thresh, model_name=info.name,
-        image_path=str(volume.path), channel=channel,
+        image_path=str(volume.path), channel=channel, n_classes=info.n_classes,
         norm_lo=normalization.lo, norm_hi=normalization.hi,
         norm_pmin=normalization.pmin, norm_pmax=normalization.pmax,
         norm_method=normalization.method, software_version=__version__,

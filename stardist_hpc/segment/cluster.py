@@ -10,15 +10,13 @@ import contextlib
 import functools
 import logging
 import os
-import sys
 import uuid
 from pathlib import Path
 from typing import NamedTuple
 
-from tqdm import tqdm
-
 from ..config import ClusterSection, LocalClusterSection, SlurmSection
 from ..errors import UserError
+from ..progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +258,9 @@ def run_tasks(client, function, argument_tuples, description, *, show_progress=T
         A plain module-level function (tasks are not pure: they write checkpoints).
     argument_tuples : sequence of tuple
     description : str
-        Progress bar label.
+        Progress label (see :func:`stardist_hpc.progress.progress`).
     show_progress : bool
-        Draw the progress bar on stderr.
+        Report progress: a bar on a terminal, else a log line now and then.
 
     Yields
     ------
@@ -275,16 +273,14 @@ def run_tasks(client, function, argument_tuples, description, *, show_progress=T
     futures = client.map(functools.partial(_reporting_bad_input, function),
                          *zip(*argument_tuples), pure=False, retries=TASK_RETRIES,
                          key=[f"{function.__name__}-{uuid.uuid4().hex}" for _ in argument_tuples])
-    with tqdm(total=len(futures), desc=description, file=sys.stderr, unit="task",
-              disable=not show_progress) as progress:
-        for future in distributed.as_completed(futures):
-            result = future.result()
-            if isinstance(result, _BadInput):
-                client.cancel(futures)   # the other tasks' results are of no use now
-                raise result.error
-            yield result
-            progress.update()
-            future.release()
+    for future in progress(distributed.as_completed(futures), len(futures), description,
+                           "task", show_progress=show_progress):
+        result = future.result()
+        if isinstance(result, _BadInput):
+            client.cancel(futures)   # the other tasks' results are of no use now
+            raise result.error
+        yield result
+        future.release()
 
 
 def run_in_process(function, argument_tuples, description):

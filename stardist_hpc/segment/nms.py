@@ -334,10 +334,12 @@ def gather_tile(params, plan, version):
     """
     result = _load_result(params, plan.index, version)
     kept_rows = result.rows[result.owned & result.kept]
-    rows, prob, dist, points = CandidateFile(params.candidate_path).read_box(*plan.core)
+    candidates = CandidateFile(params.candidate_path)
+    rows, prob, dist, points = candidates.read_box(*plan.core)
     pick = np.isin(rows, kept_rows)
     by_row = np.argsort(rows[pick])
     rows, prob, dist, points = (a[pick][by_row] for a in (rows, prob, dist, points))
     lo, hi = polyhedron_bboxes(dist, points, ray_geometry(params.rays_json), params.image_shape)
-    return TileSurvivors(plan.index, Survivors(rows, prob, points, dist, lo.astype(np.int32),
-                                               hi.astype(np.int32)))
+    return TileSurvivors(plan.index, Survivors(
+        rows, prob, points, dist, lo.astype(np.int32), hi.astype(np.int32),
+        prob_class=candidates.read_class_probabilities(rows)))

@@ -31,7 +31,8 @@ class SegmentParams:
         The candidate file as given, and its ``input_size`` and ``input_mtime_ns``.
     model_dir : str
         The model folder whose rays and thresholds were used ('' for the file's own).
-    image_shape, rays_json, prob_thresh : from the candidate file.
+    image_shape, rays_json, prob_thresh, n_classes : from the candidate file (``n_classes``
+        > 0: a multi-class model's candidates, whose class probabilities reach label.h5).
     nms_thresh, nms_backend, tile_shape, halo : NMS settings (``halo`` resolved to voxels).
     chunk_shape, labeling_backend : rendering settings (``chunk_shape`` clipped to the image).
     work_dir, label_path : where checkpoints and the label file go.
@@ -52,6 +53,7 @@ class SegmentParams:
     labeling_backend: str
     work_dir: Path
     label_path: Path
+    n_classes: int = 0
 
     @property
     def nms_dir(self) -> Path:

@@ -175,7 +175,8 @@ def resolve_params(config: HpcConfig, candidates: CandidateFile, model=None) -> 
         nms_backend=config.nms.backend, tile_shape=config.nms.tile_shape,
         halo=resolve_halo(config.nms.halo, candidates.max_extent),
         chunk_shape=chunk_shape, labeling_backend=config.labeling.backend,
-        work_dir=config.output.work_dir, label_path=config.output.labels)
+        work_dir=config.output.work_dir, label_path=config.output.labels,
+        n_classes=meta.n_classes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ def _gather_stage(params, plans, nms_summary, execute):
     parts = ((starts[tile.index], tile.survivors)
              for tile in execute(gather_tile, arguments, "gather survivors"))
     n_rays = len(ray_vectors(params.rays_json))
-    write_survivor_table(path, int(counts.sum()), n_rays, parts)
+    write_survivor_table(path, int(counts.sum()), n_rays, parts, params.n_classes)
     return SurvivorFile(path)
 
 
@@ -238,7 +239,18 @@ def _write_stage(params, survivors, chunk_indices, show_progress):
     prob_by_id[ids.astype(np.int64) - 1] = prob
     remove_stale_temporaries(params.label_path)
     write_label_file(params.label_path, _chunk_grid(params), params.chunk_dir, chunk_indices,
-                     prob_by_id, _provenance(params), show_progress=show_progress)
+                     prob_by_id, _provenance(params), show_progress=show_progress,
+                     prob_class=_class_probabilities_by_id(params, survivors, ids))
+
+
+def _class_probabilities_by_id(params, survivors, ids):
+    """The survivors' class probabilities by id - 1 (None for a single-class model's)."""
+    if not params.n_classes:
+        return None
+    prob_class = survivors.read_columns("prob_class")[0]
+    by_id = np.empty_like(prob_class)
+    by_id[ids.astype(np.int64) - 1] = prob_class
+    return by_id
 
 
 def segment(params: SegmentParams, execute, seconds=None, show_progress=True):
