@@ -88,11 +88,14 @@ class Volume:
         (z, y, x).
     dtype : numpy.dtype
         The stored dtype, which `read` returns.
+    n_channels : int
+        Channels of the file (1 without a C axis).
     """
 
-    def __init__(self, path, array, axes, channel, shape, close):
+    def __init__(self, path, array, axes, channel, shape, close, n_channels=1):
         self.path = Path(path)
         self.shape = tuple(int(n) for n in shape)
+        self.n_channels = int(n_channels)
         self.dtype = np.dtype(array.dtype)
         self._array = array
         self._close = close
@@ -215,7 +218,8 @@ def _volume(path, stored):
     """The Volume of an opened array, after checking its layout (closing it if unusable)."""
     with _closing_on_error(stored.close):
         axes, shape = _layout(stored)
-    volume = Volume(path, stored.array, axes, stored.channel, shape, stored.close)
+    n_channels = stored.n_channels or dict(zip(axes, stored.array.shape)).get("C", 1)
+    volume = Volume(path, stored.array, axes, stored.channel, shape, stored.close, n_channels)
     logger.info("opened %s: image shape %s, dtype %s, stored shape %s as %s, channel %d",
                 path, volume.shape, volume.dtype, tuple(stored.array.shape), axes, stored.channel)
     return volume
@@ -233,6 +237,7 @@ class _Stored:
     channel: int
     close: Callable[[], None]
     size: tuple | None = None  # true (z, y, x) size of a padded array
+    n_channels: int | None = None  # channels stored apart (Imaris); None: the C axis' size
 
 
 def _nothing_to_close():
@@ -412,13 +417,13 @@ def _open_ims(path, image):
     _warn_ignored(image, ("dataset", "axes"), "Imaris files")
     file = h5py.File(path, "r")
     with _closing_on_error(file.close):
-        data = _imaris_channel(file, image.channel, path)
+        data, n_channels = _imaris_channel(file, image.channel, path)
         size = _imaris_size(file, path)
         _check_empty(size)
         if data.ndim != len(ZYX) or any(s > n for s, n in zip(size, data.shape)):
             raise UserError(f"image.path: expected Imaris data of at least the image size {size} "
                             f"in {path}, got shape {data.shape}")
-    return _Stored(data, ZYX, 0, file.close, size=size)
+    return _Stored(data, ZYX, 0, file.close, size=size, n_channels=n_channels)
 
 
 def _imaris_group(file, name, path):
@@ -430,7 +435,7 @@ def _imaris_group(file, name, path):
 
 
 def _imaris_channel(file, channel, path):
-    """Full-resolution data of ``channel`` at the first time point."""
+    """Full-resolution data of ``channel`` at the first time point, and the channel count."""
     timepoint = _imaris_group(file, IMARIS_TIMEPOINT, path)
     prefix = IMARIS_CHANNEL.format("")
     count = sum(name.startswith(prefix) for name in timepoint)
@@ -443,7 +448,7 @@ def _imaris_channel(file, channel, path):
     if not isinstance(data, h5py.Dataset):
         raise UserError(f"image.path: expected a dataset '{IMARIS_TIMEPOINT}/{name}' in the "
                         f"Imaris file {path}, got {type(data).__name__ if data else 'none'}")
-    return data
+    return data, count
 
 
 def _imaris_size(file, path):

@@ -6,6 +6,7 @@ Layout (format version 1)::
     data     soft link to /labels (the name the original pipeline used)
     objects  compound (K,)  per object, by id: id, prob, centroid_z/y/x, bbox z0, y0, x0,
                             z1, y1, x1 (half-open, of the rendered voxels), voxel_count
+    intensities compound (K,) with ``measure``: per object and channel (io/intensities.py)
     attrs    format_version, image_shape, rays_json, prob_thresh, nms_thresh, source,
              n_objects
 
@@ -87,7 +88,7 @@ def _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics, show_progres
 
 
 def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes, *,
-                     show_progress=True):
+                     show_progress=True, tables=None):
     """Assemble ``label.h5`` from checkpointed chunks; it appears at ``path`` when complete.
 
     Parameters
@@ -106,6 +107,8 @@ def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes, *,
         software version, backends and the resolved parameters (see doc/file_formats.md).
     show_progress : bool
         Draw a progress bar on stderr.
+    tables : mapping of str to ndarray, optional
+        More per-object tables to store, by dataset name (e.g. ``intensities``).
     """
     statistics = ObjectStatistics(len(prob))
     with atomic_path(Path(path)) as tmp_path, h5py.File(tmp_path, "w") as f:
@@ -114,6 +117,8 @@ def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes, *,
         _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics, show_progress)
         f[ORIGINAL_LABELS] = h5py.SoftLink(f"/{LABELS}")
         f.create_dataset(OBJECTS, data=statistics.table(prob))
+        for name, table in (tables or {}).items():
+            f.create_dataset(name, data=table)
         f.attrs.update(attributes)
         f.attrs.update(format_version=FORMAT_VERSION, n_objects=len(prob))
 
