@@ -53,12 +53,13 @@ class MeasureSpec:
 
 
 def _as_measure_error(error):
-    """``error`` of the image reader, with the image keys renamed to the measure keys."""
+    """``error`` of the image reader (its message documented with the image keys), naming
+    the measure key instead of the image key it starts with."""
     message = str(error)
     for image_key, measure_key in _IMAGE_KEYS.items():
         if message.startswith(image_key):
-            return UserError(measure_key + message[len(image_key):])
-    return UserError(f"measure.image: {message}")
+            error.args = (measure_key + message[len(image_key):],)
+    return error
 
 
 def _open(spec: MeasureSpec, channel):

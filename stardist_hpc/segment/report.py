@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from .. import __version__
 from ..geometry.tiling import Grid
@@ -231,6 +232,7 @@ def objects_figure(objects):
         bins = np.geomspace(max(1, counts.min()), max(2, counts.max()), N_BINS)
         volume_ax.hist(counts, bins=bins, color="tab:blue")
         volume_ax.set_xscale("log")
+        volume_ax.xaxis.set_minor_formatter(NullFormatter())
     volume_ax.set(xlabel="voxels per object", ylabel="objects",
                   title=f"object volume ({len(objects) - len(counts)} without voxels)")
     prob_ax.hist(objects["prob"], bins=N_BINS, color="tab:orange")
@@ -238,18 +240,24 @@ def objects_figure(objects):
     return figure
 
 
-def _map(ax, values, title):
+def _map(ax, values, title, kind="tile"):
     image = ax.imshow(values, cmap="viridis", interpolation="nearest")
     ax.set_title(title, fontsize=10)
-    ax.set(xlabel="tile x", ylabel="tile y")
+    ax.set(xlabel=f"{kind} x", ylabel=f"{kind} y")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(integer=True))
     if values.size <= MAX_ANNOTATED:
+        bright = image.norm(values) > BRIGHT
         for (y, x), value in np.ndenumerate(values):
-            ax.text(x, y, f"{value:.3g}", ha="center", va="center", fontsize=8, color="w")
+            ax.text(x, y, f"{value:.3g}", ha="center", va="center", fontsize=8,
+                    color="k" if bright[y, x] else "w")
     ax.figure.colorbar(image, ax=ax, shrink=0.8)
 
 
-#: tile maps with at most this many cells have their values written in.
+#: tile maps with at most this many cells have their values written in, in black on cells
+#: brighter than this fraction of the colour scale (viridis turns yellow), else in white.
 MAX_ANNOTATED = 64
+BRIGHT = 0.6
 
 
 def tiles_figure(objects, grid, reruns, tile_seconds):
@@ -282,8 +290,7 @@ def times_figure(seconds, chunk_grid, chunk_seconds):
     stage_ax.bar(list(stages), list(stages.values()), color="tab:purple")
     stage_ax.set(ylabel="seconds (wall clock)", title="seconds per stage")
     _map(chunk_ax, _per_tile(chunk_seconds, chunk_grid),
-         "labeling task seconds per chunk (render + measure)")
-    chunk_ax.set(xlabel="chunk x", ylabel="chunk y")
+         "labeling task seconds per chunk (render + measure)", "chunk")
     return figure
 
 
@@ -353,8 +360,8 @@ def _summary(params, summary, n_tiles, n_chunks, extras):
 def _seam_text(rows):
     if not rows:
         return "<p>No tile or chunk boundary inside the volume: nothing to check.</p>"
-    header = ("family", "axis", "period", "boundary planes", "objects meeting them",
-              "control planes", "objects meeting them", "excess", "± error")
+    header = ("family", "axis", "period", "boundary planes", "objects meeting boundaries",
+              "control planes", "objects meeting controls", "excess", "± error")
     return _table([(r["family"], r["axis"], r["period"], r["n_boundaries"], r["met"],
                     r["n_controls"], r["control_met"], f"{r['excess']:.3f}",
                     f"{r['error']:.3f}") for r in rows], header) + (
