@@ -52,6 +52,8 @@ MEASURE_FIGURES = ("planes", "intensities")
 DPI = 90
 #: width of a figure in inches (at DPI, about the width of a laptop browser window).
 FIGURE_WIDTH = 12
+#: figure margins and the space between panels (fractions of the figure).
+MARGINS = dict(left=0.07, right=0.97, bottom=0.16, top=0.9, wspace=0.35)
 #: histogram bins.
 N_BINS = 50
 #: golden-ratio hue step: consecutive ids get well separated colours.
@@ -196,12 +198,14 @@ def image_planes(spec, image_shape, positions):
 def _png(figure):
     """The figure as a base64 PNG."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=DPI)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _figure(n_panels, height):
     figure = Figure(figsize=(FIGURE_WIDTH, height))
+    # fixed margins: a tight layout would draw every figure twice more
+    figure.subplots_adjust(**MARGINS)
     return figure, figure.subplots(1, n_panels, squeeze=False)[0]
 
 
