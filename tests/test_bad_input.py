@@ -654,6 +654,9 @@ CASES = [
     case("hpc-report-is-the-candidates", HPC, _with_candidates(),
          "output.report", "candidates.h5", "the file of input.prediction",
          overrides=["output.report=candidates.h5"]),
+    case("hpc-report-is-the-label-file", HPC, _with_candidates(),
+         "output.report", "label.h5", "the file of output.labels",
+         overrides=["output.report=output/label.h5"]),
 ]
 
 

@@ -129,6 +129,9 @@ def _check_outputs_apart(config: HpcConfig):
                                  *_beside_labels(config.output.labels, tables))}
     if config.output.report is not None:
         outputs["output.report"] = (config.output.report,)
+        # nor over the label file, which is written first
+        check_outputs_apart({"output.labels": config.output.labels},
+                            {"output.report": outputs["output.report"]})
     check_outputs_apart(inputs, outputs=outputs,
                         directories={"output.work_dir": config.output.work_dir})
 
