@@ -710,7 +710,8 @@ def test_hpc_step_on_zero_candidates_writes_background(tmp_path):
         labels = f["labels"]
         assert labels.dtype == np.uint32 and labels.shape == CANDIDATE_SHAPE
         assert not labels[()].any() and len(f["objects"]) == 0
-    assert _outputs(tmp_path) == [tmp_path / "output" / "label.h5"]
+    assert _outputs(tmp_path) == [tmp_path / "output" / name for name in ("label.h5",
+                                                                         "report.html")]
 
 
 # ---------------------------------------------------------------------------------------------
