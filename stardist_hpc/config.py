@@ -410,6 +410,8 @@ class HpcOutputSection:
     labels: Path = key(writable("file"), "output/label.h5", "label volume to write")
     work_dir: Path = key(writable("directory"), "output/work",
                          "checkpoints for resuming; safe to delete after")
+    report: Path | None = key(optional(writable("file")), "output/report.html",
+                              "QC report (one self-contained HTML file) to write (null: none)")
 
 
 @dataclass(frozen=True)
@@ -432,6 +434,39 @@ class LabelingSection:
                        LABELING_BACKEND_STARDIST,
                        "voxel inside test: 'stardist' (StarDist's renderer, ported) or 'fast' "
                        "(cone table)")
+
+
+#: ``measure.channels`` value measuring every channel of the image.
+MEASURE_ALL_CHANNELS = "all"
+
+
+def _channels(value, where, base):
+    if value == MEASURE_ALL_CHANNELS:
+        return value
+    if not isinstance(value, (list, tuple)) or not value:
+        _fail(where, f"'{MEASURE_ALL_CHANNELS}' or a non-empty list of channel indices", value)
+    channels = tuple(_int(v, f"{where}[{i}]", base, minimum=0) for i, v in enumerate(value))
+    if len(set(channels)) != len(channels):
+        _fail(where, "each channel index once", value)
+    return channels
+
+
+@dataclass(frozen=True)
+class MeasureSection:
+    """``measure``: per-nucleus intensities, measured while the labels are rendered."""
+    image: Path | None = key(optional(path), None,
+                             "image to measure, any file the GPU step reads (null: no "
+                             "measurements)")
+    dataset: str | None = key(optional(text), None,
+                              "dataset inside an .h5/.zarr file (null: the only 3D/4D one)")
+    axes: str | None = key(optional(text), None,
+                           "axes of the stored array, e.g. ZYX, CZYX, ZCYX (null: guess)")
+    channels: Any = key(_channels, MEASURE_ALL_CHANNELS,
+                        "channels to measure: 'all' or a list of indices, e.g. [0, 2]")
+    missing_chunks: str = key(choice(MISSING_CHUNKS_ERROR, MISSING_CHUNKS_FILL),
+                              MISSING_CHUNKS_ERROR,
+                              "a zarr array with chunks missing from its store: 'error' or "
+                              "'fill'")
 
 
 @dataclass(frozen=True)
@@ -491,4 +526,5 @@ class HpcConfig:
     output: HpcOutputSection = section(HpcOutputSection)
     nms: NmsSection = section(NmsSection)
     labeling: LabelingSection = section(LabelingSection)
+    measure: MeasureSection = section(MeasureSection)
     cluster: ClusterSection = section(ClusterSection)

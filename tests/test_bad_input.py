@@ -41,7 +41,7 @@ CANDIDATE_SHAPE = (8, 32, 32)
 #: an ERROR line of the scripts' log format ("%H:%M:%S LEVEL message").
 ERROR_LINE = re.compile(r"^\d\d:\d\d:\d\d ERROR ")
 #: names of the two scripts' outputs and of their temporary files.
-OUTPUT_NAMES = ("prediction.h5*", "label.h5*")
+OUTPUT_NAMES = ("prediction.h5*", "label.h5*", "report.html*", "intensities.tsv*")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,6 +642,27 @@ CASES = [
     case("hpc-slurm-worker-timeout-zero", HPC, _with_candidates(),
          "cluster.slurm.worker_timeout", "expected a number > 0", "0",
          overrides=["cluster.slurm.worker_timeout=0"]),
+    # measurements and the report
+    case("hpc-measure-missing-image", HPC, _with_candidates(measure={"image": "missing.tif"}),
+         "measure.image", "missing.tif", "does not exist"),
+    case("hpc-measure-image-of-another-shape", HPC,
+         _after(hpc_config(measure={"image": "img.tif"}), _candidates,
+                lambda d: _image(d, shape=(8, 32, 31))),
+         "measure.image", "expected an image of the label volume's shape (8, 32, 32)",
+         "got (8, 32, 31)"),
+    case("hpc-measure-channel-out-of-range", HPC,
+         _after(hpc_config(measure={"image": "img.tif", "axes": "CZYX", "channels": [0, 2]}),
+                _candidates, lambda d: _image(d, shape=(2, *CANDIDATE_SHAPE))),
+         "measure.channels", "expected channel indices 0..1", "got [0, 2]"),
+    case("hpc-measure-channels-not-a-list", HPC, _with_candidates(),
+         "measure.channels", "expected 'all' or a non-empty list", "'first'",
+         overrides=["measure.channels=first"]),
+    case("hpc-report-is-the-candidates", HPC, _with_candidates(),
+         "output.report", "candidates.h5", "the file of input.prediction",
+         overrides=["output.report=candidates.h5"]),
+    case("hpc-report-is-the-label-file", HPC, _with_candidates(),
+         "output.report", "label.h5", "the file of output.labels",
+         overrides=["output.report=output/label.h5"]),
 ]
 
 
@@ -695,7 +716,8 @@ def test_hpc_step_on_zero_candidates_writes_background(tmp_path):
         labels = f["labels"]
         assert labels.dtype == np.uint32 and labels.shape == CANDIDATE_SHAPE
         assert not labels[()].any() and len(f["objects"]) == 0
-    assert _outputs(tmp_path) == [tmp_path / "output" / "label.h5"]
+    assert _outputs(tmp_path) == [tmp_path / "output" / name for name in ("label.h5",
+                                                                         "report.html")]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,11 +94,14 @@ class Volume:
         Channels of a region: 1, or the length of a tuple ``channel``.
     dtype : numpy.dtype
         The stored dtype, which `read` returns.
+    stored_channels : int
+        Channels of the file (1 without a C axis).
     """
 
-    def __init__(self, path, array, axes, channel, shape, close):
+    def __init__(self, path, array, axes, channel, shape, close, stored_channels=1):
         self.path = Path(path)
         self.shape = tuple(int(n) for n in shape)
+        self.stored_channels = int(stored_channels)
         self.dtype = np.dtype(array.dtype)
         self._array = array
         self._close = close
@@ -238,7 +241,10 @@ def _volume(path, stored):
     """The Volume of an opened array, after checking its layout (closing it if unusable)."""
     with _closing_on_error(stored.close):
         axes, shape = _layout(stored)
-    volume = Volume(path, stored.array, axes, stored.channel, shape, stored.close)
+    stored_channels = (stored.stored_channels
+                       or dict(zip(axes, stored.array.shape)).get("C", 1))
+    volume = Volume(path, stored.array, axes, stored.channel, shape, stored.close,
+                    stored_channels)
     logger.info("opened %s: image shape %s, dtype %s, stored shape %s as %s, channel %s",
                 path, volume.shape, volume.dtype, tuple(stored.array.shape), axes, stored.channel)
     return volume
@@ -256,6 +262,7 @@ class _Stored:
     channel: int | tuple
     close: Callable[[], None]
     size: tuple | None = None  # true (z, y, x) size of a padded array
+    stored_channels: int | None = None  # channels stored apart (Imaris); None: C's size
 
 
 def _nothing_to_close():
@@ -438,18 +445,19 @@ def _open_ims(path, image):
     with _closing_on_error(file.close):
         several = isinstance(image.channel, tuple)
         if several:   # one dataset per channel: stacked along C
-            data = _ChannelStack([_imaris_channel(file, c, path) for c in image.channel], path)
+            datasets = [_imaris_channel(file, c, path) for c in image.channel]
+            data, n_channels = _ChannelStack([d for d, _ in datasets], path), datasets[0][1]
         else:
-            data = _imaris_channel(file, image.channel, path)
+            data, n_channels = _imaris_channel(file, image.channel, path)
         size = _imaris_size(file, path)
         _check_empty(size)
         zyx = data.shape[-len(ZYX):]
         if data.ndim != len(ZYX) + several or any(s > n for s, n in zip(size, zyx)):
             raise UserError(f"image.path: expected Imaris data of at least the image size {size} "
                             f"in {path}, got shape {zyx if several else data.shape}")
-    if several:
-        return _Stored(data, "C" + ZYX, tuple(range(len(image.channel))), file.close, size=size)
-    return _Stored(data, ZYX, 0, file.close, size=size)
+    channels = tuple(range(len(image.channel))) if several else 0
+    return _Stored(data, "C" + ZYX if several else ZYX, channels, file.close, size=size,
+                   stored_channels=n_channels)
 
 
 class _ChannelStack:
@@ -478,7 +486,7 @@ def _imaris_group(file, name, path):
 
 
 def _imaris_channel(file, channel, path):
-    """Full-resolution data of ``channel`` at the first time point."""
+    """Full-resolution data of ``channel`` at the first time point, and the channel count."""
     timepoint = _imaris_group(file, IMARIS_TIMEPOINT, path)
     prefix = IMARIS_CHANNEL.format("")
     count = sum(name.startswith(prefix) for name in timepoint)
@@ -491,7 +499,7 @@ def _imaris_channel(file, channel, path):
     if not isinstance(data, h5py.Dataset):
         raise UserError(f"image.path: expected a dataset '{IMARIS_TIMEPOINT}/{name}' in the "
                         f"Imaris file {path}, got {type(data).__name__ if data else 'none'}")
-    return data
+    return data, count
 
 
 def _imaris_size(file, path):

@@ -8,6 +8,7 @@ Layout (format version 1)::
                             z1, y1, x1 (half-open, of the rendered voxels), voxel_count;
                             for a multi-class model also class_id and prob_class_0 ..
                             prob_class_C (see ``object_dtype``)
+    intensities compound (K,) with ``measure``: per object and channel (io/intensities.py)
     attrs    format_version, image_shape, rays_json, prob_thresh, nms_thresh, source,
              n_objects
 
@@ -110,7 +111,7 @@ def _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics, show_progres
 
 
 def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes, *,
-                     show_progress=True, prob_class=None):
+                     show_progress=True, prob_class=None, tables=None):
     """Assemble ``label.h5`` from checkpointed chunks; it appears at ``path`` when complete.
 
     Parameters
@@ -131,6 +132,8 @@ def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes, *,
         Report progress (a bar on a terminal, else a log line now and then).
     prob_class : ndarray (K, n_classes + 1), optional
         Class probabilities of a multi-class model's objects, by id - 1.
+    tables : mapping of str to ndarray, optional
+        More per-object tables to store, by dataset name (e.g. ``intensities``).
     """
     statistics = ObjectStatistics(len(prob))
     with atomic_path(Path(path)) as tmp_path, h5py.File(tmp_path, "w") as f:
@@ -139,6 +142,8 @@ def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes, *,
         _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics, show_progress)
         f[ORIGINAL_LABELS] = h5py.SoftLink(f"/{LABELS}")
         f.create_dataset(OBJECTS, data=statistics.table(prob, prob_class))
+        for name, table in (tables or {}).items():
+            f.create_dataset(name, data=table)
         f.attrs.update(attributes)
         f.attrs.update(format_version=FORMAT_VERSION, n_objects=len(prob))
 

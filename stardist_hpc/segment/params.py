@@ -5,6 +5,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .measure import MeasureSpec
+
 #: the original-format input converted into this project's format, inside work_dir.
 INDEXED_INPUT = "prediction_indexed.h5"
 SURVIVORS = "survivors.h5"
@@ -36,6 +38,7 @@ class SegmentParams:
     nms_thresh, nms_backend, tile_shape, halo : NMS settings (``halo`` resolved to voxels).
     chunk_shape, labeling_backend : rendering settings (``chunk_shape`` clipped to the image).
     work_dir, label_path : where checkpoints and the label file go.
+    measure : what the labeling tasks measure (None: nothing; see :mod:`.measure`).
     """
     candidate_path: Path
     input_path: str
@@ -54,6 +57,7 @@ class SegmentParams:
     work_dir: Path
     label_path: Path
     n_classes: int = 0
+    measure: MeasureSpec | None = None
 
     @property
     def nms_dir(self) -> Path:

@@ -22,6 +22,7 @@ far below the float32 effects that decide voxels.
 """
 from __future__ import annotations
 
+import time
 import zlib
 from typing import NamedTuple
 
@@ -36,6 +37,7 @@ from ..geometry.tiling import Box
 from ..io.checkpoint import save_record, write_bytes
 from ..io.chunks import NO_LABELS, ChunkIdentity, chunk_files, chunk_stats, compress_chunk
 from ..io.survivors import SurvivorFile
+from .chunk_extras import chunk_extras
 from .params import SegmentParams
 
 #: a half-space as stored: normal (z, y, x) and offset.
@@ -231,22 +233,25 @@ def chunk_tasks(bbox_lo, bbox_hi, grid):
 def render_chunk(params: SegmentParams, task: ChunkTask):
     """Render one chunk and checkpoint its compressed labels and statistics.
 
-    The statistics file is written last: it marks the chunk as done.
+    The statistics file is written last: it marks the chunk as done. It also holds the
+    chunk's previews and intensities (:mod:`.chunk_extras`).
 
     Returns
     -------
     int
         The chunk index.
     """
+    started = time.perf_counter()
     dist, points, ids = SurvivorFile(params.survivor_path).read_positions(task.positions)
     labels = render_labels(dist, points, ids, ray_geometry(params.rays_json), task.box,
                            params.image_shape, params.labeling_backend)
     stats = chunk_stats(labels, task.box.lo)
+    extras = chunk_extras(params, task.box, labels, stats.ids, time.perf_counter() - started)
     files = chunk_files(params.chunk_dir, task.index)
     crc = NO_LABELS
     if len(stats.ids):
         compressed = compress_chunk(labels, params.chunk_shape)
         write_bytes(files.labels, compressed)
         crc = zlib.crc32(compressed)
-    save_record(files.stats, stats, ChunkIdentity(task.index, crc))
+    save_record(files.stats, stats, extras, ChunkIdentity(task.index, crc))
     return task.index

@@ -10,7 +10,11 @@ then every stage is a short function over task functions that run on the Dask cl
     prediction_indexed.h5    the original-format input, converted (if the input was one)
     nms/round{r}/tile{i}.npz tile results of every NMS round
     survivors.h5             every kept candidate with its id (1 = most probable)
-    chunks/{i}.bin, {i}.npz  rendered label chunks (deflate) and their object statistics
+    chunks/{i}.bin, {i}.npz  rendered label chunks (deflate) and their object statistics,
+                             previews and intensities (see :mod:`.chunk_extras`)
+
+Beside ``label.h5``: ``intensities.tsv`` (with ``measure.image``) and the QC report
+(:mod:`.report`).
 
 The result equals StarDist's single-process ``non_maximum_suppression_3d_inds`` followed by
 ``polyhedron_to_label`` on all candidates ranked in the total order of
@@ -40,14 +44,18 @@ from ..io.atomic import remove_stale_temporaries
 from ..io.candidates import CandidateFile
 from ..io.checkpoint import resume_or_start_afresh
 from ..io.chunks import chunk_done
+from ..io.intensities import INTENSITIES, write_tsv
 from ..io.label_file import write_label_file
 from ..io.model_files import read_model_info
 from ..io.path_guard import check_outputs_apart
 from ..io.survivors import SurvivorFile, intact_survivor_file, write_survivor_table
+from .chunk_extras import collect_extras, extras_done, intensity_tables
 from .cluster import check_cluster, run_tasks, start_cluster
+from .measure import resolve_measure
 from .nms import gather_tile, plan_tiles, resolve_halo, run_rounds
 from .params import CHECKPOINTS, INDEXED_INPUT, SETTING_CHECKPOINTS, SegmentParams
 from .render import chunk_tasks, render_chunk
+from .task_times import TaskTimes, timing
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,9 @@ MAX_HDF5_CHUNK_BYTES = 2 ** 32
 LABEL_BYTES = 4
 #: sub-directory of the label file's directory that holds checkpoints when work_dir is None.
 DEFAULT_WORK_DIR = "work"
+#: file name of the QC report beside the label file, and the argument that asks for it.
+DEFAULT_REPORT = "report.html"
+REPORT_BESIDE_LABELS = "beside"
 
 
 @dataclass
@@ -66,6 +77,7 @@ class StageSeconds:
     gather: float = 0.0
     labeling: float = 0.0
     write: float = 0.0
+    report: float = 0.0
 
 
 class RunSummary(NamedTuple):
@@ -110,7 +122,17 @@ def _check_outputs_apart(config: HpcConfig):
     inputs = {"input.prediction": config.input.prediction}
     if _model_folder(config) is not None:
         inputs["model.name"] = _model_folder(config)
-    check_outputs_apart(inputs, outputs={"output.labels": (config.output.labels,)},
+    tables = ()
+    if config.measure.image is not None:
+        inputs["measure.image"], tables = config.measure.image, (INTENSITIES,)
+    outputs = {"output.labels": (config.output.labels,
+                                 *_beside_labels(config.output.labels, tables))}
+    if config.output.report is not None:
+        outputs["output.report"] = (config.output.report,)
+        # nor over the label file, which is written first
+        check_outputs_apart({"output.labels": config.output.labels},
+                            {"output.report": outputs["output.report"]})
+    check_outputs_apart(inputs, outputs=outputs,
                         directories={"output.work_dir": config.output.work_dir})
 
 
@@ -176,7 +198,8 @@ def resolve_params(config: HpcConfig, candidates: CandidateFile, model=None) -> 
         halo=resolve_halo(config.nms.halo, candidates.max_extent),
         chunk_shape=chunk_shape, labeling_backend=config.labeling.backend,
         work_dir=config.output.work_dir, label_path=config.output.labels,
-        n_classes=meta.n_classes)
+        n_classes=meta.n_classes,
+        measure=resolve_measure(config.measure, meta.image_shape))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +238,8 @@ def _labeling_stage(params, survivors, execute):
     """Render every chunk that some survivor meets; returns the rendered chunk indices."""
     bbox_lo, bbox_hi = survivors.read_columns("bbox_lo", "bbox_hi")
     tasks = chunk_tasks(bbox_lo, bbox_hi, _chunk_grid(params))
-    missing = [(params, task) for task in tasks if not chunk_done(params.chunk_dir, task.index)]
+    missing = [(params, task) for task in tasks if not (
+        chunk_done(params.chunk_dir, task.index) and extras_done(params, task.index))]
     log.info("labeling (%s): %d chunk(s) of %s hold objects, %d to render",
              params.labeling_backend, len(tasks), params.chunk_shape, len(missing))
     for _ in execute(render_chunk, missing, "labeling"):
@@ -233,14 +257,26 @@ def _provenance(params):
                                        "work_dir": str(params.work_dir)}, sort_keys=True))
 
 
+def _beside_labels(label_path, names):
+    """The TSV files of the tables ``names`` beside the label file."""
+    return [Path(label_path).with_name(f"{name}.tsv") for name in names]
+
+
 def _write_stage(params, survivors, chunk_indices, show_progress):
+    """Write label.h5 and the intensity table beside it; returns the chunks' ChunkSummary."""
     ids, prob = survivors.read_columns("ids", "prob")
     prob_by_id = np.empty(len(ids), np.float32)
     prob_by_id[ids.astype(np.int64) - 1] = prob
+    extras = collect_extras(params, chunk_indices, len(ids))
+    tables = intensity_tables(extras)
     remove_stale_temporaries(params.label_path)
     write_label_file(params.label_path, _chunk_grid(params), params.chunk_dir, chunk_indices,
                      prob_by_id, _provenance(params), show_progress=show_progress,
-                     prob_class=_class_probabilities_by_id(params, survivors, ids))
+                     prob_class=_class_probabilities_by_id(params, survivors, ids),
+                     tables=tables)
+    for path, table in zip(_beside_labels(params.label_path, tables), tables.values()):
+        write_tsv(path, table)
+    return extras
 
 
 def _class_probabilities_by_id(params, survivors, ids):
@@ -253,7 +289,8 @@ def _class_probabilities_by_id(params, survivors, ids):
     return by_id
 
 
-def segment(params: SegmentParams, execute, seconds=None, show_progress=True):
+def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
+            report_path=None):
     """Run NMS, gathering, labeling and writing of ``params`` with the executor ``execute``.
 
     Parameters
@@ -266,12 +303,16 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True):
         Accumulates the time of each stage.
     show_progress : bool
         Draw a progress bar while label.h5 is written.
+    report_path : Path, optional
+        Write the QC report there (:mod:`.report`).
 
     Returns
     -------
     RunSummary
     """
     seconds = StageSeconds() if seconds is None else seconds
+    task_times = TaskTimes()
+    execute = timing(execute, task_times)
     plans = plan_tiles(params.image_shape, params.tile_shape, params.halo)
     with _timed(seconds, "nms"):
         nms_summary = _nms_stage(params, plans, execute)
@@ -280,10 +321,15 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True):
     with _timed(seconds, "labeling"):
         chunk_indices = _labeling_stage(params, survivors, execute)
     with _timed(seconds, "write"):
-        _write_stage(params, survivors, chunk_indices, show_progress)
+        extras = _write_stage(params, survivors, chunk_indices, show_progress)
     n_candidates = CandidateFile(params.candidate_path).n_candidates
-    return RunSummary(n_candidates, len(survivors), nms_summary.n_rounds, nms_summary.n_reruns,
-                      seconds, params.label_path)
+    summary = RunSummary(n_candidates, len(survivors), nms_summary.n_rounds,
+                         nms_summary.n_reruns, seconds, params.label_path)
+    if report_path is not None:
+        from .report import write_report  # matplotlib: only the driver, only when asked
+        with _timed(seconds, "report"):
+            write_report(report_path, params, plans, summary, extras, task_times)
+    return summary
 
 
 def _log_summary(summary):
@@ -291,8 +337,8 @@ def _log_summary(summary):
     log.info("wrote %s: %d candidates -> %d objects (NMS: %d round(s), %d tile rerun(s))",
              summary.labels, summary.n_candidates, summary.n_objects, summary.n_rounds,
              summary.n_reruns)
-    log.info("seconds: index %.1f, NMS %.1f, gather %.1f, labeling %.1f, write %.1f",
-             s.index, s.nms, s.gather, s.labeling, s.write)
+    log.info("seconds: index %.1f, NMS %.1f, gather %.1f, labeling %.1f, write %.1f, "
+             "report %.1f", s.index, s.nms, s.gather, s.labeling, s.write, s.report)
 
 
 @contextlib.contextmanager
@@ -323,7 +369,7 @@ def segment_config(config: HpcConfig, *, client=None, show_progress=True) -> Run
     resume_or_start_afresh(work_dir, params.signature(), SETTING_CHECKPOINTS)
     with _client(client, config) as dask_client:
         execute = functools.partial(run_tasks, dask_client, show_progress=show_progress)
-        summary = segment(params, execute, seconds, show_progress)
+        summary = segment(params, execute, seconds, show_progress, config.output.report)
     _log_summary(summary)
     return summary
 
@@ -336,6 +382,8 @@ def segment_candidates(candidates: str | os.PathLike, labels: str | os.PathLike,
                        backend: str = "fast", labeling_backend: str = "stardist",
                        work_dir: str | os.PathLike | None = None, client: Any = None,
                        cluster: Mapping[str, Any] | None = None,
+                       measure: Mapping[str, Any] | None = None,
+                       report: str | os.PathLike | None = REPORT_BESIDE_LABELS,
                        show_progress: bool = True) -> RunSummary:
     """Segment a candidate file into one uint32 label volume, tile by tile on Dask.
 
@@ -372,6 +420,12 @@ def segment_candidates(candidates: str | os.PathLike, labels: str | os.PathLike,
     cluster : mapping, optional
         The ``cluster`` section of the YAML config, e.g. ``{"mode": "local", "local":
         {"n_workers": 2}}``; None: a local cluster on the available cores [cluster].
+    measure : mapping, optional
+        The ``measure`` section, e.g. ``{"image": "nuclei.tif", "channels": "all"}``: per-object
+        intensities into label.h5 and ``intensities.tsv`` beside it; None: none [measure].
+    report : str or Path or None
+        The QC report to write; ``'beside'``: ``report.html`` beside ``labels``; None: no
+        report [output.report].
     show_progress : bool
         Draw progress bars on stderr.
 
@@ -408,10 +462,12 @@ def segment_candidates(candidates: str | os.PathLike, labels: str | os.PathLike,
         model=_model_keys(model),
         output={"labels": labels,
                 "work_dir": Path(labels).parent / DEFAULT_WORK_DIR if work_dir is None
-                else work_dir},
+                else work_dir,
+                "report": Path(labels).parent / DEFAULT_REPORT if report == REPORT_BESIDE_LABELS
+                else report},
         nms={"thresh": nms_thresh, "tile_shape": tile_shape, "halo": halo, "backend": backend},
         labeling={"chunk_shape": chunk_shape, "backend": labeling_backend},
-        cluster=cluster)
+        measure=measure, cluster=cluster)
     return segment_config(config, client=client, show_progress=show_progress)
 
 
