@@ -146,7 +146,9 @@ class CandidateWriter:
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self._continue_interrupted():
-            self._file = h5py.File(self.tmp_path, "w")
+            # never "w" over an existing file: another process may have it open
+            self.tmp_path.unlink(missing_ok=True)
+            self._file = h5py.File(self.tmp_path, "x")
             self._dsets = create_candidate_datasets(self._file, self.meta, 0)
             self._blocks = create_block_table(self._file)
             self._file.attrs[RESUME_KEY] = self.resume_key
@@ -170,6 +172,9 @@ class CandidateWriter:
             return False
         try:
             f = h5py.File(self.tmp_path, "r+")
+        except BlockingIOError:   # HDF5's file lock: another process is writing it
+            raise UserError(f"{self.tmp_path} is open in another process (HDF5 could not lock "
+                            "it): wait for that run to finish, then rerun") from None
         except OSError as error:   # killed while HDF5 was writing its metadata
             log.warning("cannot continue %s (%s); starting again", self.tmp_path, error)
             return False

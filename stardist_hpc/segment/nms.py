@@ -28,8 +28,8 @@ from ..errors import UserError
 from ..geometry.order import MAX_RANKED, rank_scores, total_order
 from ..geometry.rays import polyhedron_bboxes, ray_geometry, stardist_rays
 from ..geometry.tiling import Box, Grid
-from ..io.candidates import CandidateFile
 from ..io.checkpoint import load_checkpoint, load_record, save_record
+from ..io.input_pin import read_pinned_box
 from ..io.survivors import Survivors
 from .nms_fast import non_maximum_suppression
 
@@ -145,7 +145,7 @@ def suppress(prob, dist, points, rows, rays_json, thresh, backend):
 
 def _read_context(params, plan):
     """Candidates of a tile's context, by increasing row."""
-    rows, prob, dist, points = CandidateFile(params.candidate_path).read_box(*plan.context)
+    rows, prob, dist, points = read_pinned_box(params.candidate_pin, *plan.context)
     if len(rows) > MAX_RANKED:
         raise UserError(f"NMS tile {plan.core} holds {len(rows)} candidates with its halo, "
                         f"more than {MAX_RANKED}; use a smaller nms.tile_shape")
@@ -334,7 +334,7 @@ def gather_tile(params, plan, version):
     """
     result = _load_result(params, plan.index, version)
     kept_rows = result.rows[result.owned & result.kept]
-    rows, prob, dist, points = CandidateFile(params.candidate_path).read_box(*plan.core)
+    rows, prob, dist, points = read_pinned_box(params.candidate_pin, *plan.core)
     pick = np.isin(rows, kept_rows)
     by_row = np.argsort(rows[pick])
     rows, prob, dist, points = (a[pick][by_row] for a in (rows, prob, dist, points))

@@ -5,6 +5,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..io.input_pin import InputPin
+
 #: the original-format input converted into this project's format, inside work_dir.
 INDEXED_INPUT = "prediction_indexed.h5"
 SURVIVORS = "survivors.h5"
@@ -16,7 +18,7 @@ SETTING_CHECKPOINTS = (NMS_DIR, SURVIVORS, CHUNK_DIR)
 #: original-format input depends only on the input file and the model folder.
 CHECKPOINTS = (INDEXED_INPUT, *SETTING_CHECKPOINTS)
 #: fields that say where files are, not what the checkpoints hold.
-_LOCATIONS = ("candidate_path", "work_dir", "label_path")
+_LOCATIONS = ("candidate_pin", "work_dir", "label_path")
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,9 @@ class SegmentParams:
 
     Attributes
     ----------
-    candidate_path : Path
-        The candidate file the tasks read (the indexed copy for an original-format input).
+    candidate_pin : InputPin
+        The candidate file the tasks read (the indexed copy for an original-format input), with
+        its identity at start-up, which every task checks.
     input_path : str
         The candidate file as given, and its ``input_size`` and ``input_mtime_ns``.
     model_dir : str
@@ -36,7 +39,7 @@ class SegmentParams:
     chunk_shape, labeling_backend : rendering settings (``chunk_shape`` clipped to the image).
     work_dir, label_path : where checkpoints and the label file go.
     """
-    candidate_path: Path
+    candidate_pin: InputPin
     input_path: str
     input_size: int
     input_mtime_ns: int
@@ -52,6 +55,10 @@ class SegmentParams:
     labeling_backend: str
     work_dir: Path
     label_path: Path
+
+    @property
+    def candidate_path(self) -> Path:
+        return Path(self.candidate_pin.path)
 
     @property
     def nms_dir(self) -> Path:

@@ -36,13 +36,15 @@ from ..config import HpcConfig, arguments_config
 from ..errors import UserError
 from ..geometry.rays import ray_vectors
 from ..geometry.tiling import Grid
-from ..io.atomic import remove_stale_temporaries
+from ..io.atomic import remove_stale_temporaries, remove_temporaries_below
 from ..io.candidates import CandidateFile
 from ..io.checkpoint import resume_or_start_afresh
 from ..io.chunks import chunk_done
+from ..io.input_pin import check_unchanged, open_pinned, pin
 from ..io.label_file import write_label_file
 from ..io.model_files import read_model_info
 from ..io.path_guard import check_outputs_apart
+from ..io.run_lock import WORK_DIR_LOCK, lock_path_of, run_lock
 from ..io.survivors import SurvivorFile, intact_survivor_file, write_survivor_table
 from .cluster import check_cluster, run_tasks, start_cluster
 from .nms import gather_tile, plan_tiles, resolve_halo, run_rounds
@@ -156,6 +158,12 @@ def source_identity(config: HpcConfig) -> dict:
             "model_dir": str(_model_folder(config) or "")}
 
 
+def _check_source_unchanged(params):
+    """Refuse an original-format input changed since start-up (its indexed copy is pinned)."""
+    if params.input_path != str(params.candidate_path):
+        check_unchanged(params.input_path, params.input_size, params.input_mtime_ns)
+
+
 def resolve_params(config: HpcConfig, candidates: CandidateFile, model=None) -> SegmentParams:
     """The parameters of ``config`` on ``candidates`` (rays checked against ``model`` if given)."""
     if model is not None:
@@ -168,7 +176,7 @@ def resolve_params(config: HpcConfig, candidates: CandidateFile, model=None) -> 
                         f"{list(config.labeling.chunk_shape)} ({math.prod(chunk_shape)} voxels "
                         "inside the image); use e.g. [64, 256, 256]")
     return SegmentParams(
-        candidate_path=candidates.path, **source_identity(config),
+        candidate_pin=pin(candidates), **source_identity(config),
         image_shape=meta.image_shape, rays_json=meta.rays_json,
         prob_thresh=float(meta.prob_thresh),
         nms_thresh=float(_nms_thresh(config, model, candidates)),
@@ -267,9 +275,11 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True):
         survivors = _gather_stage(params, plans, nms_summary, execute)
     with _timed(seconds, "labeling"):
         chunk_indices = _labeling_stage(params, survivors, execute)
+    # the last look at the inputs before a file appears at the final path
+    n_candidates = open_pinned(params.candidate_pin).n_candidates
+    _check_source_unchanged(params)
     with _timed(seconds, "write"):
         _write_stage(params, survivors, chunk_indices, show_progress)
-    n_candidates = CandidateFile(params.candidate_path).n_candidates
     return RunSummary(n_candidates, len(survivors), nms_summary.n_rounds, nms_summary.n_reruns,
                       seconds, params.label_path)
 
@@ -300,6 +310,15 @@ def segment_config(config: HpcConfig, *, client=None, show_progress=True) -> Run
     _check_outputs_apart(config)
     if client is None:
         check_cluster(config.cluster)
+    work_dir = config.output.work_dir
+    with run_lock((work_dir / WORK_DIR_LOCK, work_dir),
+                  (lock_path_of(config.output.labels), config.output.labels)):
+        # this run owns work_dir now: any temporary there is a killed writer's
+        remove_temporaries_below(work_dir)
+        return _segment_locked(config, model, client, seconds, show_progress)
+
+
+def _segment_locked(config, model, client, seconds, show_progress):
     work_dir = config.output.work_dir
     if config.input.prediction.exists():   # a missing one is reported by _open_candidates
         # before indexing: an indexed copy of a changed input must not be reused
