@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from .disk_space import disk_full_error, is_disk_full
+from .disk_space import reporting_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,10 @@ def atomic_path(path):
     path = Path(path)
     tmp_path = path.with_name(f"{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp_path
-        publish(tmp_path, path)
-    except OSError as error:
-        if is_disk_full(error):
-            raise disk_full_error(path) from None
-        raise
+        with reporting_disk_full(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp_path
+            publish(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
 

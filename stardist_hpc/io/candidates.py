@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -43,6 +44,7 @@ from .candidate_checks import (
     header_checksum,
 )
 from .checkpoint import changed_keys
+from .disk_space import METADATA_BYTES, DiskFullError, check_free_space, reporting_disk_full
 from .hdf5 import open_hdf5
 
 log = logging.getLogger(__name__)
@@ -145,6 +147,7 @@ class CandidateWriter:
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_free_space(self.path, METADATA_BYTES)
         if not self._continue_interrupted():
             # never "w" over an existing file: another process may have it open
             self.tmp_path.unlink(missing_ok=True)
@@ -197,7 +200,23 @@ class CandidateWriter:
 
     def append(self, core_lo, core_hi, prob, dist, points):
         """Append the candidates of one block whose core is ``[core_lo, core_hi)``."""
+        with reporting_disk_full(self.path):
+            self._append(core_lo, core_hi, prob, dist, points)
+
+    def _bytes_to_append(self, n_rows):
+        """Bytes the file grows by when ``n_rows`` rows and one block entry are appended:
+        HDF5 writes a chunk whole the first time it is flushed, so each chunk begun counts."""
+        def chunks_begun(before, after):
+            return -(-after // ROWS_PER_CHUNK) - -(-before // ROWS_PER_CHUNK)
+        row_bytes = sum(d.dtype.itemsize * math.prod(d.shape[1:]) for d in self._dsets.values())
+        return (chunks_begun(self.n_rows, self.n_rows + n_rows) * ROWS_PER_CHUNK * row_bytes
+                + chunks_begun(self.n_blocks, self.n_blocks + 1) * ROWS_PER_CHUNK
+                * BLOCK_DTYPE.itemsize + METADATA_BYTES)
+
+    def _append(self, core_lo, core_hi, prob, dist, points):
         n = len(prob)
+        # before writing: HDF5 may crash the process later when a write of it fails
+        check_free_space(self.path, self._bytes_to_append(n))
         start, stop = self.n_rows, self.n_rows + n
         for name, values in (("prob", prob), ("dist", dist), ("points", points)):
             self._dsets[name].resize(stop, axis=0)
@@ -214,15 +233,25 @@ class CandidateWriter:
                                      tuple(int(v) for v in core_hi)))
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            del self._file.attrs[RESUME_KEY]
-            # sealed again: whatever attribute was added since the datasets were created
-            self._file.attrs[HEADER_CHECKSUM] = header_checksum(self._file.attrs)
-        self._file.close()
-        if exc_type is None:
-            publish(self.tmp_path, self.path)
-        elif not issubclass(exc_type, KeyboardInterrupt):
-            self.tmp_path.unlink(missing_ok=True)
+        # kept for the next run to continue: after Ctrl-C, or once the disk has space again
+        keep = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, DiskFullError))
+        try:
+            with reporting_disk_full(self.path):
+                if exc_type is None:
+                    del self._file.attrs[RESUME_KEY]
+                    # sealed again: whatever attribute was added since the datasets were created
+                    self._file.attrs[HEADER_CHECKSUM] = header_checksum(self._file.attrs)
+                # datasets first: HDF5 crashes collecting them after a failed file close
+                self._dsets = self._blocks = None
+                self._file.close()
+                if exc_type is None:
+                    publish(self.tmp_path, self.path)
+        except DiskFullError:
+            keep = True
+            raise
+        finally:
+            if exc_type is not None and not keep:
+                self.tmp_path.unlink(missing_ok=True)
         return False
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 
 from ..errors import UserError
+from .disk_space import disk_full_error, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 LOCK_SUFFIX = ".lock"
 #: the lock file inside a work directory.
 WORK_DIR_LOCK = "run.lock"
+#: seconds after which an empty lock file is a run's that died between creating and writing it
+#: (which takes microseconds).
+EMPTY_LOCK_SECONDS = 10.0
 #: seconds a process may have started after the time its lock records and still be its owner
 #: (the lock is written just after start-up; a later start means the PID was reused).
 PID_REUSE_SLACK_SECONDS = 1.0
@@ -71,6 +75,15 @@ def _owner_alive(owner):
     return started <= float(owner.get("started", started)) + PID_REUSE_SLACK_SECONDS
 
 
+def _abandoned_empty(path):
+    """Whether ``path`` is an empty lock file older than :data:`EMPTY_LOCK_SECONDS`."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return True   # removed meanwhile: try to create it again
+    return stat.st_size == 0 and time.time() - stat.st_mtime > EMPTY_LOCK_SECONDS
+
+
 def _describe(owner):
     if not owner:
         return "a run that is starting (its lock file is still empty)"
@@ -92,10 +105,16 @@ def _create(path, owner):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        json.dump(owner, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(owner, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        path.unlink()
+        if is_disk_full(error):
+            raise disk_full_error(path) from None
+        raise
     return True
 
 
@@ -127,7 +146,8 @@ def _acquire(path, output, me):
     path.parent.mkdir(parents=True, exist_ok=True)
     while not _create(path, me):
         owner = _read_owner(path)
-        stale = bool(owner) and owner.get("host") == me["host"] and not _owner_alive(owner)
+        stale = (_abandoned_empty(path) if not owner else
+                 owner.get("host") == me["host"] and not _owner_alive(owner))
         if not stale or not _take_over(path, owner):
             raise _held_error(path, output, _read_owner(path) or owner)
 

@@ -39,9 +39,10 @@ from ..geometry.tiling import Grid
 from ..io.atomic import remove_stale_temporaries, remove_temporaries_below
 from ..io.candidates import CandidateFile
 from ..io.checkpoint import resume_or_start_afresh
-from ..io.chunks import chunk_done
+from ..io.chunks import chunk_done, chunk_files
+from ..io.disk_space import METADATA_BYTES, check_free_space
 from ..io.input_pin import check_unchanged, open_pinned, pin
-from ..io.label_file import write_label_file
+from ..io.label_file import OBJECT_DTYPE, write_label_file
 from ..io.model_files import read_model_info
 from ..io.path_guard import check_outputs_apart
 from ..io.run_lock import WORK_DIR_LOCK, lock_path_of, run_lock
@@ -240,11 +241,20 @@ def _provenance(params):
                                        "work_dir": str(params.work_dir)}, sort_keys=True))
 
 
+def _label_file_bytes(params, chunk_indices, n_objects):
+    """What label.h5 takes: the compressed chunks as they are, the objects table, metadata."""
+    chunk_bytes = sum(path.stat().st_size for path in
+                      (chunk_files(params.chunk_dir, i).labels for i in chunk_indices)
+                      if path.exists())
+    return chunk_bytes + n_objects * OBJECT_DTYPE.itemsize + METADATA_BYTES
+
+
 def _write_stage(params, survivors, chunk_indices, show_progress):
     ids, prob = survivors.read_columns("ids", "prob")
     prob_by_id = np.empty(len(ids), np.float32)
     prob_by_id[ids.astype(np.int64) - 1] = prob
     remove_stale_temporaries(params.label_path)
+    check_free_space(params.label_path, _label_file_bytes(params, chunk_indices, len(ids)))
     write_label_file(params.label_path, _chunk_grid(params), params.chunk_dir, chunk_indices,
                      prob_by_id, _provenance(params), show_progress=show_progress)
 
