@@ -1,5 +1,6 @@
 """The Dask cluster: SLURM job scripts from the config and the site's settings, local workers,
 retried tasks."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -154,7 +155,7 @@ class _SilentClient:
 
 def test_missing_slurm_workers_tell_the_user_what_to_check():
     with pytest.raises(UserError, match="squeue.*gpu-short.*lab42.*slurm-\\*.out"):
-        _wait_for_slurm_workers(_SilentClient(), SLURM)
+        _wait_for_slurm_workers(_SilentClient(), dataclasses.replace(SLURM, worker_timeout=0.01))
 
 
 def _die_once(marker, value):
@@ -176,3 +177,33 @@ def test_local_cluster_redoes_the_tasks_of_a_lost_worker(tmp_path):
         results = run_tasks(client, _die_once,
                             [(str(tmp_path / "died"), i) for i in range(4)], "test")
         assert sorted(results) == [0, 2, 4, 6]
+
+
+#: what a site's sbatch prints when it refuses a job.
+SBATCH_REFUSAL = "sbatch: error: invalid partition specified: gpu-short"
+
+
+def test_a_refused_sbatch_ends_the_run_at_once_with_sbatch_s_own_words(tmp_path):
+    from stardist_hpc.synthetic import demo_candidate_file
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(f"#!/bin/sh\necho '{SBATCH_REFUSAL}' >&2\nexit 1\n")
+    sbatch.chmod(0o755)
+    config = tmp_path / "hpc.yaml"
+    config.write_text(yaml.safe_dump({
+        "input": {"prediction": str(demo_candidate_file(tmp_path / "prediction.h5"))},
+        "model": {"basedir": None, "name": None},
+        "output": {"labels": str(tmp_path / "label.h5"), "work_dir": str(tmp_path / "work")},
+        "cluster": {"mode": "slurm", "slurm": {"scheduler_host": "127.0.0.1", "cores": 1,
+                                               "memory": "1GB", "jobs": 2,
+                                               "worker_timeout": 600}}}))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "DASK_CONFIG": str(_write_site_config(tmp_path / "dask", {}))}
+    done = subprocess.run([sys.executable, "hpc_prediction.py", str(config)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "sbatch refused the worker job" in last and SBATCH_REFUSAL in last
+    assert not (tmp_path / "label.h5").exists()

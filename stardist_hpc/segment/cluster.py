@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import NamedTuple
@@ -180,11 +181,62 @@ def job_script(config) -> str:
         return cluster.job_script()
 
 
-def _wait_for_slurm_workers(client, slurm: SlurmSection):
-    try:
-        client.wait_for_workers(1, timeout=slurm.worker_timeout)
-    except TimeoutError:
-        raise UserError(
+class _SubmissionFailures(logging.Filter):
+    """Catch dask-jobqueue's failed ``sbatch`` calls, which its background task only logs.
+
+    ``scale`` submits the jobs in a callback of the cluster's event loop; tornado logs the
+    callback's error with a traceback (logger ``tornado.application``) while the driver waits
+    for workers that never come. The filter keeps the error for the driver and the traceback
+    off stderr.
+    """
+
+    LOGGER = "tornado.application"
+    #: how dask-jobqueue's message of a failed command begins, and where its stderr starts.
+    FAILED = "Command exited with non-zero exit code"
+    STDERR = "stderr:"
+
+    def __init__(self):
+        super().__init__()
+        self.answers = []
+
+    def filter(self, record):
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, RuntimeError) and str(error).startswith(self.FAILED):
+            self.answers.append(str(error).rpartition(self.STDERR)[2].strip() or str(error))
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def installed(self):
+        logger = logging.getLogger(self.LOGGER)
+        logger.addFilter(self)
+        try:
+            yield self
+        finally:
+            logger.removeFilter(self)
+
+
+#: seconds between two looks for a refused submission while waiting for the first worker.
+SUBMISSION_POLL_SECONDS = 0.5
+
+
+def _wait_for_slurm_workers(client, slurm: SlurmSection, refused=()):
+    """Wait for the first worker; stop at once when sbatch refused a job (``refused`` holds
+    sbatch's answers as they come)."""
+    deadline = time.monotonic() + slurm.worker_timeout
+    while not refused:
+        try:
+            client.wait_for_workers(1, timeout=min(SUBMISSION_POLL_SECONDS,
+                                                   max(0.0, deadline - time.monotonic())))
+            return
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                break
+    if refused:
+        raise UserError(f"sbatch refused the worker job: {refused[0]} (check cluster.slurm."
+                        "queue, account, walltime and memory; --job-script prints the job "
+                        "script)")
+    raise UserError(
             f"no SLURM worker joined within {slurm.worker_timeout:g} s: check that the jobs "
             f"start (squeue -u $USER), that cluster.slurm.queue ({slurm.queue}) and account "
             f"({slurm.account}) are valid, and the jobs' sbatch output (slurm-*.out) for "
@@ -228,8 +280,9 @@ def start_cluster(cluster: ClusterSection):
     with cluster_context as dask_cluster, distributed.Client(dask_cluster) as client:
         log.info("Dask dashboard: %s", client.dashboard_link)
         if cluster.mode == "slurm":
-            dask_cluster.scale(jobs=cluster.slurm.jobs)
-            _wait_for_slurm_workers(client, cluster.slurm)
+            with _SubmissionFailures().installed() as failures:
+                dask_cluster.scale(jobs=cluster.slurm.jobs)
+                _wait_for_slurm_workers(client, cluster.slurm, failures.answers)
         yield client
 
 
