@@ -207,3 +207,36 @@ def test_a_refused_sbatch_ends_the_run_at_once_with_sbatch_s_own_words(tmp_path)
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "sbatch refused the worker job" in last and SBATCH_REFUSAL in last
     assert not (tmp_path / "label.h5").exists()
+
+
+def _kill_own_worker(value):
+    """A task that kills its worker process every time, as the OOM killer would."""
+    os._exit(1)
+
+
+class _Plan:
+    index = 7
+
+
+def test_a_task_that_keeps_killing_its_workers_is_one_line_naming_it_and_the_memory():
+    import dask
+    cluster = ClusterSection(mode="local",
+                             local=LocalClusterSection(n_workers=1, threads_per_worker=1),
+                             slurm=SLURM)
+    # each death is a KilledWorker at once, so only the retries are spent
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            start_cluster(cluster) as client:
+        with pytest.raises(UserError, match=r"task _kill_own_worker 7 \(NMS round 0\) killed its "
+                                            r"worker.*memory limit.*cluster.slurm.memory"):
+            list(run_tasks(client, _kill_own_worker, [(_Plan(),)], "NMS round 0",
+                           show_progress=False))
+
+
+def test_the_driver_stops_when_no_worker_is_left():
+    import distributed
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as lc, \
+            distributed.Client(lc) as client:
+        with pytest.raises(UserError, match=r"no Dask worker left for 0.5 s during labeling.*"
+                                            r"cluster.no_worker_timeout"):
+            list(run_tasks(client, abs, [(-1,)], "labeling", show_progress=False,
+                           no_worker_timeout=0.5))

@@ -29,6 +29,8 @@ LOCALHOST = "127.0.0.1"
 CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
 #: times a task is retried after its worker died.
 TASK_RETRIES = 2
+#: seconds between two looks at the cluster while no task completes (for the watchdog).
+WATCH_SECONDS = 1.0
 
 
 def available_cpus():
@@ -303,7 +305,45 @@ def _reporting_bad_input(function, *arguments):
         return _BadInput(error)
 
 
-def run_tasks(client, function, argument_tuples, description, *, show_progress=True):
+def _task_name(function, arguments):
+    """A task as the user can find it: its function and the index of its tile or chunk."""
+    index = next((a.index for a in arguments if isinstance(getattr(a, "index", None), int)), None)
+    return function.__name__ + ("" if index is None else f" {index}")
+
+
+def _killed_error(function, arguments, description):
+    return UserError(
+        f"task {_task_name(function, arguments)} ({description}) killed its worker every time "
+        f"it ran ({TASK_RETRIES} retries spent); the likely cause is the worker's memory limit "
+        "(the OOM killer or Dask's nanny stops a worker that exceeds it): raise "
+        "cluster.slurm.memory (or use fewer cluster.local.n_workers, which gives each more), or "
+        "make the tasks smaller (nms.tile_shape, labeling.chunk_shape); rerun to resume")
+
+
+def _no_worker_error(timeout, description):
+    return UserError(
+        f"no Dask worker left for {timeout:g} s during {description} (all died or their jobs "
+        "ended: see the jobs' slurm-*.out, or dmesg for the OOM killer); rerun to resume "
+        "(cluster.no_worker_timeout sets the wait)")
+
+
+def _completed(client, pending, no_worker_timeout, description):
+    """Wait until some of ``pending`` complete; stop when no worker is left for too long."""
+    import distributed
+    last_seen = time.monotonic()
+    while True:
+        try:
+            return distributed.wait(pending, timeout=WATCH_SECONDS, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            pass
+        if client.scheduler_info()["workers"]:
+            last_seen = time.monotonic()
+        elif time.monotonic() - last_seen > no_worker_timeout:
+            raise _no_worker_error(no_worker_timeout, description)
+
+
+def run_tasks(client, function, argument_tuples, description, *, show_progress=True,
+              no_worker_timeout=ClusterSection.no_worker_timeout):
     """Run ``function(*arguments)`` for every tuple on the cluster; yield results as they come.
 
     Parameters
@@ -316,11 +356,20 @@ def run_tasks(client, function, argument_tuples, description, *, show_progress=T
         Progress bar label.
     show_progress : bool
         Draw the progress bar on stderr.
+    no_worker_timeout : float
+        Seconds to wait while no worker is connected before stopping
+        [cluster.no_worker_timeout].
 
     Yields
     ------
     object
         Each task's result, in completion order.
+
+    Raises
+    ------
+    UserError
+        For bad input a task met, a task that killed its worker every time it ran, or no
+        worker left for ``no_worker_timeout`` seconds.
     """
     import distributed
     if not argument_tuples:
@@ -328,16 +377,27 @@ def run_tasks(client, function, argument_tuples, description, *, show_progress=T
     futures = client.map(functools.partial(_reporting_bad_input, function),
                          *zip(*argument_tuples), pure=False, retries=TASK_RETRIES,
                          key=[f"{function.__name__}-{uuid.uuid4().hex}" for _ in argument_tuples])
+    arguments_of = dict(zip((f.key for f in futures), argument_tuples))
+    pending = set(futures)
     with tqdm(total=len(futures), desc=description, file=sys.stderr, unit="task",
               disable=not show_progress) as progress:
-        for future in distributed.as_completed(futures):
-            result = future.result()
-            if isinstance(result, _BadInput):
-                client.cancel(futures)   # the other tasks' results are of no use now
-                raise result.error
-            yield result
-            progress.update()
-            future.release()
+        try:
+            while pending:
+                done, pending = _completed(client, pending, no_worker_timeout, description)
+                for future in done:
+                    try:
+                        result = future.result()
+                    except distributed.KilledWorker:
+                        raise _killed_error(function, arguments_of[future.key],
+                                            description) from None
+                    if isinstance(result, _BadInput):
+                        raise result.error
+                    yield result
+                    progress.update()
+                    future.release()
+        except UserError:
+            client.cancel(futures)   # the other tasks' results are of no use now
+            raise
 
 
 def run_in_process(function, argument_tuples, description):

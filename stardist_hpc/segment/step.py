@@ -339,7 +339,8 @@ def _segment_locked(config, model, client, seconds, show_progress):
     # the source was checked above: only the checkpoints that depend on settings remain
     resume_or_start_afresh(work_dir, params.signature(), SETTING_CHECKPOINTS)
     with _client(client, config) as dask_client:
-        execute = functools.partial(run_tasks, dask_client, show_progress=show_progress)
+        execute = functools.partial(run_tasks, dask_client, show_progress=show_progress,
+                                    no_worker_timeout=config.cluster.no_worker_timeout)
         summary = segment(params, execute, seconds, show_progress)
     _log_summary(summary)
     return summary
