@@ -49,6 +49,10 @@ def available_cpus():
     return cpus
 
 
+#: module preloaded into each local worker (see its docstring).
+WORKER_SETUP = "stardist_hpc.segment.worker_setup"
+
+
 def local_cluster_kwargs(local: LocalClusterSection):
     """Keyword arguments of ``distributed.LocalCluster`` for the ``cluster.local`` section."""
     # the workers' own log lines (connections closing when a run stops on bad input or Ctrl-C)
@@ -56,7 +60,8 @@ def local_cluster_kwargs(local: LocalClusterSection):
     worker_logs = logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
     return dict(n_workers=local.n_workers or available_cpus(),
                 threads_per_worker=local.threads_per_worker, processes=True, host=LOCALHOST,
-                dashboard_address=f"{LOCALHOST}:0", silence_logs=worker_logs)
+                dashboard_address=f"{LOCALHOST}:0", silence_logs=worker_logs,
+                preload=[WORKER_SETUP])
 
 
 #: ``cluster.slurm`` keys that are ``SLURMCluster`` arguments of the same name: passed only when
