@@ -201,20 +201,26 @@ def test_a_second_hpc_run_on_the_same_outputs_stops_at_once(tmp_path, nuclei_can
     assert not (tmp_path / "other.h5").exists()
 
 
-def test_a_second_gpu_run_on_the_same_output_stops_at_once(tmp_path, caplog, monkeypatch):
+@pytest.fixture(scope="module")
+def gpu_uninterrupted(tmp_path_factory):
+    """Datasets and attributes of an undisturbed GPU-step run of ``_write_local_config``."""
     from local_prediction import main
+    directory = tmp_path_factory.mktemp("gpu_undisturbed")
+    assert main([str(_write_local_config(directory))]) == 0
+    return _read_hdf5(directory / "out" / "prediction.h5")
+
+
+def test_a_second_gpu_run_on_the_same_output_stops_at_once(tmp_path, gpu_uninterrupted, caplog,
+                                                           monkeypatch):
     config_path = _write_local_config(tmp_path)
     output = tmp_path / "out" / "prediction.h5"
-    assert main([str(config_path)]) == 0
-    uninterrupted = _read_hdf5(output)
-    output.unlink()
     log_path = tmp_path / "first.log"
     with _started(_command("local_prediction.py", config_path) + ["--verbose"],
                   log_path) as first:
         _wait_for(lambda: _blocks_predicted(log_path)[0] >= 1, first, "predicted block")
         _second_runs_refused(predict_main, config_path, first, caplog, monkeypatch)
         assert first.wait(WAIT_SECONDS) == 0, log_path.read_text()[-3000:]
-    _assert_same_hdf5(_read_hdf5(output), uninterrupted)
+    _assert_same_hdf5(_read_hdf5(output), gpu_uninterrupted)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,11 +320,9 @@ def test_a_full_filesystem_is_one_line_and_a_rerun_with_space_resumes(
 
 
 def test_a_full_filesystem_under_the_gpu_step_is_one_line_and_a_rerun_continues(
-        tmp_path, small_filesystem, caplog):
+        tmp_path, small_filesystem, gpu_uninterrupted, caplog):
     from local_prediction import main
     config_path = _write_local_config(tmp_path)
-    assert main([str(config_path)]) == 0
-    uninterrupted = _read_hdf5(tmp_path / "out" / "prediction.h5")
     image = tmp_path / "nuclei.tif"
     before = _sha256(image)
     output = small_filesystem / "prediction.h5"
@@ -332,5 +336,5 @@ def test_a_full_filesystem_under_the_gpu_step_is_one_line_and_a_rerun_continues(
     assert not output.exists()
     filler.unlink()
     assert main([str(config_path), "--set", f"output.path={output}"]) == 0
-    _assert_same_hdf5(_read_hdf5(output), uninterrupted)
+    _assert_same_hdf5(_read_hdf5(output), gpu_uninterrupted)
     assert _sha256(image) == before
