@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from test_interruptions import (
     _write_local_config,
 )
 
-from stardist_hpc.cli import predict_main, segment_main
+from stardist_hpc.cli import EXIT_INTERRUPTED, predict_main, segment_main
 from stardist_hpc.config import HpcConfig, load
 from stardist_hpc.io.candidates import CandidateFile
 from stardist_hpc.io.checkpoint import resume_or_start_afresh
@@ -182,12 +183,14 @@ def _second_runs_refused(main, config_path, first, caplog, monkeypatch, override
     assert first.poll() is None, "the first run ended before the second ones were refused"
 
 
-def test_a_second_hpc_run_on_the_same_outputs_stops_at_once(tmp_path, nuclei_candidates,
-                                                            undisturbed, caplog, monkeypatch):
-    reference = undisturbed[0]
+def test_a_second_hpc_run_on_the_same_outputs_stops_at_once_and_ctrl_c_is_one_line(
+        tmp_path, nuclei_candidates, undisturbed, caplog, monkeypatch, tasks_in_process):
+    """The first run is then stopped by Ctrl-C (SIGINT to its process group, workers
+    included): one line, no worker traceback; the run after it resumes its checkpoints."""
     config_path = _write_hpc_config(tmp_path, nuclei_candidates)
     work_dir, label_path = tmp_path / "work", tmp_path / "label.h5"
-    with _started(_command("hpc_prediction.py", config_path), tmp_path / "first.log") as first:
+    log_path = tmp_path / "first.log"
+    with _started(_command("hpc_prediction.py", config_path), log_path) as first:
         _wait_for(lambda: _round0_tiles(work_dir), first, "NMS checkpoint")
         started = time.monotonic()
         # the same outputs; the same work_dir only; the same label file only
@@ -196,9 +199,16 @@ def test_a_second_hpc_run_on_the_same_outputs_stops_at_once(tmp_path, nuclei_can
                               f"output.work_dir={tmp_path / 'other_work'}"))
         assert time.monotonic() - started < WAIT_SECONDS / 10
         assert (work_dir / WORK_DIR_LOCK).exists() and lock_path_of(label_path).exists()
-        assert first.wait(WAIT_SECONDS) == 0, (tmp_path / "first.log").read_text()[-3000:]
-    _assert_same_result(label_path, reference)
-    assert not (tmp_path / "other.h5").exists()
+        os.killpg(first.pid, signal.SIGINT)
+        assert first.wait(WAIT_SECONDS) == EXIT_INTERRUPTED, log_path.read_text()[-3000:]
+    stderr = log_path.read_text()
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].endswith(
+        "ERROR interrupted; rerun the same command to resume")
+    assert not (tmp_path / "other.h5").exists() and not label_path.exists()
+    monkeypatch.delenv("HDF5_USE_FILE_LOCKING")
+    assert segment_main([str(config_path)]) == 0
+    _assert_same_result(label_path, undisturbed[0])
 
 
 @pytest.fixture(scope="module")
