@@ -213,11 +213,16 @@ def test_a_second_hpc_run_on_the_same_outputs_stops_at_once_and_ctrl_c_is_one_li
 
 @pytest.fixture(scope="module")
 def gpu_uninterrupted(tmp_path_factory):
-    """Datasets and attributes of an undisturbed GPU-step run of ``_write_local_config``."""
+    """Datasets of an undisturbed GPU-step run of ``_write_local_config`` (its attributes
+    name its own paths)."""
     from local_prediction import main
     directory = tmp_path_factory.mktemp("gpu_undisturbed")
     assert main([str(_write_local_config(directory))]) == 0
-    return _read_hdf5(directory / "out" / "prediction.h5")
+    return _read_hdf5(directory / "out" / "prediction.h5")[0], {}
+
+
+def _datasets(path):
+    return _read_hdf5(path)[0], {}
 
 
 def test_a_second_gpu_run_on_the_same_output_stops_at_once(tmp_path, gpu_uninterrupted, caplog,
@@ -230,7 +235,7 @@ def test_a_second_gpu_run_on_the_same_output_stops_at_once(tmp_path, gpu_uninter
         _wait_for(lambda: _blocks_predicted(log_path)[0] >= 1, first, "predicted block")
         _second_runs_refused(predict_main, config_path, first, caplog, monkeypatch)
         assert first.wait(WAIT_SECONDS) == 0, log_path.read_text()[-3000:]
-    _assert_same_hdf5(_read_hdf5(output), gpu_uninterrupted)
+    _assert_same_hdf5(_datasets(output), gpu_uninterrupted)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,5 +351,5 @@ def test_a_full_filesystem_under_the_gpu_step_is_one_line_and_a_rerun_continues(
     assert not output.exists()
     filler.unlink()
     assert main([str(config_path), "--set", f"output.path={output}"]) == 0
-    _assert_same_hdf5(_read_hdf5(output), gpu_uninterrupted)
+    _assert_same_hdf5(_datasets(output), gpu_uninterrupted)
     assert _sha256(image) == before
