@@ -241,8 +241,6 @@ class CandidateWriter:
                     del self._file.attrs[RESUME_KEY]
                     # sealed again: whatever attribute was added since the datasets were created
                     self._file.attrs[HEADER_CHECKSUM] = header_checksum(self._file.attrs)
-                # datasets first: HDF5 crashes collecting them after a failed file close
-                self._dsets = self._blocks = None
                 self._file.close()
                 if exc_type is None:
                     publish(self.tmp_path, self.path)

@@ -329,6 +329,7 @@ def segment_config(config: HpcConfig, *, client=None, show_progress=True) -> Run
 
 
 def _segment_locked(config, model, client, seconds, show_progress):
+    """:func:`segment_config` once the run holds the locks of its outputs."""
     work_dir = config.output.work_dir
     if config.input.prediction.exists():   # a missing one is reported by _open_candidates
         # before indexing: an indexed copy of a changed input must not be reused
