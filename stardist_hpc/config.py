@@ -514,6 +514,8 @@ class SlurmSection:
 @dataclass(frozen=True)
 class ClusterSection:
     mode: str = key(choice("local", "slurm"), "local", "local Dask cluster or SLURM jobs")
+    no_worker_timeout: float = key(positive_number, 300.0,
+                                   "seconds the driver waits with no worker left before it stops")
     local: LocalClusterSection = section(LocalClusterSection)
     slurm: SlurmSection = section(SlurmSection)
 

@@ -1,5 +1,6 @@
 """The Dask cluster: SLURM job scripts from the config and the site's settings, local workers,
 retried tasks."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -154,7 +155,7 @@ class _SilentClient:
 
 def test_missing_slurm_workers_tell_the_user_what_to_check():
     with pytest.raises(UserError, match="squeue.*gpu-short.*lab42.*slurm-\\*.out"):
-        _wait_for_slurm_workers(_SilentClient(), SLURM)
+        _wait_for_slurm_workers(_SilentClient(), dataclasses.replace(SLURM, worker_timeout=0.01))
 
 
 def _die_once(marker, value):
@@ -176,3 +177,66 @@ def test_local_cluster_redoes_the_tasks_of_a_lost_worker(tmp_path):
         results = run_tasks(client, _die_once,
                             [(str(tmp_path / "died"), i) for i in range(4)], "test")
         assert sorted(results) == [0, 2, 4, 6]
+
+
+#: what a site's sbatch prints when it refuses a job.
+SBATCH_REFUSAL = "sbatch: error: invalid partition specified: gpu-short"
+
+
+def test_a_refused_sbatch_ends_the_run_at_once_with_sbatch_s_own_words(tmp_path):
+    from stardist_hpc.synthetic import demo_candidate_file
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(f"#!/bin/sh\necho '{SBATCH_REFUSAL}' >&2\nexit 1\n")
+    sbatch.chmod(0o755)
+    config = tmp_path / "hpc.yaml"
+    config.write_text(yaml.safe_dump({
+        "input": {"prediction": str(demo_candidate_file(tmp_path / "prediction.h5"))},
+        "model": {"basedir": None, "name": None},
+        "output": {"labels": str(tmp_path / "label.h5"), "work_dir": str(tmp_path / "work")},
+        "cluster": {"mode": "slurm", "slurm": {"scheduler_host": "127.0.0.1", "cores": 1,
+                                               "memory": "1GB", "jobs": 2,
+                                               "worker_timeout": 600}}}))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "DASK_CONFIG": str(_write_site_config(tmp_path / "dask", {}))}
+    done = subprocess.run([sys.executable, "hpc_prediction.py", str(config)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "sbatch refused the worker job" in last and SBATCH_REFUSAL in last
+    assert not (tmp_path / "label.h5").exists()
+
+
+def _kill_own_worker(value):
+    """A task that kills its worker process every time, as the OOM killer would."""
+    os._exit(1)
+
+
+class _Plan:
+    index = 7
+
+
+def test_a_task_that_keeps_killing_its_workers_is_one_line_naming_it_and_the_memory():
+    import dask
+    cluster = ClusterSection(mode="local",
+                             local=LocalClusterSection(n_workers=1, threads_per_worker=1),
+                             slurm=SLURM)
+    # each death is a KilledWorker at once, so only the retries are spent
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            start_cluster(cluster) as client:
+        with pytest.raises(UserError, match=r"task _kill_own_worker 7 \(NMS round 0\) killed its "
+                                            r"worker.*memory limit.*cluster.slurm.memory"):
+            list(run_tasks(client, _kill_own_worker, [(_Plan(),)], "NMS round 0",
+                           show_progress=False))
+
+
+def test_the_driver_stops_when_no_worker_is_left():
+    import distributed
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as lc, \
+            distributed.Client(lc) as client:
+        with pytest.raises(UserError, match=r"no Dask worker left for 0.5 s during labeling.*"
+                                            r"cluster.no_worker_timeout"):
+            list(run_tasks(client, abs, [(-1,)], "labeling", show_progress=False,
+                           no_worker_timeout=0.5))

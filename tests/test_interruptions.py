@@ -30,6 +30,7 @@ import yaml
 
 from stardist_hpc.config import HpcConfig, load
 from stardist_hpc.io.candidates import CandidateFile
+from stardist_hpc.io.run_lock import WORK_DIR_LOCK
 from stardist_hpc.segment import step as hpc
 from stardist_hpc.segment.cluster import run_in_process, run_tasks, start_cluster
 from stardist_hpc.segment.params import CHUNK_DIR, NMS_DIR, SURVIVORS
@@ -164,12 +165,13 @@ def _rendered_chunks(work_dir):
 def _completed_checkpoints(work_dir):
     """Every completed checkpoint file, with the (inode, mtime) of its current version.
 
-    Temporaries of killed writers are left out, and so is a chunk's label file without its
-    statistics file: that chunk was not completed and may be rendered again.
+    Temporaries of killed writers and the run lock (taken over by the next run) are left out,
+    and so is a chunk's label file without its statistics file: that chunk was not completed
+    and may be rendered again.
     """
     versions = {}
     for path in work_dir.rglob("*"):
-        if not path.is_file() or path.name.endswith(".tmp"):
+        if not path.is_file() or path.name.endswith(".tmp") or path.name == WORK_DIR_LOCK:
             continue
         if path.suffix == ".bin" and not path.with_suffix(".npz").exists():
             continue

@@ -5,6 +5,7 @@ import pytest
 from conftest import SingleProcessResult
 
 from stardist_hpc.io.candidates import CandidateFile
+from stardist_hpc.io.input_pin import pin
 from stardist_hpc.segment.cluster import run_in_process
 from stardist_hpc.segment.nms import gather_tile, plan_tiles, resolve_halo, run_rounds, tile_path
 from stardist_hpc.segment.params import SegmentParams
@@ -17,8 +18,9 @@ THRESH = 0.3
 def _nms_job(candidate_path, work_dir, backend="stardist"):
     """Parameters of an NMS run on ``candidate_path`` (the settings NMS does not read are
     placeholders)."""
-    meta = CandidateFile(candidate_path).meta
-    return SegmentParams(candidate_path=candidate_path, input_path=str(candidate_path),
+    candidates = CandidateFile(candidate_path)
+    meta = candidates.meta
+    return SegmentParams(candidate_pin=pin(candidates), input_path=str(candidate_path),
                          input_size=0, input_mtime_ns=0, model_dir="",
                          image_shape=meta.image_shape,
                          rays_json=meta.rays_json, prob_thresh=meta.prob_thresh,

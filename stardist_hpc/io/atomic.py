@@ -10,7 +10,12 @@ import logging
 import os
 from pathlib import Path
 
+from .disk_space import reporting_disk_full
+
 log = logging.getLogger(__name__)
+
+#: suffix of a temporary of :func:`atomic_path`, after the writing process's PID.
+TEMPORARY_SUFFIX = ".tmp"
 
 
 def _fsync(path, flags=os.O_RDONLY):
@@ -30,13 +35,18 @@ def publish(tmp_path, path):
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds.
+
+    A write that finds its filesystem full (or the quota spent) becomes the one-line
+    UserError of :func:`~.disk_space.disk_full_error`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp_path = path.with_name(f"{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
-        yield tmp_path
-        publish(tmp_path, path)
+        with reporting_disk_full(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp_path
+            publish(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -64,6 +74,22 @@ def remove_stale_temporaries(path):
         if pid.isdigit() and not _process_alive(int(pid)):
             log.info("removing %s, left by an interrupted run", temporary)
             temporary.unlink(missing_ok=True)
+
+
+def remove_temporaries_below(directory):
+    """Delete every :func:`atomic_path` temporary (``<name>.<pid>.tmp``) below ``directory``.
+
+    Only while this run holds the directory's run lock (:mod:`.run_lock`): no other run then
+    writes there, so each temporary was left by a killed process, wherever it ran (a worker
+    on another node too, whose PID means nothing here).
+    """
+    stale = [p for p in Path(directory).rglob(f"*{TEMPORARY_SUFFIX}")
+             if p.is_file() and p.name[:-len(TEMPORARY_SUFFIX)].rpartition(".")[2].isdigit()]
+    for temporary in stale:
+        temporary.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d temporary file(s) of killed writers below %s (e.g. %s)",
+                 len(stale), directory, stale[0].name)
 
 
 def write_bytes(path, data):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -49,6 +50,7 @@ from .candidate_checks import (
     header_checksum,
 )
 from .checkpoint import changed_keys
+from .disk_space import METADATA_BYTES, DiskFullError, check_free_space, reporting_disk_full
 from .hdf5 import open_hdf5
 
 log = logging.getLogger(__name__)
@@ -160,8 +162,11 @@ class CandidateWriter:
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_free_space(self.path, METADATA_BYTES)
         if not self._continue_interrupted():
-            self._file = h5py.File(self.tmp_path, "w")
+            # never "w" over an existing file: another process may have it open
+            self.tmp_path.unlink(missing_ok=True)
+            self._file = h5py.File(self.tmp_path, "x")
             self._dsets = create_candidate_datasets(self._file, self.meta, 0)
             self._blocks = create_block_table(self._file)
             self._file.attrs[RESUME_KEY] = self.resume_key
@@ -185,6 +190,9 @@ class CandidateWriter:
             return False
         try:
             f = h5py.File(self.tmp_path, "r+")
+        except BlockingIOError:   # HDF5's file lock: another process is writing it
+            raise UserError(f"{self.tmp_path} is open in another process (HDF5 could not lock "
+                            "it): wait for that run to finish, then rerun") from None
         except OSError as error:   # killed while HDF5 was writing its metadata
             log.warning("cannot continue %s (%s); starting again", self.tmp_path, error)
             return False
@@ -208,7 +216,22 @@ class CandidateWriter:
     def append(self, core_lo, core_hi, prob, dist, points, prob_class=None):
         """Append the candidates of one block whose core is ``[core_lo, core_hi)``
         (``prob_class`` for a multi-class model's file)."""
+        with reporting_disk_full(self.path):
+            self._append(core_lo, core_hi, prob, dist, points, prob_class)
+    def _bytes_to_append(self, n_rows):
+        """Bytes the file grows by when ``n_rows`` rows and one block entry are appended:
+        HDF5 writes a chunk whole the first time it is flushed, so each chunk begun counts."""
+        def chunks_begun(before, after):
+            return -(-after // ROWS_PER_CHUNK) - -(-before // ROWS_PER_CHUNK)
+        row_bytes = sum(d.dtype.itemsize * math.prod(d.shape[1:]) for d in self._dsets.values())
+        return (chunks_begun(self.n_rows, self.n_rows + n_rows) * ROWS_PER_CHUNK * row_bytes
+                + chunks_begun(self.n_blocks, self.n_blocks + 1) * ROWS_PER_CHUNK
+                * BLOCK_DTYPE.itemsize + METADATA_BYTES)
+
+    def _append(self, core_lo, core_hi, prob, dist, points, prob_class):
         n = len(prob)
+        # before writing: HDF5 may crash the process later when a write of it fails
+        check_free_space(self.path, self._bytes_to_append(n))
         start, stop = self.n_rows, self.n_rows + n
         columns = {"prob": prob, "dist": dist, "points": points, PROB_CLASS: prob_class}
         for name, values in ((name, columns[name]) for name in self._dsets):
@@ -226,15 +249,23 @@ class CandidateWriter:
                                      tuple(int(v) for v in core_hi)))
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            del self._file.attrs[RESUME_KEY]
-            # sealed again: whatever attribute was added since the datasets were created
-            self._file.attrs[HEADER_CHECKSUM] = header_checksum(self._file.attrs)
-        self._file.close()
-        if exc_type is None:
-            publish(self.tmp_path, self.path)
-        elif not issubclass(exc_type, KeyboardInterrupt):
-            self.tmp_path.unlink(missing_ok=True)
+        # kept for the next run to continue: after Ctrl-C, or once the disk has space again
+        keep = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, DiskFullError))
+        try:
+            with reporting_disk_full(self.path):
+                if exc_type is None:
+                    del self._file.attrs[RESUME_KEY]
+                    # sealed again: whatever attribute was added since the datasets were created
+                    self._file.attrs[HEADER_CHECKSUM] = header_checksum(self._file.attrs)
+                self._file.close()
+                if exc_type is None:
+                    publish(self.tmp_path, self.path)
+        except DiskFullError:
+            keep = True
+            raise
+        finally:
+            if exc_type is not None and not keep:
+                self.tmp_path.unlink(missing_ok=True)
         return False
 
 

@@ -6,6 +6,7 @@ coherent); read by every labeling task.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from ..geometry.order import total_order
 from .atomic import atomic_path
+from .disk_space import METADATA_BYTES, check_free_space
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +63,15 @@ def write_survivor_table(path, n_survivors, n_rays, parts, n_classes=0):
     n_classes : int
         Classes of a multi-class model, whose parts carry ``prob_class`` (0: none).
     """
+    rows_per_chunk = min(SURVIVOR_ROWS_PER_CHUNK, max(1, n_survivors))
     columns = _SURVIVOR_COLUMNS + (("dist", "f4", (n_rays,)),)
     if n_classes:
         columns += ((PROB_CLASS, "f4", (n_classes + 1,)),)
     written = _WRITTEN_PER_PART + ((PROB_CLASS,) if n_classes else ())
+    row_bytes = sum(np.dtype(dtype).itemsize * math.prod(tail) for _, dtype, tail in columns)
+    check_free_space(path, -(-n_survivors // rows_per_chunk) * rows_per_chunk * row_bytes
+                     + METADATA_BYTES)
     with atomic_path(path) as tmp_path, h5py.File(tmp_path, "w") as f:
-        rows_per_chunk = min(SURVIVOR_ROWS_PER_CHUNK, max(1, n_survivors))
         for name, dtype, tail in columns:
             # resizable, so that an empty table may still have its chunk shape
             f.create_dataset(name, (n_survivors, *tail), dtype, chunks=(rows_per_chunk, *tail),

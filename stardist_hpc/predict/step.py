@@ -45,6 +45,7 @@ from ..io.candidates import CandidateMeta, CandidateWriter, temporary_path
 from ..io.image import array_volume, open_volume
 from ..io.model_files import ModelInfo, model_weights, read_model_info
 from ..io.path_guard import check_outputs_apart
+from ..io.run_lock import lock_path_of, run_lock
 from ..progress import progress
 from .normalization import configured_normalization
 
@@ -663,8 +664,9 @@ def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.Pat
         if model_dir is not None:
             inputs["model.name"] = model_dir
         check_outputs_apart(inputs, outputs={"output.path": (output, temporary_path(output))})
-        return _predict(volume, load, info, output, settings, channel, model_dir,
-                        show_progress)
+        with run_lock((lock_path_of(output), output)):
+            return _predict(volume, load, info, output, settings, channel, model_dir,
+                            show_progress)
 
 
 def _predict(volume, load, info, output, settings, channel, model_dir, show_progress):

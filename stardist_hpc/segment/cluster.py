@@ -10,6 +10,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import NamedTuple
@@ -26,6 +27,8 @@ LOCALHOST = "127.0.0.1"
 CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
 #: times a task is retried after its worker died.
 TASK_RETRIES = 2
+#: seconds between two looks at the cluster while no task completes (for the watchdog).
+WATCH_SECONDS = 1.0
 
 
 def available_cpus():
@@ -44,6 +47,10 @@ def available_cpus():
     return cpus
 
 
+#: module preloaded into each local worker (see its docstring).
+WORKER_SETUP = "stardist_hpc.segment.worker_setup"
+
+
 def local_cluster_kwargs(local: LocalClusterSection):
     """Keyword arguments of ``distributed.LocalCluster`` for the ``cluster.local`` section."""
     # the workers' own log lines (connections closing when a run stops on bad input or Ctrl-C)
@@ -51,7 +58,8 @@ def local_cluster_kwargs(local: LocalClusterSection):
     worker_logs = logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
     return dict(n_workers=local.n_workers or available_cpus(),
                 threads_per_worker=local.threads_per_worker, processes=True, host=LOCALHOST,
-                dashboard_address=f"{LOCALHOST}:0", silence_logs=worker_logs)
+                dashboard_address=f"{LOCALHOST}:0", silence_logs=worker_logs,
+                preload=[WORKER_SETUP])
 
 
 #: ``cluster.slurm`` keys that are ``SLURMCluster`` arguments of the same name: passed only when
@@ -178,11 +186,62 @@ def job_script(config) -> str:
         return cluster.job_script()
 
 
-def _wait_for_slurm_workers(client, slurm: SlurmSection):
-    try:
-        client.wait_for_workers(1, timeout=slurm.worker_timeout)
-    except TimeoutError:
-        raise UserError(
+class _SubmissionFailures(logging.Filter):
+    """Catch dask-jobqueue's failed ``sbatch`` calls, which its background task only logs.
+
+    ``scale`` submits the jobs in a callback of the cluster's event loop; tornado logs the
+    callback's error with a traceback (logger ``tornado.application``) while the driver waits
+    for workers that never come. The filter keeps the error for the driver and the traceback
+    off stderr.
+    """
+
+    LOGGER = "tornado.application"
+    #: how dask-jobqueue's message of a failed command begins, and where its stderr starts.
+    FAILED = "Command exited with non-zero exit code"
+    STDERR = "stderr:"
+
+    def __init__(self):
+        super().__init__()
+        self.answers = []
+
+    def filter(self, record):
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, RuntimeError) and str(error).startswith(self.FAILED):
+            self.answers.append(str(error).rpartition(self.STDERR)[2].strip() or str(error))
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def installed(self):
+        logger = logging.getLogger(self.LOGGER)
+        logger.addFilter(self)
+        try:
+            yield self
+        finally:
+            logger.removeFilter(self)
+
+
+#: seconds between two looks for a refused submission while waiting for the first worker.
+SUBMISSION_POLL_SECONDS = 0.5
+
+
+def _wait_for_slurm_workers(client, slurm: SlurmSection, refused=()):
+    """Wait for the first worker; stop at once when sbatch refused a job (``refused`` holds
+    sbatch's answers as they come)."""
+    deadline = time.monotonic() + slurm.worker_timeout
+    while not refused:
+        try:
+            client.wait_for_workers(1, timeout=min(SUBMISSION_POLL_SECONDS,
+                                                   max(0.0, deadline - time.monotonic())))
+            return
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                break
+    if refused:
+        raise UserError(f"sbatch refused the worker job: {refused[0]} (check cluster.slurm."
+                        "queue, account, walltime and memory; --job-script prints the job "
+                        "script)")
+    raise UserError(
             f"no SLURM worker joined within {slurm.worker_timeout:g} s: check that the jobs "
             f"start (squeue -u $USER), that cluster.slurm.queue ({slurm.queue}) and account "
             f"({slurm.account}) are valid, and the jobs' sbatch output (slurm-*.out) for "
@@ -226,8 +285,9 @@ def start_cluster(cluster: ClusterSection):
     with cluster_context as dask_cluster, distributed.Client(dask_cluster) as client:
         log.info("Dask dashboard: %s", client.dashboard_link)
         if cluster.mode == "slurm":
-            dask_cluster.scale(jobs=cluster.slurm.jobs)
-            _wait_for_slurm_workers(client, cluster.slurm)
+            with _SubmissionFailures().installed() as failures:
+                dask_cluster.scale(jobs=cluster.slurm.jobs)
+                _wait_for_slurm_workers(client, cluster.slurm, failures.answers)
         yield client
 
 
@@ -248,7 +308,45 @@ def _reporting_bad_input(function, *arguments):
         return _BadInput(error)
 
 
-def run_tasks(client, function, argument_tuples, description, *, show_progress=True):
+def _task_name(function, arguments):
+    """A task as the user can find it: its function and the index of its tile or chunk."""
+    index = next((a.index for a in arguments if isinstance(getattr(a, "index", None), int)), None)
+    return function.__name__ + ("" if index is None else f" {index}")
+
+
+def _killed_error(function, arguments, description):
+    return UserError(
+        f"task {_task_name(function, arguments)} ({description}) killed its worker every time "
+        f"it ran ({TASK_RETRIES} retries spent); the likely cause is the worker's memory limit "
+        "(the OOM killer or Dask's nanny stops a worker that exceeds it): raise "
+        "cluster.slurm.memory (or use fewer cluster.local.n_workers, which gives each more), or "
+        "make the tasks smaller (nms.tile_shape, labeling.chunk_shape); rerun to resume")
+
+
+def _no_worker_error(timeout, description):
+    return UserError(
+        f"no Dask worker left for {timeout:g} s during {description} (all died or their jobs "
+        "ended: see the jobs' slurm-*.out, or dmesg for the OOM killer); rerun to resume "
+        "(cluster.no_worker_timeout sets the wait)")
+
+
+def _completed(client, pending, no_worker_timeout, description):
+    """Wait until some of ``pending`` complete; stop when no worker is left for too long."""
+    import distributed
+    last_seen = time.monotonic()
+    while True:
+        try:
+            return distributed.wait(pending, timeout=WATCH_SECONDS, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            pass
+        if client.scheduler_info()["workers"]:
+            last_seen = time.monotonic()
+        elif time.monotonic() - last_seen > no_worker_timeout:
+            raise _no_worker_error(no_worker_timeout, description)
+
+
+def run_tasks(client, function, argument_tuples, description, *, show_progress=True,
+              no_worker_timeout=ClusterSection.no_worker_timeout):
     """Run ``function(*arguments)`` for every tuple on the cluster; yield results as they come.
 
     Parameters
@@ -261,11 +359,20 @@ def run_tasks(client, function, argument_tuples, description, *, show_progress=T
         Progress label (see :func:`stardist_hpc.progress.progress`).
     show_progress : bool
         Report progress: a bar on a terminal, else a log line now and then.
+    no_worker_timeout : float
+        Seconds to wait while no worker is connected before stopping
+        [cluster.no_worker_timeout].
 
     Yields
     ------
     object
         Each task's result, in completion order.
+
+    Raises
+    ------
+    UserError
+        For bad input a task met, a task that killed its worker every time it ran, or no
+        worker left for ``no_worker_timeout`` seconds.
     """
     import distributed
     if not argument_tuples:
@@ -273,14 +380,30 @@ def run_tasks(client, function, argument_tuples, description, *, show_progress=T
     futures = client.map(functools.partial(_reporting_bad_input, function),
                          *zip(*argument_tuples), pure=False, retries=TASK_RETRIES,
                          key=[f"{function.__name__}-{uuid.uuid4().hex}" for _ in argument_tuples])
-    for future in progress(distributed.as_completed(futures), len(futures), description,
-                           "task", show_progress=show_progress):
-        result = future.result()
-        if isinstance(result, _BadInput):
-            client.cancel(futures)   # the other tasks' results are of no use now
-            raise result.error
-        yield result
-        future.release()
+    arguments_of = dict(zip((f.key for f in futures), argument_tuples))
+    finished = _finished(client, futures, no_worker_timeout, description)
+    try:
+        for future in progress(finished, len(futures), description, "task",
+                               show_progress=show_progress):
+            try:
+                result = future.result()
+            except distributed.KilledWorker:
+                raise _killed_error(function, arguments_of[future.key], description) from None
+            if isinstance(result, _BadInput):
+                raise result.error
+            yield result
+            future.release()
+    except UserError:
+        client.cancel(futures)   # the other tasks' results are of no use now
+        raise
+
+
+def _finished(client, futures, no_worker_timeout, description):
+    """Yield ``futures`` as they finish (see `_completed`)."""
+    pending = set(futures)
+    while pending:
+        done, pending = _completed(client, pending, no_worker_timeout, description)
+        yield from done
 
 
 def run_in_process(function, argument_tuples, description):

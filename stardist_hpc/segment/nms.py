@@ -28,8 +28,8 @@ from ..errors import UserError
 from ..geometry.order import MAX_RANKED, rank_scores, total_order
 from ..geometry.rays import polyhedron_bboxes, ray_geometry, stardist_rays
 from ..geometry.tiling import Box, Grid
-from ..io.candidates import CandidateFile
 from ..io.checkpoint import load_checkpoint, load_record, save_record
+from ..io.input_pin import check_pinned, open_pinned, read_pinned_box
 from ..io.survivors import Survivors
 from .nms_fast import non_maximum_suppression
 
@@ -145,7 +145,7 @@ def suppress(prob, dist, points, rows, rays_json, thresh, backend):
 
 def _read_context(params, plan):
     """Candidates of a tile's context, by increasing row."""
-    rows, prob, dist, points = CandidateFile(params.candidate_path).read_box(*plan.context)
+    rows, prob, dist, points = read_pinned_box(params.candidate_pin, *plan.context)
     if len(rows) > MAX_RANKED:
         raise UserError(f"NMS tile {plan.core} holds {len(rows)} candidates with its halo, "
                         f"more than {MAX_RANKED}; use a smaller nms.tile_shape")
@@ -334,12 +334,14 @@ def gather_tile(params, plan, version):
     """
     result = _load_result(params, plan.index, version)
     kept_rows = result.rows[result.owned & result.kept]
-    candidates = CandidateFile(params.candidate_path)
+    candidates = open_pinned(params.candidate_pin)
     rows, prob, dist, points = candidates.read_box(*plan.core)
     pick = np.isin(rows, kept_rows)
     by_row = np.argsort(rows[pick])
     rows, prob, dist, points = (a[pick][by_row] for a in (rows, prob, dist, points))
+    prob_class = candidates.read_class_probabilities(rows)
+    check_pinned(params.candidate_pin)   # not replaced while its rows were read
     lo, hi = polyhedron_bboxes(dist, points, ray_geometry(params.rays_json), params.image_shape)
     return TileSurvivors(plan.index, Survivors(
         rows, prob, points, dist, lo.astype(np.int32), hi.astype(np.int32),
-        prob_class=candidates.read_class_probabilities(rows)))
+        prob_class=prob_class))

@@ -5,6 +5,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..io.input_pin import InputPin
 from .measure import MeasureSpec
 
 #: the original-format input converted into this project's format, inside work_dir.
@@ -18,7 +19,7 @@ SETTING_CHECKPOINTS = (NMS_DIR, SURVIVORS, CHUNK_DIR)
 #: original-format input depends only on the input file and the model folder.
 CHECKPOINTS = (INDEXED_INPUT, *SETTING_CHECKPOINTS)
 #: fields that say where files are, not what the checkpoints hold.
-_LOCATIONS = ("candidate_path", "work_dir", "label_path")
+_LOCATIONS = ("candidate_pin", "work_dir", "label_path")
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,9 @@ class SegmentParams:
 
     Attributes
     ----------
-    candidate_path : Path
-        The candidate file the tasks read (the indexed copy for an original-format input).
+    candidate_pin : InputPin
+        The candidate file the tasks read (the indexed copy for an original-format input), with
+        its identity at start-up, which every task checks.
     input_path : str
         The candidate file as given, and its ``input_size`` and ``input_mtime_ns``.
     model_dir : str
@@ -40,7 +42,7 @@ class SegmentParams:
     work_dir, label_path : where checkpoints and the label file go.
     measure : what the labeling tasks measure (None: nothing; see :mod:`.measure`).
     """
-    candidate_path: Path
+    candidate_pin: InputPin
     input_path: str
     input_size: int
     input_mtime_ns: int
@@ -58,6 +60,10 @@ class SegmentParams:
     label_path: Path
     n_classes: int = 0
     measure: MeasureSpec | None = None
+
+    @property
+    def candidate_path(self) -> Path:
+        return Path(self.candidate_pin.path)
 
     @property
     def nms_dir(self) -> Path:

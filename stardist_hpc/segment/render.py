@@ -36,6 +36,7 @@ from ..geometry.rays import bbox_of_vertices, polyhedron_vertices, ray_geometry
 from ..geometry.tiling import Box
 from ..io.checkpoint import save_record, write_bytes
 from ..io.chunks import NO_LABELS, ChunkIdentity, chunk_files, chunk_stats, compress_chunk
+from ..io.input_pin import check_pinned
 from ..io.survivors import SurvivorFile
 from .chunk_extras import chunk_extras
 from .params import SegmentParams
@@ -241,6 +242,7 @@ def render_chunk(params: SegmentParams, task: ChunkTask):
     int
         The chunk index.
     """
+    check_pinned(params.candidate_pin)   # the survivors were found in it
     started = time.perf_counter()
     dist, points, ids = SurvivorFile(params.survivor_path).read_positions(task.positions)
     labels = render_labels(dist, points, ids, ray_geometry(params.rays_json), task.box,

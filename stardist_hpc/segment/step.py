@@ -40,14 +40,17 @@ from ..config import HpcConfig, arguments_config
 from ..errors import UserError
 from ..geometry.rays import ray_vectors
 from ..geometry.tiling import Grid
-from ..io.atomic import remove_stale_temporaries
+from ..io.atomic import remove_stale_temporaries, remove_temporaries_below
 from ..io.candidates import CandidateFile
 from ..io.checkpoint import resume_or_start_afresh
-from ..io.chunks import chunk_done
+from ..io.chunks import chunk_done, chunk_files
+from ..io.disk_space import METADATA_BYTES, check_free_space
+from ..io.input_pin import check_unchanged, open_pinned, pin
 from ..io.intensities import INTENSITIES, write_tsv
-from ..io.label_file import write_label_file
+from ..io.label_file import object_dtype, write_label_file
 from ..io.model_files import read_model_info
 from ..io.path_guard import check_outputs_apart
+from ..io.run_lock import WORK_DIR_LOCK, lock_path_of, run_lock
 from ..io.survivors import SurvivorFile, intact_survivor_file, write_survivor_table
 from .chunk_extras import collect_extras, extras_done, intensity_tables
 from .cluster import check_cluster, run_tasks, start_cluster
@@ -178,6 +181,12 @@ def source_identity(config: HpcConfig) -> dict:
             "model_dir": str(_model_folder(config) or "")}
 
 
+def _check_source_unchanged(params):
+    """Refuse an original-format input changed since start-up (its indexed copy is pinned)."""
+    if params.input_path != str(params.candidate_path):
+        check_unchanged(params.input_path, params.input_size, params.input_mtime_ns)
+
+
 def resolve_params(config: HpcConfig, candidates: CandidateFile, model=None) -> SegmentParams:
     """The parameters of ``config`` on ``candidates`` (rays checked against ``model`` if given)."""
     if model is not None:
@@ -190,7 +199,7 @@ def resolve_params(config: HpcConfig, candidates: CandidateFile, model=None) -> 
                         f"{list(config.labeling.chunk_shape)} ({math.prod(chunk_shape)} voxels "
                         "inside the image); use e.g. [64, 256, 256]")
     return SegmentParams(
-        candidate_path=candidates.path, **source_identity(config),
+        candidate_pin=pin(candidates), **source_identity(config),
         image_shape=meta.image_shape, rays_json=meta.rays_json,
         prob_thresh=float(meta.prob_thresh),
         nms_thresh=float(_nms_thresh(config, model, candidates)),
@@ -262,6 +271,16 @@ def _beside_labels(label_path, names):
     return [Path(label_path).with_name(f"{name}.tsv") for name in names]
 
 
+def _label_file_bytes(params, chunk_indices, n_objects, tables):
+    """What label.h5 takes: the compressed chunks as they are, the object tables, metadata."""
+    chunk_bytes = sum(path.stat().st_size for path in
+                      (chunk_files(params.chunk_dir, i).labels for i in chunk_indices)
+                      if path.exists())
+    table_bytes = (n_objects * object_dtype(params.n_classes).itemsize
+                   + sum(table.nbytes for table in tables.values()))
+    return chunk_bytes + table_bytes + METADATA_BYTES
+
+
 def _write_stage(params, survivors, chunk_indices, show_progress):
     """Write label.h5 and the intensity table beside it; returns the chunks' ChunkSummary."""
     ids, prob = survivors.read_columns("ids", "prob")
@@ -270,6 +289,8 @@ def _write_stage(params, survivors, chunk_indices, show_progress):
     extras = collect_extras(params, chunk_indices, len(ids))
     tables = intensity_tables(extras)
     remove_stale_temporaries(params.label_path)
+    check_free_space(params.label_path,
+                     _label_file_bytes(params, chunk_indices, len(ids), tables))
     write_label_file(params.label_path, _chunk_grid(params), params.chunk_dir, chunk_indices,
                      prob_by_id, _provenance(params), show_progress=show_progress,
                      prob_class=_class_probabilities_by_id(params, survivors, ids),
@@ -320,9 +341,11 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
         survivors = _gather_stage(params, plans, nms_summary, execute)
     with _timed(seconds, "labeling"):
         chunk_indices = _labeling_stage(params, survivors, execute)
+    # the last look at the inputs before a file appears at the final path
+    n_candidates = open_pinned(params.candidate_pin).n_candidates
+    _check_source_unchanged(params)
     with _timed(seconds, "write"):
         extras = _write_stage(params, survivors, chunk_indices, show_progress)
-    n_candidates = CandidateFile(params.candidate_path).n_candidates
     summary = RunSummary(n_candidates, len(survivors), nms_summary.n_rounds,
                          nms_summary.n_reruns, seconds, params.label_path)
     if report_path is not None:
@@ -359,6 +382,16 @@ def segment_config(config: HpcConfig, *, client=None, show_progress=True) -> Run
     if client is None:
         check_cluster(config.cluster)
     work_dir = config.output.work_dir
+    with run_lock((work_dir / WORK_DIR_LOCK, work_dir),
+                  (lock_path_of(config.output.labels), config.output.labels)):
+        # this run owns work_dir now: any temporary there is a killed writer's
+        remove_temporaries_below(work_dir)
+        return _segment_locked(config, model, client, seconds, show_progress)
+
+
+def _segment_locked(config, model, client, seconds, show_progress):
+    """:func:`segment_config` once the run holds the locks of its outputs."""
+    work_dir = config.output.work_dir
     if config.input.prediction.exists():   # a missing one is reported by _open_candidates
         # before indexing: an indexed copy of a changed input must not be reused
         resume_or_start_afresh(work_dir, source_identity(config), CHECKPOINTS, complete=False)
@@ -368,7 +401,8 @@ def segment_config(config: HpcConfig, *, client=None, show_progress=True) -> Run
     # the source was checked above: only the checkpoints that depend on settings remain
     resume_or_start_afresh(work_dir, params.signature(), SETTING_CHECKPOINTS)
     with _client(client, config) as dask_client:
-        execute = functools.partial(run_tasks, dask_client, show_progress=show_progress)
+        execute = functools.partial(run_tasks, dask_client, show_progress=show_progress,
+                                    no_worker_timeout=config.cluster.no_worker_timeout)
         summary = segment(params, execute, seconds, show_progress, config.output.report)
     _log_summary(summary)
     return summary

@@ -1,0 +1,355 @@
+"""Faults an operator on a shared cluster meets: two runs on one output, an input replaced under
+a running HPC step, a full filesystem. Each ends with exit code 2 and one line, leaves nothing
+at the final path and the inputs byte-identical, and the run after it (the fault removed)
+gives the labels of an undisturbed run.
+
+The HPC step runs in this process with its tasks in process (the cluster is patched out), so a
+fault can be placed exactly between two tasks; the running first run of the concurrency tests
+is a real process of each script.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import NUCLEI_SHAPE
+from test_interruptions import (
+    Reference,
+    _assert_same_hdf5,
+    _assert_same_result,
+    _blocks_predicted,
+    _command,
+    _read_hdf5,
+    _read_label_file,
+    _round0_tiles,
+    _started,
+    _write_hpc_config,
+    _write_local_config,
+)
+
+from stardist_hpc.cli import EXIT_INTERRUPTED, predict_main, segment_main
+from stardist_hpc.config import HpcConfig, load
+from stardist_hpc.io.candidates import CandidateFile
+from stardist_hpc.io.checkpoint import resume_or_start_afresh
+from stardist_hpc.io.run_lock import WORK_DIR_LOCK, lock_path_of, run_lock
+from stardist_hpc.segment import step as hpc
+from stardist_hpc.segment.cluster import run_in_process
+from stardist_hpc.segment.params import CHUNK_DIR, NMS_DIR, SETTING_CHECKPOINTS, SURVIVORS
+from stardist_hpc.synthetic import random_centres, synthetic_candidates, write_candidate_file
+
+pytestmark = pytest.mark.usefixtures("single_openmp_thread")
+
+#: seconds to wait for a state of a running first run.
+WAIT_SECONDS = 300
+#: size of the small filesystem the disk-full tests write to.
+SMALL_FS = "4m"
+
+
+#: tiles and chunks of the in-process runs: few tasks (the labels do not depend on them).
+TILE_SHAPE, CHUNK_SHAPE = (None, 24, 24), (8, 32, 32)
+
+
+def _write_config(directory, candidate_path, **output):
+    """test_interruptions' HPC config with fewer, larger tasks (and other outputs if given)."""
+    path = _write_hpc_config(directory, candidate_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["nms"]["tile_shape"], raw["labeling"]["chunk_shape"] = TILE_SHAPE, CHUNK_SHAPE
+    raw["output"].update({key: str(value) for key, value in output.items()})
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory, nuclei_candidates):
+    """An undisturbed in-process run on ``nuclei_candidates``: its result and its work_dir."""
+    directory = tmp_path_factory.mktemp("undisturbed")
+    config = load(HpcConfig, _write_config(directory, nuclei_candidates))
+    params = hpc.resolve_params(config, CandidateFile(nuclei_candidates))
+    resume_or_start_afresh(params.work_dir, params.signature(), SETTING_CHECKPOINTS)  # run.json
+    hpc.segment(params, run_in_process)
+    return Reference(*_read_label_file(config.output.labels), 0, set(), 0), directory / "work"
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _nuclei_file(path):
+    """A candidate file with the candidates of conftest's ``nuclei_candidates``."""
+    corners = np.array([[8, 24, 24], [8, 16, 32], [5, 24, 40], [10, 32, 16], [3, 8, 9]])
+    centres = np.concatenate([corners, random_centres(NUCLEI_SHAPE, 12, seed=3)])
+    rays, prob, dist, points = synthetic_candidates(NUCLEI_SHAPE, centres, seed=4)
+    return write_candidate_file(path, NUCLEI_SHAPE, rays, prob, dist, points)
+
+
+def _replace_with_rewritten(path):
+    """Replace ``path`` as a rerun of the GPU step does: the same candidates, written anew
+    under a temporary name and renamed over it (a new file: new mtime)."""
+    time.sleep(0.01)   # a modification time that differs at any timestamp resolution
+    tmp = path.with_name("replacement.h5")
+    _nuclei_file(tmp)
+    os.replace(tmp, path)
+
+
+def _error_lines(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def _assert_one_line_exit_2(code, caplog, *expected):
+    errors = _error_lines(caplog)
+    assert code == 2, errors
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    missing = [text for text in expected if text not in errors[0]]
+    assert not missing, f"{missing} not in: {errors[0]}"
+    return errors[0]
+
+
+@pytest.fixture
+def tasks_in_process(monkeypatch):
+    """Run the HPC step's tasks in this process; ``hooks[(description, i)]()`` runs before
+    task ``i`` of the stage ``description``."""
+    hooks = {}
+
+    def run_tasks(client, function, argument_tuples, description, **settings):
+        for i, arguments in enumerate(argument_tuples):
+            hooks.pop((description, i), lambda: None)()
+            yield function(*arguments)
+    monkeypatch.setattr(hpc, "run_tasks", run_tasks)
+    monkeypatch.setattr(hpc, "_client", lambda client, config: contextlib.nullcontext())
+    return hooks
+
+
+# ---------------------------------------------------------------------------------------------
+# one writer per output
+
+
+def _lock_of(owner_host, pid, started=0.0):
+    return (f'{{"host": "{owner_host}", "pid": {pid}, "started": {started}, '
+            f'"started_utc": "then"}}')
+
+
+def test_a_lock_of_a_dead_process_of_this_host_is_taken_over(tmp_path, caplog):
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    lock = tmp_path / "label.h5.lock"
+    lock.write_text(_lock_of(socket.gethostname(), finished.pid))
+    with run_lock((lock, tmp_path / "label.h5")):
+        assert str(os.getpid()) in lock.read_text()
+    assert not lock.exists()
+    assert any("taking over the lock" in r.getMessage() for r in caplog.records)
+
+
+def test_a_lock_of_another_host_is_respected_and_says_how_to_remove_it(tmp_path):
+    from stardist_hpc.errors import UserError
+    lock = tmp_path / "label.h5.lock"
+    lock.write_text(_lock_of("node042", 1))
+    with pytest.raises(UserError, match=r"being written by the run of PID 1 on host node042.*"
+                                        r"if that run is dead.*delete .*label.h5.lock"):
+        with run_lock((lock, tmp_path / "label.h5")):
+            pass
+    assert lock.read_text() == _lock_of("node042", 1)
+
+
+def _wait_for(condition, process, what):
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():
+        assert process.poll() is None, f"the first run ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {WAIT_SECONDS} s"
+        time.sleep(0.01)
+
+
+def _second_runs_refused(main, config_path, first, caplog, monkeypatch, overrides=()):
+    """Run ``main`` on ``config_path`` with HDF5 file locking on and off while ``first`` runs."""
+    for locking in ("TRUE", "FALSE"):
+        monkeypatch.setenv("HDF5_USE_FILE_LOCKING", locking)
+        for override in (None, *overrides):
+            caplog.clear()
+            code = main([str(config_path)] + ([] if override is None else ["--set", override]))
+            _assert_one_line_exit_2(code, caplog, "is being written by the run of PID "
+                                    f"{first.pid} on host {socket.gethostname()}",
+                                    "wait for it to finish")
+    assert first.poll() is None, "the first run ended before the second ones were refused"
+
+
+def test_a_second_hpc_run_on_the_same_outputs_stops_at_once_and_ctrl_c_is_one_line(
+        tmp_path, nuclei_candidates, undisturbed, caplog, monkeypatch, tasks_in_process):
+    """The first run is then stopped by Ctrl-C (SIGINT to its process group, workers
+    included): one line, no worker traceback; the run after it resumes its checkpoints."""
+    config_path = _write_hpc_config(tmp_path, nuclei_candidates)
+    work_dir, label_path = tmp_path / "work", tmp_path / "label.h5"
+    log_path = tmp_path / "first.log"
+    with _started(_command("hpc_prediction.py", config_path), log_path) as first:
+        _wait_for(lambda: _round0_tiles(work_dir), first, "NMS checkpoint")
+        started = time.monotonic()
+        # the same outputs; the same work_dir only; the same label file only
+        _second_runs_refused(segment_main, config_path, first, caplog, monkeypatch,
+                             (f"output.labels={tmp_path / 'other.h5'}",
+                              f"output.work_dir={tmp_path / 'other_work'}"))
+        assert time.monotonic() - started < WAIT_SECONDS / 10
+        assert (work_dir / WORK_DIR_LOCK).exists() and lock_path_of(label_path).exists()
+        os.killpg(first.pid, signal.SIGINT)
+        assert first.wait(WAIT_SECONDS) == EXIT_INTERRUPTED, log_path.read_text()[-3000:]
+    stderr = log_path.read_text()
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].endswith(
+        "ERROR interrupted; rerun the same command to resume")
+    assert not (tmp_path / "other.h5").exists() and not label_path.exists()
+    monkeypatch.delenv("HDF5_USE_FILE_LOCKING")
+    assert segment_main([str(config_path)]) == 0
+    _assert_same_result(label_path, undisturbed[0])
+
+
+@pytest.fixture(scope="module")
+def gpu_uninterrupted(tmp_path_factory):
+    """Datasets of an undisturbed GPU-step run of ``_write_local_config`` (its attributes
+    name its own paths)."""
+    from local_prediction import main
+    directory = tmp_path_factory.mktemp("gpu_undisturbed")
+    assert main([str(_write_local_config(directory))]) == 0
+    return _read_hdf5(directory / "out" / "prediction.h5")[0], {}
+
+
+def _datasets(path):
+    return _read_hdf5(path)[0], {}
+
+
+def test_a_second_gpu_run_on_the_same_output_stops_at_once(tmp_path, gpu_uninterrupted, caplog,
+                                                           monkeypatch):
+    config_path = _write_local_config(tmp_path)
+    output = tmp_path / "out" / "prediction.h5"
+    log_path = tmp_path / "first.log"
+    with _started(_command("local_prediction.py", config_path) + ["--verbose"],
+                  log_path) as first:
+        _wait_for(lambda: _blocks_predicted(log_path)[0] >= 1, first, "predicted block")
+        _second_runs_refused(predict_main, config_path, first, caplog, monkeypatch)
+        assert first.wait(WAIT_SECONDS) == 0, log_path.read_text()[-3000:]
+    _assert_same_hdf5(_datasets(output), gpu_uninterrupted)
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs pinned for the whole run
+
+#: (stage, task before which the candidate file is replaced).
+REPLACED = {"before NMS": ("NMS round 0", 0), "during NMS": ("NMS round 0", 5),
+            "after NMS converged": ("gather survivors", 0)}
+
+
+@pytest.mark.parametrize("stage", REPLACED)
+def test_an_input_replaced_under_the_hpc_step_stops_it(tmp_path, stage, undisturbed,
+                                                       tasks_in_process, caplog):
+    reference = undisturbed[0]
+    candidates = _nuclei_file(tmp_path / "prediction.h5")
+    config_path = _write_config(tmp_path, candidates)
+    tasks_in_process[REPLACED[stage]] = lambda: _replace_with_rewritten(candidates)
+
+    code = segment_main([str(config_path)])
+
+    _assert_one_line_exit_2(code, caplog, f"input {candidates} changed while this run was "
+                            "using it", "nothing was written")
+    assert not (tmp_path / "label.h5").exists()
+    replaced = _sha256(candidates)
+    assert segment_main([str(config_path)]) == 0
+    _assert_same_result(tmp_path / "label.h5", reference)
+    assert _sha256(candidates) == replaced
+
+
+# ---------------------------------------------------------------------------------------------
+# a full filesystem
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A tmpfs of :data:`SMALL_FS` mounted for one test (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_FS}", "tmpfs",
+                           str(mount)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def _fill(mount, free_kib):
+    """Fill ``mount`` up to ``free_kib`` KiB of free space (a file ``filler``)."""
+    filler = mount / "filler"
+    filler.unlink(missing_ok=True)
+    free = shutil.disk_usage(mount).free
+    with open(filler, "wb") as f:
+        f.truncate(0)
+        f.write(b"\0" * max(0, free - free_kib * 1024))
+    return filler
+
+
+#: (what the work_dir already holds, KiB left free, the file the message names).
+FULL_AT = {"NMS checkpoint": ((), 40, f"{NMS_DIR}/round0/tile"),
+           "survivors.h5": ((NMS_DIR, "run.json"), 30, SURVIVORS),
+           "label chunk": ((NMS_DIR, "run.json", SURVIVORS), 30, f"{CHUNK_DIR}/"),
+           "label.h5": ((NMS_DIR, "run.json", SURVIVORS, CHUNK_DIR), 300, "label.h5")}
+
+
+@pytest.mark.parametrize("stage", FULL_AT)
+def test_a_full_filesystem_is_one_line_and_a_rerun_with_space_resumes(
+        tmp_path, stage, small_filesystem, undisturbed, nuclei_candidates, tasks_in_process,
+        caplog):
+    reference, complete_work_dir = undisturbed
+    done_before, free_kib, named = FULL_AT[stage]
+    work_dir = small_filesystem / "work"
+    work_dir.mkdir()
+    for entry in done_before:
+        source = complete_work_dir / entry
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, work_dir / entry)
+    config_path = _write_config(tmp_path, nuclei_candidates, work_dir=work_dir,
+                                labels=small_filesystem / "label.h5")
+    before = _sha256(nuclei_candidates)
+    filler = _fill(small_filesystem, free_kib)
+
+    code = segment_main([str(config_path)])
+
+    _assert_one_line_exit_2(code, caplog, f"no space left on {small_filesystem} while writing",
+                            named, "free space and rerun to resume")
+    assert not (small_filesystem / "label.h5").exists()
+    filler.unlink()
+    # a killed worker's temporary, cleaned up by the next run
+    stale = work_dir / CHUNK_DIR / "0.npz.999999999.tmp"
+    stale.parent.mkdir(exist_ok=True)
+    stale.write_bytes(b"partial")
+    assert segment_main([str(config_path)]) == 0
+    assert not stale.exists()
+    _assert_same_result(small_filesystem / "label.h5", reference)
+    assert _sha256(nuclei_candidates) == before
+
+
+def test_a_full_filesystem_under_the_gpu_step_is_one_line_and_a_rerun_continues(
+        tmp_path, small_filesystem, gpu_uninterrupted, caplog):
+    from local_prediction import main
+    config_path = _write_local_config(tmp_path)
+    image = tmp_path / "nuclei.tif"
+    before = _sha256(image)
+    output = small_filesystem / "prediction.h5"
+    filler = _fill(small_filesystem, 600)
+    caplog.clear()
+
+    code = main([str(config_path), "--set", f"output.path={output}"])
+
+    _assert_one_line_exit_2(code, caplog, f"no space left on {small_filesystem} while writing "
+                            f"{output}; free space and rerun to resume")
+    assert not output.exists()
+    filler.unlink()
+    assert main([str(config_path), "--set", f"output.path={output}"]) == 0
+    _assert_same_hdf5(_datasets(output), gpu_uninterrupted)
+    assert _sha256(image) == before
