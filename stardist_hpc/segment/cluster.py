@@ -164,7 +164,22 @@ def slurm_cluster(slurm: SlurmSection):
     except ValueError as e:
         raise UserError(f"dask-jobqueue refused the cluster.slurm settings: {e}") from None
     with cluster:
-        yield cluster
+        try:
+            yield cluster
+        finally:
+            _mark_refused_jobs_failed(cluster)
+
+
+def _mark_refused_jobs_failed(cluster):
+    """Give jobs that sbatch refused the status ``failed``.
+
+    A job whose submission failed keeps ``Status.created`` (it has nothing to close), and
+    ``SpecCluster.close`` asserts that no job is left in that state.
+    """
+    from distributed.core import Status
+    for job in list(cluster.workers.values()):
+        if job.status == Status.created and getattr(job, "job_id", None) is None:
+            job.status = Status.failed
 
 
 def job_script(config) -> str:
