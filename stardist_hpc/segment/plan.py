@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..geometry.tiling import Grid
 from ..io.candidates import CandidateFile
 from ..io.original_format import is_original_format
-from .cluster import check_cluster, site_setting
+from .cluster import check_cluster, processes_per_job, site_setting
 from .nms import plan_tiles
 from .step import configured_model, resolve_params
 
@@ -132,10 +132,9 @@ def _core_hours(n_candidates, backend, n_tiles):
 def _slurm_workers(slurm):
     """Worker processes of all jobs and each one's memory share (MiB), site settings included."""
     from dask.utils import parse_bytes
-    from distributed.deploy.utils import nprocesses_nthreads
     cores = slurm.cores or site_setting("cores")
     memory = slurm.memory or site_setting("memory")
-    processes = slurm.processes or site_setting("processes") or nprocesses_nthreads(cores)[0]
+    processes = processes_per_job(slurm)
     return (slurm.jobs * processes, parse_bytes(memory) / processes / MIB,
             f"slurm: {slurm.jobs} jobs x {cores} cores, {processes} process(es) per job, "
             f"{memory} per job")

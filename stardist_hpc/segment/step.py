@@ -76,6 +76,8 @@ class RunSummary(NamedTuple):
     n_reruns: int
     seconds: StageSeconds
     labels: Path
+    #: NMS work of the first pass and of the reruns (``nms.NmsWork``; empty if not run here)
+    nms_work: tuple = ()
 
 
 @contextlib.contextmanager
@@ -271,7 +273,8 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True):
         _write_stage(params, survivors, chunk_indices, show_progress)
     n_candidates = CandidateFile(params.candidate_path).n_candidates
     return RunSummary(n_candidates, len(survivors), nms_summary.n_rounds, nms_summary.n_reruns,
-                      seconds, params.label_path)
+                      seconds, params.label_path,
+                      (nms_summary.first_pass, nms_summary.reruns))
 
 
 def _log_summary(summary):
