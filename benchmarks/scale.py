@@ -16,7 +16,7 @@ What it measures
      execve preserves); each worker's peak RSS (``VmHWM``) and CPU seconds (``getrusage``)
      are taken inside the worker (``client.run``), so nothing else on the machine counts;
    * ``run_tasks`` is wrapped to count the Dask tasks and to take the workers' CPU seconds
-     before and after each batch, per task function (``nms_tiles``, ``gather_tile``,
+     before and after each batch, per task function (``nms_tiles``, ``gather_tiles``,
      ``render_chunk``): the per-core rates the plan (``--plan``) uses;
    * work_dir files and bytes and label.h5 bytes after the run.
 3. Prints a table per size, then the growth exponents ``log(t16/t1) / log(n16/n1)`` of the
@@ -78,7 +78,7 @@ RSS_RATIO_TARGET = 1.25
 RESULT_PREFIX = "SCALE_RESULT "
 STAGES = ("index", "nms", "gather", "labeling", "write")
 #: task functions whose worker CPU seconds are reported (the plan's rates).
-TASK_FUNCTIONS = ("nms_tiles", "gather_tile", "render_chunk")
+TASK_FUNCTIONS = ("nms_tiles", "gather_tiles", "render_chunk")
 #: the tiling comparisons: (name, volume factor of BASE_SHAPE or a shape, tile shape, target of
 #: NMS seconds tiled / untiled); None: the default tiles.
 TILING_SETS = (("16x, default tiles", 16, None, 1.15),
@@ -190,12 +190,12 @@ def tiling_child(candidates, run_dir, tile_shape):
     return 0
 
 
-def measure_tiling(workdir):
+def measure_tiling(workdir, sets):
     """Each tiling set tiled and untiled, in fresh children; ``{name: (tiled, untiled)}``."""
     from stardist_hpc.config import NmsSection
     from stardist_hpc.synthetic import write_dense_candidate_file
     results = {}
-    for name, size, tile_shape, _ in TILING_SETS:
+    for name, size, tile_shape, _ in sets:
         shape = scaled_shape(size) if isinstance(size, int) else size
         n_nuclei = round(BASE_NUCLEI * math.prod(shape) / math.prod(BASE_SHAPE))
         path = workdir / f"tiling_{'x'.join(map(str, shape))}.h5"
@@ -214,9 +214,9 @@ def measure_tiling(workdir):
     return results
 
 
-def print_tiling(results):
+def print_tiling(sets, results):
     """Tiled vs untiled NMS per set: work of the first pass and the reruns, seconds."""
-    for (name, _, _, target), (n, tiled, untiled) in zip(TILING_SETS, results.values()):
+    for (name, _, _, target), (n, tiled, untiled) in zip(sets, results.values()):
         if "failed" in tiled or "failed" in untiled:
             print(f"{name}: a run failed (see the log)")
             continue
@@ -346,6 +346,10 @@ def parse_args(argv):
                         help="candidate files, work_dirs and logs (default: a temp dir)")
     parser.add_argument("--tiling", action="store_true",
                         help="tiled vs untiled NMS on one worker instead of the sizes")
+    parser.add_argument("--tiling-sets", type=int, nargs="+",
+                        default=tuple(range(len(TILING_SETS))),
+                        help="which of the tiling sets to run (0: the 16x set with the default "
+                             "tiles, 1: 64x512x512 with 4 tiles; default: both)")
     parser.add_argument("--child", nargs=2, metavar=("CANDIDATES", "RUN_DIR"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--tiling-child", nargs=3, metavar=("CANDIDATES", "RUN_DIR", "TILES"),
@@ -370,10 +374,11 @@ def main(argv=None):
     with workdir_context as workdir:
         Path(workdir).mkdir(parents=True, exist_ok=True)
         if args.tiling:
-            results = measure_tiling(Path(workdir).resolve())
+            sets = [TILING_SETS[i] for i in args.tiling_sets]
+            results = measure_tiling(Path(workdir).resolve(), sets)
             print(f"NMS stage on one worker, tiled vs untiled; load average (1 min) "
                   f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
-            print_tiling(results)
+            print_tiling(sets, results)
             return 0
         results = measure(Path(workdir).resolve(), args.scales)
     print(f"HPC step scale benchmark: defaults, {N_RAYS} rays, {CANDIDATES_PER_NUCLEUS} "

@@ -113,8 +113,9 @@ def test_resume_redoes_only_missing_tiles(tmp_path, nuclei_candidates):
     second = run_rounds(job, plans, recording_executor)
     assert sorted(executed) == deleted
     # the same results and work, apart from the seconds the redone tiles took
-    assert second[:4] == first[:4]
-    assert [w[:2] for w in second[4:]] == [w[:2] for w in first[4:]]
+    assert second._replace(first_pass=None, reruns=None) == first._replace(first_pass=None,
+                                                                            reruns=None)
+    assert [w[:2] for w in second[4:6]] == [w[:2] for w in first[4:6]]
 
 
 def test_reruns_decide_again_only_what_can_change(tmp_path, nuclei_candidates,

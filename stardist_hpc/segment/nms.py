@@ -200,12 +200,13 @@ def _stardist_suppress(prob, dist, points, rows, rays_json, thresh):
 
 class BatchReader:
     """The candidates of a batch of neighbouring tiles, read once for all of them (when a tile
-    first needs them)."""
+    first needs them): of their contexts, or of their ``cores`` only."""
 
-    def __init__(self, params, plans):
+    def __init__(self, params, plans, cores=False):
         self.params = params
-        self.lo = np.min([plan.context.lo for plan in plans], axis=0)
-        self.hi = np.max([plan.context.hi for plan in plans], axis=0)
+        boxes = [plan.core if cores else plan.context for plan in plans]
+        self.lo = np.min([box.lo for box in boxes], axis=0)
+        self.hi = np.max([box.hi for box in boxes], axis=0)
         self._candidates = None
 
     def read_box(self, box):
@@ -365,6 +366,7 @@ class NmsSummary(NamedTuple):
     n_reruns: int
     first_pass: NmsWork   # the NMS work of round 0
     reruns: NmsWork       # and of every later round
+    batches: tuple        # the batch of each tile (tiles of a batch run in one task)
 
 
 def batch_tiles(plans, n_candidates):
@@ -456,7 +458,8 @@ def run_rounds(params, plans, execute):
         round_ += 1
     log.info("NMS converged after %d round(s) with %d tile rerun(s); candidates decided: "
              "%d, again in reruns: %d", round_, n_reruns, work[0].decided, work[1].decided)
-    return NmsSummary(tuple(versions), tuple(n_owned_kept), round_, n_reruns, *work)
+    return NmsSummary(tuple(versions), tuple(n_owned_kept), round_, n_reruns, *work,
+                      tuple(int(b) for b in batches))
 
 
 def _neighbourhood_versions(plan, versions):
@@ -474,7 +477,26 @@ class TileSurvivors(NamedTuple):
     survivors: Survivors
 
 
-def gather_tile(params, plan, version):
+def gather_tiles(params, plans, versions):
+    """The survivors of a batch of neighbouring tiles (a task of the gather stage), their
+    candidates read once.
+
+    Parameters
+    ----------
+    params : SegmentParams
+    plans : list of TilePlan
+    versions : list of int
+        Round of each tile's final result.
+
+    Returns
+    -------
+    list of TileSurvivors
+    """
+    reader = BatchReader(params, plans, cores=True)
+    return [gather_tile(params, plan, version, reader) for plan, version in zip(plans, versions)]
+
+
+def gather_tile(params, plan, version, reader=None):
     """The kept candidates owned by one tile, with their render boxes (no ids yet).
 
     Parameters
@@ -483,6 +505,8 @@ def gather_tile(params, plan, version):
     plan : TilePlan
     version : int
         Round of the tile's final result.
+    reader : BatchReader, optional
+        Reads the candidates of the tile's batch (None: the tile's own).
 
     Returns
     -------
@@ -490,7 +514,8 @@ def gather_tile(params, plan, version):
     """
     result = _load_result(params, plan.index, version)
     kept_rows = result.rows[result.owned & result.kept]
-    rows, prob, dist, points = CandidateFile(params.candidate_path).read_box(*plan.core)
+    reader = BatchReader(params, [plan], cores=True) if reader is None else reader
+    rows, prob, dist, points = reader.read_box(plan.core)
     pick = np.isin(rows, kept_rows)
     by_row = np.argsort(rows[pick])
     rows, prob, dist, points = (a[pick][by_row] for a in (rows, prob, dist, points))

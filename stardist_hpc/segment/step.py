@@ -45,7 +45,7 @@ from ..io.model_files import read_model_info
 from ..io.path_guard import check_outputs_apart
 from ..io.survivors import SurvivorFile, intact_survivor_file, write_survivor_table
 from .cluster import check_cluster, run_tasks, start_cluster
-from .nms import gather_tile, plan_tiles, resolve_halo, run_rounds
+from .nms import gather_tiles, plan_tiles, resolve_halo, run_rounds
 from .params import CHECKPOINTS, INDEXED_INPUT, SETTING_CHECKPOINTS, SegmentParams
 from .render import chunk_tasks, render_chunk
 
@@ -199,10 +199,14 @@ def _gather_stage(params, plans, nms_summary, execute):
         return checkpointed
     remove_stale_temporaries(path)
     starts = np.cumsum(counts) - counts
-    arguments = [(params, plan, nms_summary.versions[plan.index]) for plan in plans
-                 if counts[plan.index]]
+    batches = {}
+    for plan in plans:
+        if counts[plan.index]:
+            batches.setdefault(nms_summary.batches[plan.index], []).append(plan)
+    arguments = [(params, batch, [nms_summary.versions[plan.index] for plan in batch])
+                 for batch in batches.values()]
     parts = ((starts[tile.index], tile.survivors)
-             for tile in execute(gather_tile, arguments, "gather survivors"))
+             for tiles in execute(gather_tiles, arguments, "gather survivors") for tile in tiles)
     n_rays = len(ray_vectors(params.rays_json))
     write_survivor_table(path, int(counts.sum()), n_rays, parts)
     return SurvivorFile(path)
