@@ -218,19 +218,30 @@ class BatchReader:
         return tuple(a[inside] for a in self._candidates)
 
 
-def _read_context(params, plan, reader):
+def _read_context(params, plan, reader, taking_part=None):
     """Candidates of a tile's context that take part in its NMS, by increasing row.
 
     Halo candidates that no core candidate could suppress or be suppressed by are left out:
     they change core decisions only through other halo candidates, whose fates the rounds fix
-    to their owners' decisions. So the halo costs what the core's neighbours cost.
+    to their owners' decisions. So the halo costs what the core's neighbours cost. A rerun
+    passes the rows its tile's previous run took (``taking_part``) instead of finding them.
     """
     rows, prob, dist, points = reader.read_box(plan.context)
     if len(rows) > MAX_RANKED:
         raise UserError(f"NMS tile {plan.core} holds {len(rows)} candidates with its halo, "
                         f"more than {MAX_RANKED}; use a smaller nms.tile_shape")
-    needed = meets_core(dist, points, ray_geometry(params.rays_json), params.nms_thresh,
-                        plan.core.contains(points))
+    if taking_part is not None:
+        by_row = np.argsort(rows)
+        by_row = by_row[np.isin(rows[by_row], taking_part, assume_unique=True)]
+        return rows[by_row], prob[by_row], dist[by_row], points[by_row]
+    owned = plan.core.contains(points)
+    # only candidates within the halo's width of a face of the core can meet across it
+    core_lo, core_hi = np.asarray(plan.core.lo), np.asarray(plan.core.hi)
+    deep = Box(tuple(2 * core_lo - plan.context.lo),
+               tuple(2 * core_hi - plan.context.hi)).contains(points)
+    needed = owned.copy()
+    needed[~deep] = meets_core(dist[~deep], points[~deep], ray_geometry(params.rays_json),
+                               params.nms_thresh, owned[~deep])
     by_row = np.flatnonzero(needed)[np.argsort(rows[needed])]
     return rows[by_row], prob[by_row], dist[by_row], points[by_row]
 
@@ -247,7 +258,8 @@ def _run_tile_nms(params, plan, reader, halo_fates=None, previous=None):
     TileResult
     NmsWork
     """
-    rows, prob, dist, points = _read_context(params, plan, reader)
+    rows, prob, dist, points = _read_context(params, plan, reader,
+                                             None if previous is None else previous.rows)
     owned = plan.core.contains(points)
     assumed = np.ones(len(rows), bool)
     if halo_fates is not None:

@@ -410,26 +410,34 @@ def _resuppress_loop(polyhedra, dist, vertices, grid, table, thresh, kept, allow
 
 
 @numba.njit(cache=True, nogil=True)
-def _meets_core(owned, polyhedra, grid, thresh):
-    """Which candidates are owned, or could suppress or be suppressed by an owned one."""
+def _meets_owned(h, owned, polyhedra, grid, thresh, box_lo, box_hi, cell_lo, cell_hi):
+    """Whether ``h`` could suppress or be suppressed by an owned candidate."""
     _, _, volumes, lo, hi = polyhedra
     _, _, shape, starts, members, _ = grid
+    _neighbour_cells(h, lo, hi, grid, cell_lo, cell_hi)
+    for cz in range(cell_lo[0], cell_hi[0] + 1):
+        for cy in range(cell_lo[1], cell_hi[1] + 1):
+            for cx in range(cell_lo[2], cell_hi[2] + 1):
+                c = (cz * shape[1] + cy) * shape[2] + cx
+                for m in range(starts[c], starts[c + 1]):
+                    k = members[m]
+                    if owned[k]:
+                        _, limit = _pair_limit(h, k, volumes, thresh)
+                        if not _boxes_keep(h, k, lo, hi, limit, box_lo, box_hi):
+                            return True
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
+def _meets_core(owned, polyhedra, grid, thresh):
+    """Which candidates are owned, or could suppress or be suppressed by an owned one."""
     box_lo, box_hi = np.empty(3, np.int64), np.empty(3, np.int64)
     cell_lo, cell_hi = np.empty(3, np.int64), np.empty(3, np.int64)
     needed = owned.copy()
     for h in range(owned.shape[0]):
-        if owned[h]:
-            continue
-        _neighbour_cells(h, lo, hi, grid, cell_lo, cell_hi)
-        for cz in range(cell_lo[0], cell_hi[0] + 1):
-            for cy in range(cell_lo[1], cell_hi[1] + 1):
-                for cx in range(cell_lo[2], cell_hi[2] + 1):
-                    c = (cz * shape[1] + cy) * shape[2] + cx
-                    for m in range(starts[c], starts[c + 1]):
-                        k = members[m]
-                        if owned[k] and not needed[h]:
-                            _, limit = _pair_limit(h, k, volumes, thresh)
-                            needed[h] = not _boxes_keep(h, k, lo, hi, limit, box_lo, box_hi)
+        if not owned[h]:
+            needed[h] = _meets_owned(h, owned, polyhedra, grid, thresh, box_lo, box_hi, cell_lo,
+                                     cell_hi)
     return needed
 
 
