@@ -14,12 +14,17 @@ What it measures
    JSON line, the driver's own peak RSS (``getrusage(RUSAGE_SELF)``: the Dask worker processes
    are not included), its RSS after the imports, its CPU seconds, the wall time of ``main``
    and the ``RunSummary`` that ``hpc.run`` returns (including the seconds per stage).
-3. Runs the large file once more with 1 worker, for the parallel efficiency.
+3. Runs the large file once more with 1 worker, for the parallel efficiency, and, for each
+   NMS backend, with 1 worker of 2 threads against 2 workers of 1 thread (the same cores:
+   do threads of one worker process keep both busy?).
 4. Prints a table and the ratios with their targets (PASS/MISS):
 
    * driver peak RSS large / small (2 workers each), target <= 1.25 (the driver holds only
      per-tile and per-object arrays, so its memory should not grow with the volume);
-   * parallel efficiency t1 / (2 * t2) of ``hpc.run`` on the large file, target >= 0.9.
+   * parallel efficiency t1 / (2 * t2) of ``hpc.run`` on the large file, target >= 0.9;
+   * per backend, throughput of 1 worker x 2 threads / 2 workers x 1 thread (the time of the
+     latter over the time of the former), whole step and NMS stage, target >= 0.9 (StarDist's
+     NMS holds the GIL: that is why SLURM jobs default to one process per core).
 
 How to run
 ----------
@@ -71,11 +76,13 @@ CANDIDATES_PER_NUCLEUS = (20, 30)
 #: prediction block shape the candidate files are written in (as local_prediction.py would).
 CANDIDATE_BLOCK_SHAPE = (None, 64, 64)
 SEED = 0
-#: worker counts compared for the parallel efficiency.
+#: worker counts compared for the parallel efficiency, and threads of the threaded worker.
 WORKERS_SERIAL, WORKERS_PARALLEL = 1, 2
+THREADS_PARALLEL = 2
 #: targets of the report.
 MEMORY_RATIO_TARGET = 1.25
 EFFICIENCY_TARGET = 0.9
+THREADS_TARGET = 0.9
 EPSILON_SECONDS = 1e-9
 #: prefix of the JSON line a child prints on stdout.
 RESULT_PREFIX = "HPC_STEP_RESULT "
@@ -126,7 +133,7 @@ def _recording(run, summaries):
     return wrapped
 
 
-def child_main(config_path, n_workers):
+def child_main(config_path, n_workers, n_threads, backend):
     """Run hpc_prediction's main on ``config_path``; print the measurements as one JSON line."""
     sys.path.insert(0, str(REPO))
     import distributed  # noqa: F401  (imported here so the baseline includes it)
@@ -140,7 +147,9 @@ def child_main(config_path, n_workers):
     busy_before, (driver_before, _) = system_busy_seconds(), own_cpu_seconds()
     start = time.perf_counter()
     code = hpc_prediction.main([str(config_path), "--set",
-                                f"cluster.local.n_workers={n_workers}"])
+                                f"cluster.local.n_workers={n_workers}", "--set",
+                                f"cluster.local.threads_per_worker={n_threads}", "--set",
+                                f"nms.backend={backend}"])
     wall = time.perf_counter() - start
     # the worker processes are children of the driver, reaped when the cluster closes
     driver_cpu, worker_cpu = own_cpu_seconds()
@@ -178,17 +187,19 @@ def write_config(path, candidates, run_dir, args):
 
 @dataclass(frozen=True)
 class Run:
-    """One child run: which volume, how many workers, what it measured."""
+    """One child run: which volume, workers x threads, backend, what it measured."""
     volume: str
     shape: tuple
     n_workers: int
+    n_threads: int
+    backend: str
     result: dict
 
 
-def _run(config_path, n_workers, log_path):
+def _run(config_path, n_workers, n_threads, backend, log_path):
     """Run one measurement in a fresh Python process; return its result dict (or a failure)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(config_path),
-           str(n_workers)]
+           str(n_workers), str(n_threads), backend]
     return run_child(cmd, log_path, RESULT_PREFIX, REPO)
 
 
@@ -200,24 +211,32 @@ def measure_all(workdir, args):
     for i, name in enumerate(shapes):
         files[name] = workdir / f"{name}_prediction.h5"
         write_candidates(files[name], shapes[name], nuclei[name], args.rays, SEED + i)
-    plan = [("small", WORKERS_PARALLEL), ("large", WORKERS_PARALLEL), ("large", WORKERS_SERIAL)]
+    chosen = args.nms_backend
+    plan = [("small", WORKERS_PARALLEL, 1, chosen), ("large", WORKERS_PARALLEL, 1, chosen),
+            ("large", WORKERS_SERIAL, 1, chosen)]
+    for backend in sorted({chosen, *args.thread_backends}, key=lambda b: b != chosen):
+        if backend != chosen:
+            plan.append(("large", WORKERS_PARALLEL, 1, backend))
+        plan.append(("large", WORKERS_SERIAL, THREADS_PARALLEL, backend))
     runs = []
-    for name, n_workers in plan:
-        run_dir = workdir / f"{name}_{n_workers}w"
+    for name, n_workers, n_threads, backend in plan:
+        run_dir = workdir / f"{name}_{n_workers}w{n_threads}t_{backend}"
         run_dir.mkdir()
         config = run_dir / "hpc.yaml"
         write_config(config, files[name], run_dir, args)
-        log.info("running the %s volume %s with %d worker(s)", name, shapes[name], n_workers)
-        result = _run(config, n_workers, run_dir / "child.log")
-        log.info("%s, %d worker(s): %s", name, n_workers, result)
-        runs.append(Run(name, shapes[name], n_workers, result))
+        log.info("running the %s volume %s with %d worker(s) x %d thread(s), backend %s", name,
+                 shapes[name], n_workers, n_threads, backend)
+        result = _run(config, n_workers, n_threads, backend, run_dir / "child.log")
+        log.info("%s, %d x %d, %s: %s", name, n_workers, n_threads, backend, result)
+        runs.append(Run(name, shapes[name], n_workers, n_threads, backend, result))
     return runs
 
 
 
 def print_table(runs):
     """Print one row per run: counts, wall and stage seconds, driver CPU and memory."""
-    header = (f"{'volume':<17}{'wk':>3}{'cand':>7}{'obj':>6}{'wall':>6}{'run':>6}"
+    header = (f"{'volume':<17}{'wk':>3}{'th':>3}{'nms':>9}{'cand':>7}{'obj':>6}{'wall':>6}"
+              f"{'run':>6}"
               + "".join(f"{s[:5]:>6}" for s in STAGES)
               + f"{'drvCPU':>7}{'wkCPU':>6}{'load':>5}{'oth':>5}{'base':>5}{'peak':>5}")
     print(header)
@@ -225,10 +244,12 @@ def print_table(runs):
     for run in runs:
         r, label = run.result, f"{run.volume} {'x'.join(map(str, run.shape))}"
         if "failed" in r:
-            print(f"{label:<17}{run.n_workers:>3}  FAILED: {r['failed']}")
+            print(f"{label:<17}{run.n_workers:>3}{run.n_threads:>3}{run.backend:>9}  "
+                  f"FAILED: {r['failed']}")
             continue
         seconds = r["seconds"]
-        print(f"{label:<17}{run.n_workers:>3}{r['n_candidates']:>7}{r['n_objects']:>6}"
+        print(f"{label:<17}{run.n_workers:>3}{run.n_threads:>3}{run.backend:>9}"
+              f"{r['n_candidates']:>7}{r['n_objects']:>6}"
               f"{r['wall_seconds']:>6.1f}{sum(seconds.values()):>6.1f}"
               + "".join(f"{seconds[s]:>6.1f}" for s in STAGES)
               + f"{r['cpu_seconds']:>7.1f}{r['worker_cpu_seconds']:>6.1f}{r['load_1min']:>5.1f}"
@@ -260,6 +281,24 @@ def print_ratios(small, large, serial):
           f"({w1:.1f} s vs {w2:.1f} s)")
 
 
+def print_threads(runs):
+    """Per backend: 1 worker x 2 threads against 2 workers x 1 thread on the large volume."""
+    by_setup = {(r.volume, r.n_workers, r.n_threads, r.backend): r.result for r in runs}
+    for backend in dict.fromkeys(r.backend for r in runs):
+        threaded = by_setup.get(("large", WORKERS_SERIAL, THREADS_PARALLEL, backend))
+        processes = by_setup.get(("large", WORKERS_PARALLEL, 1, backend))
+        if threaded is None or processes is None or "failed" in {**threaded, **processes}:
+            continue
+        step = [sum(r["seconds"].values()) for r in (threaded, processes)]
+        nms = [r["seconds"]["nms"] for r in (threaded, processes)]
+        ratio = step[1] / max(step[0], EPSILON_SECONDS)
+        print(f"{backend}: throughput 1 worker x {THREADS_PARALLEL} threads / "
+              f"{WORKERS_PARALLEL} workers x 1 thread: {ratio:.2f} (step {step[0]:.1f} s vs "
+              f"{step[1]:.1f} s; NMS stage {nms[1] / max(nms[0], EPSILON_SECONDS):.2f}: "
+              f"{nms[0]:.1f} s vs {nms[1]:.1f} s)  target >= {THREADS_TARGET}  "
+              f"{verdict(ratio >= THREADS_TARGET)}")
+
+
 def parse_args(argv):
     """Command-line options (``--child`` is internal: it runs one measurement)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -277,9 +316,15 @@ def parse_args(argv):
     parser.add_argument("--nms-backend", default=NmsSection().backend,
                         choices=(NMS_BACKEND_FAST, NMS_BACKEND_STARDIST),
                         help="nms.backend of every run (default: the config's)")
+    parser.add_argument("--thread-backends", nargs="*",
+                        default=(NMS_BACKEND_FAST, NMS_BACKEND_STARDIST),
+                        choices=(NMS_BACKEND_FAST, NMS_BACKEND_STARDIST),
+                        help="backends whose 1 worker x 2 threads run is compared with 2 "
+                             "workers x 1 thread (default: both)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where candidate files, configs and logs go (default: a temp dir)")
-    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "N_WORKERS"),
+    parser.add_argument("--child", nargs=4, metavar=("CONFIG", "N_WORKERS", "N_THREADS",
+                                                     "BACKEND"),
                         help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -288,7 +333,8 @@ def main(argv=None):
     """Run the benchmark (or, with ``--child``, one of its measurements) and print the report."""
     args = parse_args(argv)
     if args.child:
-        return child_main(args.child[0], int(args.child[1]))
+        return child_main(args.child[0], int(args.child[1]), int(args.child[2]),
+                          args.child[3])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     load_before = os.getloadavg()
@@ -306,11 +352,12 @@ def main(argv=None):
           f"bounded by the driver's own work and anything else running); load average "
           f"(1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print_table(runs)
-    small, large, serial = (run.result for run in runs)
+    small, large, serial = (run.result for run in runs[:3])
     if any("failed" in r for r in (small, large, serial)):
         print("a run failed: no ratios (see the log above)")
         return 1
     print_ratios(small, large, serial)
+    print_threads(runs)
     return 0
 
 

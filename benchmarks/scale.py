@@ -16,12 +16,19 @@ What it measures
      execve preserves); each worker's peak RSS (``VmHWM``) and CPU seconds (``getrusage``)
      are taken inside the worker (``client.run``), so nothing else on the machine counts;
    * ``run_tasks`` is wrapped to count the Dask tasks and to take the workers' CPU seconds
-     before and after each batch, per task function (``nms_tile``, ``gather_tile``,
+     before and after each batch, per task function (``nms_tiles``, ``gather_tiles``,
      ``render_chunk``): the per-core rates the plan (``--plan``) uses;
    * work_dir files and bytes and label.h5 bytes after the run.
 3. Prints a table per size, then the growth exponents ``log(t16/t1) / log(n16/n1)`` of the
    step's time (sum of RunSummary.seconds) and of the driver's peak RSS, and the driver RSS
-   ratio 16x/1x, against their targets (time exponent <= 1.05, RSS ratio <= 1.25).
+   ratio 16x/1x, against their targets (time exponent <= 1.05, RSS ratio <= 1.25), and the
+   NMS work of the reruns against the first pass (candidates decided; RunSummary.nms_work).
+4. With ``--tiling``: instead, the NMS stage alone on one worker (this process's executor,
+   ``run_in_process``, in a fresh child per run), tiled against one untiled run of the same
+   set: the 16x set with the default tiles, and a 64x512x512 set of the same density with 4
+   tiles of 256x256. Prints candidates decided in the first pass and in the reruns (target:
+   reruns / first pass <= 0.1), candidate pairs tested, and the NMS seconds tiled / untiled
+   (targets <= 1.15 and <= 1.3).
 
 How to run
 ----------
@@ -29,6 +36,7 @@ How to run
 
     .venv/bin/python benchmarks/scale.py                  # 1x, 4x, 16x
     .venv/bin/python benchmarks/scale.py --scales 1 4     # when time is short
+    .venv/bin/python benchmarks/scale.py --tiling         # tiled vs untiled NMS
 
 The report goes to stdout, progress to stderr.
 """
@@ -70,7 +78,14 @@ RSS_RATIO_TARGET = 1.25
 RESULT_PREFIX = "SCALE_RESULT "
 STAGES = ("index", "nms", "gather", "labeling", "write")
 #: task functions whose worker CPU seconds are reported (the plan's rates).
-TASK_FUNCTIONS = ("nms_tile", "gather_tile", "render_chunk")
+TASK_FUNCTIONS = ("nms_tiles", "gather_tiles", "render_chunk")
+#: the tiling comparisons: (name, volume factor of BASE_SHAPE or a shape, tile shape, target of
+#: NMS seconds tiled / untiled); None: the default tiles.
+TILING_SETS = (("16x, default tiles", 16, None, 1.15),
+               ("64x512x512, 4 tiles of 256x256", (64, 512, 512), (None, 256, 256), 1.3))
+#: largest NMS work in reruns per first-pass work.
+RERUN_RATIO_TARGET = 0.1
+UNTILED = (None, None, None)
 
 
 def scaled_shape(factor):
@@ -140,13 +155,89 @@ def child_main(candidates, run_dir):
                   tasks=dict(counts), task_cpu_seconds=dict(cpu),
                   work_files=files, work_bytes=work_bytes,
                   label_bytes=(run_dir / "label.h5").stat().st_size,
-                  load_1min=os.getloadavg()[0])
+                  load_1min=os.getloadavg()[0],
+                  nms_work=[w._asdict() for w in summary.nms_work])
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
 
 
 # ---------------------------------------------------------------------------------------------
 # the parent: candidate files, children, report
+
+
+def tiling_child(candidates, run_dir, tile_shape):
+    """Run the NMS stage of ``candidates`` in this process (one worker); print one JSON line."""
+    from stardist_hpc.config import HpcConfig, arguments_config
+    from stardist_hpc.io.candidates import CandidateFile
+    from stardist_hpc.segment.cluster import run_in_process
+    from stardist_hpc.segment.nms import plan_tiles, run_rounds
+    from stardist_hpc.segment.step import resolve_params
+    run_dir = Path(run_dir)
+    config = arguments_config(HpcConfig, input={"prediction": candidates},
+                              model={"basedir": None, "name": None},
+                              output={"labels": run_dir / "label.h5", "work_dir": run_dir / "w"},
+                              nms={"tile_shape": tile_shape}, cluster=None)
+    params = resolve_params(config, CandidateFile(candidates))
+    plans = plan_tiles(params.image_shape, params.tile_shape, params.halo)
+    started = time.perf_counter()
+    summary = run_rounds(params, plans, run_in_process)
+    result = dict(seconds=time.perf_counter() - started, n_tiles=len(plans),
+                  n_rounds=summary.n_rounds, n_reruns=summary.n_reruns,
+                  first_pass=summary.first_pass._asdict(), reruns=summary.reruns._asdict(),
+                  tile_shape=list(params.tile_shape), halo=list(params.halo),
+                  load_1min=os.getloadavg()[0])
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+def measure_tiling(workdir, sets):
+    """Each tiling set tiled and untiled, in fresh children; ``{name: (tiled, untiled)}``."""
+    from stardist_hpc.config import NmsSection
+    from stardist_hpc.synthetic import write_dense_candidate_file
+    results = {}
+    for name, size, tile_shape, _ in sets:
+        shape = scaled_shape(size) if isinstance(size, int) else size
+        n_nuclei = round(BASE_NUCLEI * math.prod(shape) / math.prod(BASE_SHAPE))
+        path = workdir / f"tiling_{'x'.join(map(str, shape))}.h5"
+        n = write_dense_candidate_file(path, shape, n_nuclei, n_rays=N_RAYS,
+                                       candidates_per_nucleus=CANDIDATES_PER_NUCLEUS, seed=SEED)
+        log.info("%s: %d candidates", name, n)
+        runs = []
+        for tiles in (tile_shape or NmsSection().tile_shape, UNTILED):
+            run_dir = workdir / f"tiling_{len(results)}_{len(runs)}"
+            run_dir.mkdir()
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--tiling-child", str(path),
+                   str(run_dir), json.dumps(list(tiles))]
+            runs.append(run_child(cmd, run_dir / "child.log", RESULT_PREFIX, REPO))
+            log.info("%s, tiles %s: %s", name, tiles, runs[-1])
+        results[name] = (n, *runs)
+    return results
+
+
+def print_tiling(sets, results):
+    """Tiled vs untiled NMS per set: work of the first pass and the reruns, seconds."""
+    for (name, _, _, target), (n, tiled, untiled) in zip(sets, results.values()):
+        if "failed" in tiled or "failed" in untiled:
+            print(f"{name}: a run failed (see the log)")
+            continue
+        first, reruns = tiled["first_pass"], tiled["reruns"]
+        rerun_ratio = reruns["decided"] / max(first["decided"], 1)
+        time_ratio = tiled["seconds"] / untiled["seconds"]
+        print(f"{name}: {n:,} candidates, {tiled['n_tiles']} tiles of "
+              f"{'x'.join(map(str, tiled['tile_shape']))}, halo {tiled['halo']}, "
+              f"{tiled['n_rounds']} rounds, {tiled['n_reruns']} tile reruns")
+        print(f"  decided: first pass {first['decided']:,} (untiled {n:,}: halo cost "
+              f"{first['decided'] / n - 1:.1%}), reruns {reruns['decided']:,}; pairs tested: "
+              f"{first['pairs']:,} + {reruns['pairs']:,} (untiled "
+              f"{untiled['first_pass']['pairs']:,})")
+        print(f"  NMS work reruns / first pass: {rerun_ratio:.4f}  target <= "
+              f"{RERUN_RATIO_TARGET}  {verdict(rerun_ratio <= RERUN_RATIO_TARGET)}")
+        print(f"  NMS seconds tiled / untiled (one worker): {time_ratio:.2f} "
+              f"({tiled['seconds']:.1f} s vs {untiled['seconds']:.1f} s; kernel "
+              f"{first['seconds'] + reruns['seconds']:.1f} s vs "
+              f"{untiled['first_pass']['seconds']:.1f} s)  target <= {target}  "
+              f"{verdict(time_ratio <= target)}  (load {tiled['load_1min']:.1f} / "
+              f"{untiled['load_1min']:.1f})")
 
 
 def _measure_size(candidates, run_dir):
@@ -215,6 +306,18 @@ def print_rates(results):
               + f"; write {r['n_candidates'] / max(r['seconds']['write'], 1e-9):.0f} cand/s")
 
 
+def print_rerun_work(results):
+    """Candidates decided again in the reruns per candidate decided in the first pass."""
+    for factor, (_, r) in results.items():
+        if "failed" in r:
+            continue
+        first, reruns = r["nms_work"]
+        ratio = reruns["decided"] / max(first["decided"], 1)
+        print(f"{factor}x NMS work reruns / first pass: {ratio:.4f} ({reruns['decided']:,} / "
+              f"{first['decided']:,} candidates decided)  target <= {RERUN_RATIO_TARGET}  "
+              f"{verdict(ratio <= RERUN_RATIO_TARGET)}")
+
+
 def print_growth(results):
     """Growth exponents of the step's time and the driver's RSS, smallest to largest size."""
     done = {f: r for f, (_, r) in results.items() if "failed" not in r}
@@ -241,7 +344,15 @@ def parse_args(argv):
                         help="volume factors (squares), default 1 4 16")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="candidate files, work_dirs and logs (default: a temp dir)")
+    parser.add_argument("--tiling", action="store_true",
+                        help="tiled vs untiled NMS on one worker instead of the sizes")
+    parser.add_argument("--tiling-sets", type=int, nargs="+",
+                        default=tuple(range(len(TILING_SETS))),
+                        help="which of the tiling sets to run (0: the 16x set with the default "
+                             "tiles, 1: 64x512x512 with 4 tiles; default: both)")
     parser.add_argument("--child", nargs=2, metavar=("CANDIDATES", "RUN_DIR"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--tiling-child", nargs=3, metavar=("CANDIDATES", "RUN_DIR", "TILES"),
                         help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -252,6 +363,9 @@ def main(argv=None):
     sys.path.insert(0, str(REPO))   # this checkout's package, not an installed one
     if args.child:
         return child_main(*args.child)
+    if args.tiling_child:
+        path, run_dir, tiles = args.tiling_child
+        return tiling_child(path, run_dir, json.loads(tiles))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     load_before = os.getloadavg()
@@ -259,6 +373,13 @@ def main(argv=None):
                        else nullcontext(args.workdir))
     with workdir_context as workdir:
         Path(workdir).mkdir(parents=True, exist_ok=True)
+        if args.tiling:
+            sets = [TILING_SETS[i] for i in args.tiling_sets]
+            results = measure_tiling(Path(workdir).resolve(), sets)
+            print(f"NMS stage on one worker, tiled vs untiled; load average (1 min) "
+                  f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
+            print_tiling(sets, results)
+            return 0
         results = measure(Path(workdir).resolve(), args.scales)
     print(f"HPC step scale benchmark: defaults, {N_RAYS} rays, {CANDIDATES_PER_NUCLEUS} "
           f"candidates per nucleus, {N_WORKERS} local workers x 1 thread")
@@ -267,6 +388,7 @@ def main(argv=None):
           f"stays the same)")
     print_table(results)
     print_rates(results)
+    print_rerun_work(results)
     print_growth(results)
     return 0 if all("failed" not in r for _, r in results.values()) else 1
 

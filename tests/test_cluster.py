@@ -158,6 +158,22 @@ def test_missing_slurm_workers_tell_the_user_what_to_check():
         _wait_for_slurm_workers(_SilentClient(), dataclasses.replace(SLURM, worker_timeout=0.01))
 
 
+def test_missing_slurm_workers_name_the_sites_queue_and_account(site_config):
+    site_config(SITE)
+    with pytest.raises(UserError, match="queue \\(site-queue\\) and account \\(site-account"):
+        _wait_for_slurm_workers(_SilentClient(), SlurmSection(worker_timeout=5.0))
+
+
+def test_processes_default_to_one_per_core_unless_set(site_config, tmp_path):
+    site_config(SITE)
+    _assert_lines(_script(tmp_path), present=("--nworkers 6", "--nthreads 1"))
+    _assert_lines(_script(tmp_path, cores=4), present=("--nworkers 4", "--nthreads 1"))
+    _assert_lines(_script(tmp_path, cores=4, processes=2),
+                  present=("--nworkers 2", "--nthreads 2"))
+    site_config({**SITE, "processes": 3})
+    _assert_lines(_script(tmp_path), present=("--nworkers 3", "--nthreads 2"))
+
+
 def _die_once(marker, value):
     """A task whose first attempt kills its worker process, as a lost SLURM job would."""
     if not os.path.exists(marker):

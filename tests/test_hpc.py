@@ -172,11 +172,12 @@ def test_resume_redoes_only_deleted_checkpoints(tmp_path, nuclei_candidates):
     executed = []
 
     def recording_executor(function, argument_tuples, description):
-        executed.extend((function.__name__, args[1].index) for args in argument_tuples)
+        executed.extend((function.__name__, task.index) for args in argument_tuples
+                        for task in (args[1] if isinstance(args[1], list) else [args[1]]))
         return run_in_process(function, argument_tuples, description)
 
     _segment(config, recording_executor)
-    assert sorted(executed) == [("nms_tile", 2), *(("render_chunk", i) for i in deleted_chunks)]
+    assert sorted(executed) == [("nms_tiles", 2), *(("render_chunk", i) for i in deleted_chunks)]
     second = _stored_chunks(config.output.labels), _read_labels(config.output.labels)[1]
     assert second[0] == first[0]
     np.testing.assert_array_equal(second[1], first[1])

@@ -33,6 +33,7 @@ from stardist_hpc.io.candidates import CandidateFile
 from stardist_hpc.io.run_lock import WORK_DIR_LOCK
 from stardist_hpc.segment import step as hpc
 from stardist_hpc.segment.cluster import run_in_process, run_tasks, start_cluster
+from stardist_hpc.segment.nms import batch_tiles, plan_tiles
 from stardist_hpc.segment.params import CHUNK_DIR, NMS_DIR, SURVIVORS
 from stardist_hpc.synthetic import nuclei_volume
 
@@ -192,6 +193,7 @@ class Reference(NamedTuple):
     n_tiles: int
     nms_checkpoints: set
     n_chunks: int
+    batches: tuple   # the batch (one NMS task) of each tile
 
 
 def _assert_same_result(label_path, reference):
@@ -208,10 +210,14 @@ def reference(tmp_path_factory, nuclei_candidates, single_openmp_thread):
     """The stages of the same config run uninterrupted, here in this process."""
     directory = tmp_path_factory.mktemp("uninterrupted")
     config = load(HpcConfig, _write_hpc_config(directory, nuclei_candidates))
-    hpc.segment(hpc.resolve_params(config, CandidateFile(nuclei_candidates)), run_in_process)
+    params = hpc.resolve_params(config, CandidateFile(nuclei_candidates))
+    hpc.segment(params, run_in_process)
     work_dir = config.output.work_dir
+    batches = batch_tiles(plan_tiles(params.image_shape, params.tile_shape, params.halo),
+                          CandidateFile(nuclei_candidates).n_candidates)
     return Reference(*_read_label_file(config.output.labels), len(_round0_tiles(work_dir)),
-                     _nms_checkpoints(work_dir), len(_rendered_chunks(work_dir)))
+                     _nms_checkpoints(work_dir), len(_rendered_chunks(work_dir)),
+                     tuple(batches))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,10 +267,13 @@ KILLS = (Stage("during NMS", _during_nms, _during_nms_check),
 
 def _assert_did_only_missing_work(log_text, before, reference):
     """A run's progress counts only tasks whose checkpoints ``before`` (at its start) lacks."""
-    n_round0_done = sum(p.parts[:2] == (NMS_DIR, "round0") for p in before)
+    round0_done = {int(p.stem.removeprefix("tile")) for p in before
+                   if p.parts[:2] == (NMS_DIR, "round0")}
     n_chunks_done = sum(p.parts[0] == CHUNK_DIR and p.suffix == ".npz" for p in before)
     progress = _progress(log_text)
-    assert progress.get("NMS round 0", (0, 0))[1] == reference.n_tiles - n_round0_done
+    # one task per batch of tiles that still has a tile to run
+    to_run = {b for tile, b in enumerate(reference.batches) if tile not in round0_done}
+    assert progress.get("NMS round 0", (0, 0))[1] == len(to_run)
     if Path(SURVIVORS) in before:
         assert "gather survivors" not in progress
     if (to_render := _chunks_to_render(log_text)) is not None:

@@ -5,9 +5,17 @@ import pytest
 from conftest import SingleProcessResult
 
 from stardist_hpc.io.candidates import CandidateFile
+from stardist_hpc.io.checkpoint import load_record
 from stardist_hpc.io.input_pin import pin
 from stardist_hpc.segment.cluster import run_in_process
-from stardist_hpc.segment.nms import gather_tile, plan_tiles, resolve_halo, run_rounds, tile_path
+from stardist_hpc.segment.nms import (
+    TileResult,
+    gather_tile,
+    plan_tiles,
+    resolve_halo,
+    run_rounds,
+    tile_path,
+)
 from stardist_hpc.segment.params import SegmentParams
 
 pytestmark = pytest.mark.usefixtures("single_openmp_thread")
@@ -72,7 +80,9 @@ def test_tiled_nms_equals_single_process(tmp_path, nuclei_candidates, nuclei_ref
     assert sum(summary.n_owned_kept) == len(expected)
 
 
-@pytest.mark.parametrize("tile_shape", [(None, None, 12), (None, None, 7)])
+# cores of 9 and 7 put a truly suppressed candidate first in every context: its halo alone
+# decides the chain wrongly
+@pytest.mark.parametrize("tile_shape", [(None, None, 9), (None, None, 7)])
 def test_rounds_follow_a_suppression_chain_across_tiles(tmp_path, chain_candidates,
                                                         tile_shape):
     job = _nms_job(chain_candidates, tmp_path)
@@ -99,9 +109,35 @@ def test_resume_redoes_only_missing_tiles(tmp_path, nuclei_candidates):
     executed = []
 
     def recording_executor(function, argument_tuples, description):
-        executed.extend((args[2], args[1].index) for args in argument_tuples)
+        executed.extend((args[2], plan.index) for args in argument_tuples for plan in args[1])
         return run_in_process(function, argument_tuples, description)
 
     second = run_rounds(job, plans, recording_executor)
     assert sorted(executed) == deleted
-    assert second == first
+    # the same results and work, apart from the seconds the redone tiles took
+    assert second._replace(first_pass=None, reruns=None) == first._replace(first_pass=None,
+                                                                            reruns=None)
+    assert [w[:2] for w in second[4:6]] == [w[:2] for w in first[4:6]]
+
+
+def test_reruns_decide_again_only_what_can_change(tmp_path, nuclei_candidates,
+                                                  nuclei_references):
+    job = _nms_job(nuclei_candidates, tmp_path, "fast")
+    plans = _plans(nuclei_candidates, (5, 10, 12))
+    outcomes = []
+
+    def recording_executor(function, argument_tuples, description):
+        batches = run_in_process(function, argument_tuples, description)
+        outcomes.extend(outcome for batch in batches for outcome in batch)
+        return batches
+
+    summary = run_rounds(job, plans, recording_executor)
+    reruns = [o for o in outcomes if o.round > 0 and o.rerun]
+    assert reruns, "expected tiles whose halo assumptions were wrong"
+    for outcome in reruns:
+        context = load_record(tile_path(job.nms_dir, outcome.round, outcome.index), TileResult)
+        assert outcome.decided < len(context.rows)
+    assert summary.reruns.decided == sum(o.decided for o in reruns)
+    assert summary.reruns.decided < summary.first_pass.decided
+    survivors = _survivor_rows(job, plans, summary.versions)
+    np.testing.assert_array_equal(survivors, np.sort(nuclei_references["stardist"].rows))

@@ -58,14 +58,14 @@ def face_inverses(vertices, faces):
     return np.linalg.inv(np.transpose(rays, (0, 2, 1)))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _coords_in_face(inverse, f, oz, oy, ox, out):
     for k in range(3):
         out[k] = inverse[f, k, 0] * oz + inverse[f, k, 1] * oy + inverse[f, k, 2] * ox
     return min(out[0], min(out[1], out[2]))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _locate(inverse, oz, oy, ox, hint, out):
     """Face whose cone holds the offset, and its ray coordinates (written to ``out``).
 
@@ -86,7 +86,7 @@ def _locate(inverse, oz, oy, ox, hint, out):
     return best
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _fill_table(inverse, half, face, coords):
     out = np.empty(3)
     for z in range(face.shape[0]):
@@ -142,14 +142,14 @@ def cone_table(geometry, extent):
     return _cone_table(vertices.tobytes(), faces.tobytes(), len(vertices), _table_half(extent))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _inside_cone(a, b, c, f, faces, inv_dist):
     """The inside test from ray coordinates ``(a, b, c)`` in face ``f``."""
     return a * inv_dist[faces[f, 0]] + b * inv_dist[faces[f, 1]] + c * inv_dist[faces[f, 2]] \
         <= 1.0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def inside_held(face, coords, faces, inv_dist, tz, ty, tx):
     """:func:`inside` for an offset the table holds, given by its table index (offset + half).
 
@@ -160,7 +160,7 @@ def inside_held(face, coords, faces, inv_dist, tz, ty, tx):
                         face[tz, ty, tx], faces, inv_dist)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def inside(table, inv_dist, oz, oy, ox, scratch):
     """Whether the offset (oz, oy, ox) from its centre lies inside a polyhedron.
 
@@ -181,7 +181,7 @@ def inside(table, inv_dist, oz, oy, ox, scratch):
     return _inside_cone(scratch[0], scratch[1], scratch[2], f, faces, inv_dist)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def table_holds(table, centre, lo, hi):
     """Whether ``table`` holds the offsets from ``centre`` of every voxel in [lo, hi]."""
     for k in range(3):
@@ -190,7 +190,7 @@ def table_holds(table, centre, lo, hi):
     return True
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def rasterise(table, inv_dist, centre, lo, hi):
     """Which voxels of the box [lo, hi] (inclusive, absolute) lie inside a polyhedron.
 
@@ -239,7 +239,7 @@ class Polyhedra(NamedTuple):
     hi: np.ndarray         # int64 (N, 3)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _tetrahedron_volume(a, b, c):
     """StarDist's tetrahedron_volume(0, a, b, c) in float32: rows b - a, c - a, 0 - a."""
     m00, m01, m02 = b[0] - a[0], b[1] - a[1], b[2] - a[2]
@@ -250,7 +250,7 @@ def _tetrahedron_volume(a, b, c):
     return det / np.float32(6)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _measure_polyhedra(dist, centres, vertices, faces):
     """Inverse ray lengths, volumes and inclusive voxel boxes, in StarDist's float32 steps."""
     n, n_rays = dist.shape

@@ -102,6 +102,20 @@ def _check_required(given):
                 f"~/.config/dask/jobqueue.yaml (or $DASK_CONFIG)")
 
 
+def processes_per_job(slurm: SlurmSection):
+    """Worker processes per job: ours, else the site's, else one per core (ours or the site's).
+
+    One single-threaded process per core keeps every core busy with either backend:
+    StarDist's C NMS holds the GIL, the fast backend's borderline pairs go through SciPy's
+    Qhull from Python, and h5py runs one HDF5 call at a time per process. The numba kernels
+    release the GIL, so threads (``processes`` < ``cores``) still share the voxel work.
+    """
+    for value in (slurm.processes, site_setting("processes")):
+        if value is not None:
+            return value
+    return slurm.cores or site_setting("cores")
+
+
 def _worker_args(slurm: SlurmSection):
     """The workers' extra arguments (ours, else the site's) followed by :data:`WORKER_ARGS`."""
     given = slurm.worker_extra_args
@@ -114,8 +128,11 @@ def slurm_cluster_kwargs(slurm: SlurmSection):
 
     Config keys map one-to-one onto SLURMCluster arguments; a null key is left out, so
     dask-jobqueue takes the site's value (``jobqueue.slurm.*`` in ``~/.config/dask`` or
-    ``$DASK_CONFIG``), else its own default. With ``scheduler_host`` set, the scheduler and its
-    dashboard listen there only (the site's other scheduler options are kept).
+    ``$DASK_CONFIG``), else its own default; but for ``processes``, where dask-jobqueue's own
+    default (about the square root of the cores) would leave threads waiting for the GIL, the
+    default is one process per core (see :func:`processes_per_job`). With ``scheduler_host``
+    set, the scheduler and its dashboard listen there only (the site's other scheduler options
+    are kept).
 
     Raises
     ------
@@ -126,6 +143,7 @@ def slurm_cluster_kwargs(slurm: SlurmSection):
               if getattr(slurm, name) is not None}
     _check_required(kwargs)
     kwargs = {name: list(v) if isinstance(v, tuple) else v for name, v in kwargs.items()}
+    kwargs["processes"] = processes_per_job(slurm)
     kwargs["worker_extra_args"] = _worker_args(slurm)
     if slurm.scheduler_host is not None:
         kwargs["scheduler_options"] = {**(site_setting("scheduler_options") or {}),
@@ -240,6 +258,12 @@ class _SubmissionFailures(logging.Filter):
 SUBMISSION_POLL_SECONDS = 0.5
 
 
+def _effective(slurm: SlurmSection, name):
+    """``cluster.slurm.<name>`` as the jobs get it: ours, else the site's (None if neither)."""
+    value = getattr(slurm, name)
+    return site_setting(name) if value is None else value
+
+
 def _wait_for_slurm_workers(client, slurm: SlurmSection, refused=()):
     """Wait for the first worker; stop at once when sbatch refused a job (``refused`` holds
     sbatch's answers as they come)."""
@@ -256,11 +280,13 @@ def _wait_for_slurm_workers(client, slurm: SlurmSection, refused=()):
         raise UserError(f"sbatch refused the worker job: {refused[0]} (check cluster.slurm."
                         "queue, account, walltime and memory; --job-script prints the job "
                         "script)")
+    where = [f"{name} ({value})" if (value := _effective(slurm, name)) is not None
+             else name for name in ("queue", "account")]
     raise UserError(
             f"no SLURM worker joined within {slurm.worker_timeout:g} s: check that the jobs "
-            f"start (squeue -u $USER), that cluster.slurm.queue ({slurm.queue}) and account "
-            f"({slurm.account}) are valid, and the jobs' sbatch output (slurm-*.out) for "
-            f"errors; workers must reach the scheduler (cluster.slurm.scheduler_host, interface)"
+            f"start (squeue -u $USER), that cluster.slurm.{where[0]} and {where[1]} are "
+            f"valid, and the jobs' sbatch output (slurm-*.out) for errors; workers must reach "
+            f"the scheduler (cluster.slurm.scheduler_host, interface)"
         ) from None
 
 

@@ -10,6 +10,12 @@ assumptions were wrong is rerun with the halo fates fixed to the owners' decisio
 repeat until no assumption changes. With a halo at least as wide as two candidates can reach,
 this converges to the single-process result (by induction on rank).
 
+A rerun of the fast backend decides again only the candidates whose fate can change: the halo
+candidates whose fixed fate differs from the one the previous run assumed, and, transitively,
+the candidates ranked below a candidate whose fate changed that it could suppress
+(:func:`~.nms_fast.resuppress_counting_pairs`). StarDist's own NMS exposes no pair decisions, so
+``nms.backend: stardist`` reruns the whole context.
+
 Every tile result of every round is checkpointed (``tile_dir/round{r}/tile{i}.npz``), so a run
 killed at any point redoes only the missing tiles.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
@@ -28,12 +35,22 @@ from ..errors import UserError
 from ..geometry.order import MAX_RANKED, rank_scores, total_order
 from ..geometry.rays import polyhedron_bboxes, ray_geometry, stardist_rays
 from ..geometry.tiling import Box, Grid
+from ..io.candidates import CandidateFile
 from ..io.checkpoint import load_checkpoint, load_record, save_record
 from ..io.input_pin import check_pinned, open_pinned, read_pinned_box
 from ..io.survivors import Survivors
-from .nms_fast import non_maximum_suppression
+from .nms_fast import meets_core, resuppress_counting_pairs, suppress_counting_pairs
 
 log = logging.getLogger(__name__)
+
+#: a task runs neighbouring tiles together until they hold about this many candidates: each
+#: task has a fixed cost (scheduling, opening the candidate file, reading the whole prediction
+#: blocks around its tiles; ~0.1-0.5 s) that tiny tiles would pay over and over, while the fast
+#: backend decides ~10,000 candidates per core-second.
+MIN_TASK_CANDIDATES = 20_000
+#: batching stops before the first round would have fewer tasks than this, to keep the
+#: workers of a small run busy.
+MIN_TASKS = 16
 
 
 def resolve_halo(halo, max_extent):
@@ -86,6 +103,19 @@ class TileOutcome(NamedTuple):
     rerun: bool          # False: the tile's previous result still holds
     core_changed: bool   # whether the decisions about its own candidates changed
     n_owned_kept: int
+    decided: int         # this task's NMS work (see NmsWork)
+    pairs: int
+    nms_seconds: float
+
+
+class NmsWork(NamedTuple):
+    """NMS work: candidates decided, candidate pairs tested and seconds in the NMS kernel."""
+    decided: int = 0
+    pairs: int = 0
+    seconds: float = 0.0
+
+    def __add__(self, other):
+        return NmsWork(*(a + b for a, b in zip(self, other)))
 
 
 class TileResult(NamedTuple):
@@ -114,7 +144,8 @@ def _no_result():
 # one tile
 
 
-def suppress(prob, dist, points, rows, rays_json, thresh, backend):
+def suppress(prob, dist, points, rows, rays_json, thresh, backend, allowed=None,
+             previous=None):
     """Greedy NMS over the given candidates, ranked in the total order.
 
     Parameters
@@ -125,57 +156,130 @@ def suppress(prob, dist, points, rows, rays_json, thresh, backend):
     thresh : float
     backend : {'stardist', 'fast'}
         StarDist's own NMS, or :mod:`.nms_fast` (same rule, overlap always counted in voxels).
+    allowed : ndarray of bool (N,), optional
+        The candidates taking part (the others count as suppressed); None: all.
+    previous : tuple of 2 ndarray of bool (N,), optional
+        ``(kept, allowed_before)``, the result over the candidates ``allowed_before``: the
+        fast backend then updates it, deciding again only what can change; StarDist's runs
+        the NMS over ``allowed`` again.
 
     Returns
     -------
     kept : ndarray of bool (N,)
+    work : NmsWork
     """
+    started = time.perf_counter()
+    allowed = np.ones(len(prob), bool) if allowed is None else allowed
+    kept = np.zeros(len(prob), bool)
+    if backend == NMS_BACKEND_FAST and previous is not None:
+        order = total_order(prob, points, rows)
+        kept[order], counts = resuppress_counting_pairs(
+            dist[order], points[order], ray_geometry(rays_json), thresh,
+            *(a[order] for a in (*previous, allowed)))
+    elif backend == NMS_BACKEND_FAST:
+        order = total_order(prob[allowed], points[allowed], rows[allowed])
+        kept_in_order, counts = suppress_counting_pairs(
+            dist[allowed][order], points[allowed][order], ray_geometry(rays_json), thresh)
+        kept[np.flatnonzero(allowed)[order]] = kept_in_order
+    else:
+        kept[allowed] = _stardist_suppress(prob[allowed], dist[allowed], points[allowed],
+                                           rows[allowed], rays_json, thresh)
+        counts = None
+    decided, pairs = (allowed.sum(), 0) if counts is None else (counts.decided, counts.tested)
+    return kept, NmsWork(int(decided), int(pairs), time.perf_counter() - started)
+
+
+def _stardist_suppress(prob, dist, points, rows, rays_json, thresh):
+    """StarDist's own ``non_maximum_suppression_3d_inds`` in the total order."""
     if len(prob) == 0:
         return np.zeros(0, bool)
-    order = total_order(prob, points, rows)
-    if backend == NMS_BACKEND_FAST:
-        kept = np.empty(len(order), bool)
-        kept[order] = non_maximum_suppression(dist[order], points[order],
-                                              ray_geometry(rays_json), thresh)
-        return kept
     from stardist.nms import non_maximum_suppression_3d_inds
     return non_maximum_suppression_3d_inds(dist, points, stardist_rays(rays_json),
-                                           rank_scores(order), thresh, verbose=False)
+                                           rank_scores(total_order(prob, points, rows)), thresh,
+                                           verbose=False)
 
 
-def _read_context(params, plan):
-    """Candidates of a tile's context, by increasing row."""
-    rows, prob, dist, points = read_pinned_box(params.candidate_pin, *plan.context)
+class BatchReader:
+    """The candidates of a batch of neighbouring tiles, read once for all of them (when a tile
+    first needs them): of their contexts, or of their ``cores`` only."""
+
+    def __init__(self, params, plans, cores=False):
+        self.params = params
+        boxes = [plan.core if cores else plan.context for plan in plans]
+        self.lo = np.min([box.lo for box in boxes], axis=0)
+        self.hi = np.max([box.hi for box in boxes], axis=0)
+        self._candidates = None
+
+    def read_box(self, box):
+        """Candidates whose point lies in ``box`` (inside the batch's contexts)."""
+        if self._candidates is None:
+            self._candidates = read_pinned_box(self.params.candidate_pin, self.lo, self.hi)
+        inside = box.contains(self._candidates[-1])
+        return tuple(a[inside] for a in self._candidates)
+
+
+def _read_context(params, plan, reader, taking_part=None):
+    """Candidates of a tile's context that take part in its NMS, by increasing row.
+
+    Halo candidates that no core candidate could suppress or be suppressed by are left out:
+    they change core decisions only through other halo candidates, whose fates the rounds fix
+    to their owners' decisions. So the halo costs what the core's neighbours cost. A rerun
+    passes the rows its tile's previous run took (``taking_part``) instead of finding them.
+    """
+    rows, prob, dist, points = reader.read_box(plan.context)
     if len(rows) > MAX_RANKED:
         raise UserError(f"NMS tile {plan.core} holds {len(rows)} candidates with its halo, "
                         f"more than {MAX_RANKED}; use a smaller nms.tile_shape")
-    by_row = np.argsort(rows)
+    if taking_part is not None:
+        by_row = np.argsort(rows)
+        by_row = by_row[np.isin(rows[by_row], taking_part, assume_unique=True)]
+        return rows[by_row], prob[by_row], dist[by_row], points[by_row]
+    owned = plan.core.contains(points)
+    # only candidates within the halo's width of a face of the core can meet across it
+    core_lo, core_hi = np.asarray(plan.core.lo), np.asarray(plan.core.hi)
+    deep = Box(tuple(2 * core_lo - plan.context.lo),
+               tuple(2 * core_hi - plan.context.hi)).contains(points)
+    needed = owned.copy()
+    needed[~deep] = meets_core(dist[~deep], points[~deep], ray_geometry(params.rays_json),
+                               params.nms_thresh, owned[~deep])
+    by_row = np.flatnonzero(needed)[np.argsort(rows[needed])]
     return rows[by_row], prob[by_row], dist[by_row], points[by_row]
 
 
-def _run_tile_nms(params, plan, halo_fates=None):
+def _run_tile_nms(params, plan, reader, halo_fates=None, previous=None):
     """NMS over a tile's context; halo candidates take ``halo_fates`` if given.
 
     Halo candidates fixed as suppressed are left out of the run; those fixed as kept take
     part (and may still be suppressed here by a kept core candidate that outranks them).
+    Given the tile's ``previous`` result, only what can change is decided again.
+
+    Returns
+    -------
+    TileResult
+    NmsWork
     """
-    rows, prob, dist, points = _read_context(params, plan)
+    rows, prob, dist, points = _read_context(params, plan, reader,
+                                             None if previous is None else previous.rows)
     owned = plan.core.contains(points)
     assumed = np.ones(len(rows), bool)
     if halo_fates is not None:
         assumed[~owned] = halo_fates
-    kept = np.zeros(len(rows), bool)
-    kept[assumed] = suppress(prob[assumed], dist[assumed], points[assumed], rows[assumed],
-                             params.rays_json, params.nms_thresh, params.nms_backend)
+    update = None
+    if previous is not None and np.array_equal(previous.rows, rows):
+        # the previous run's candidates took part, core and assumed halo; a free run's result
+        # is also the result over those it kept (suppressed candidates suppress nothing)
+        update = (previous.kept, previous.assumed | previous.owned)
+    kept, work = suppress(prob, dist, points, rows, params.rays_json, params.nms_thresh,
+                          params.nms_backend, assumed, update)
     if halo_fates is None:
         assumed = kept.copy()
-    return TileResult(rows, owned, kept, assumed)
+    return TileResult(rows, owned, kept, assumed), work
 
 
-def _checkpoint_outcome(params, plan, round_, result, *, rerun, core_changed):
+def _checkpoint_outcome(params, plan, round_, result, work=NmsWork(), *, rerun, core_changed):
     """Save a tile's outcome (with ``result`` if it was rerun) and return the outcome."""
     outcome = TileOutcome(plan.index, round_, rerun, core_changed,
-                          n_owned_kept=int(np.sum(result.kept & result.owned)))
+                          int(np.sum(result.kept & result.owned)), *work)
     save_record(tile_path(params.nms_dir, round_, plan.index), outcome,
                 result if rerun else _no_result())
     return outcome
@@ -196,8 +300,27 @@ def _owner_fates(params, plan, versions, halo_rows):
     return kept[by_row][at]
 
 
-def nms_tile(params, plan, round_, versions):
-    """Process one tile in one round and checkpoint its outcome (the task of the NMS stage).
+def nms_tiles(params, plans, round_, versions):
+    """Process a batch of neighbouring tiles in one round (the task of the NMS stage).
+
+    Parameters
+    ----------
+    params : SegmentParams
+    plans : list of TilePlan
+    round_ : int
+    versions : mapping of int to int
+        As for :func:`nms_tile`, for all tiles of the batch.
+
+    Returns
+    -------
+    list of TileOutcome
+    """
+    reader = BatchReader(params, plans)
+    return [nms_tile(params, plan, round_, versions, reader) for plan in plans]
+
+
+def nms_tile(params, plan, round_, versions, reader):
+    """Process one tile in one round and checkpoint its outcome.
 
     Round 0 runs the tile's NMS freely. Later rounds rerun it only if the fates it assumed for
     its halo candidates disagree with their owners' decisions, fixing them to those decisions.
@@ -210,18 +333,20 @@ def nms_tile(params, plan, round_, versions):
     versions : mapping of int to int
         Round of the latest result of this tile and of each of its neighbours (unused in
         round 0).
+    reader : BatchReader
+        Reads the candidates of the tile's batch.
 
     Returns
     -------
     TileOutcome
     """
     if round_ == 0:
-        return _checkpoint_outcome(params, plan, 0, _run_tile_nms(params, plan), rerun=True,
-                                   core_changed=True)
-    return _settle_tile(params, plan, round_, versions)
+        return _checkpoint_outcome(params, plan, 0, *_run_tile_nms(params, plan, reader),
+                                   rerun=True, core_changed=True)
+    return _settle_tile(params, plan, round_, versions, reader)
 
 
-def _settle_tile(params, plan, round_, versions):
+def _settle_tile(params, plan, round_, versions, reader):
     """Rerun a tile if its halo assumptions disagree with the owners' decisions."""
     previous = _load_result(params, plan.index, versions[plan.index])
     halo = ~previous.owned
@@ -230,9 +355,10 @@ def _settle_tile(params, plan, round_, versions):
     # given, or the ones it arrived at (halo candidates it suppressed itself suppress nothing).
     if np.array_equal(fates, previous.assumed[halo]) or np.array_equal(fates, previous.kept[halo]):
         return _checkpoint_outcome(params, plan, round_, previous, rerun=False, core_changed=False)
-    result = _run_tile_nms(params, plan, fates)
+    result, work = _run_tile_nms(params, plan, reader, fates, previous)
     core_changed = not np.array_equal(result.kept[result.owned], previous.kept[previous.owned])
-    return _checkpoint_outcome(params, plan, round_, result, rerun=True, core_changed=core_changed)
+    return _checkpoint_outcome(params, plan, round_, result, work, rerun=True,
+                               core_changed=core_changed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,11 +376,47 @@ class NmsSummary(NamedTuple):
     n_owned_kept: tuple   # survivors owned by each tile
     n_rounds: int
     n_reruns: int
+    first_pass: NmsWork   # the NMS work of round 0
+    reruns: NmsWork       # and of every later round
+    batches: tuple        # the batch of each tile (tiles of a batch run in one task)
 
 
-def _execute_round(params, round_, plans, versions, execute):
-    """Outcomes of one round over ``plans``, loading those already checkpointed."""
-    outcomes, arguments = [], []
+def batch_tiles(plans, n_candidates):
+    """The batch of each tile: blocks of neighbouring tiles that hold about
+    :data:`MIN_TASK_CANDIDATES` (estimated from the mean density), at least :data:`MIN_TASKS`.
+
+    Parameters
+    ----------
+    plans : list of TilePlan
+        The tiles of one grid (the first one has the full tile shape).
+    n_candidates : int
+
+    Returns
+    -------
+    ndarray of int (len(plans),)
+    """
+    tile = np.asarray(plans[0].core.hi) - np.asarray(plans[0].core.lo)
+    position = np.array([plan.core.lo for plan in plans], np.int64) // np.maximum(tile, 1)
+    counts = position.max(axis=0) + 1
+    factor = np.ones(3, np.int64)
+    while n_candidates / len(plans) * np.prod(factor) < MIN_TASK_CANDIDATES:
+        growable = np.flatnonzero(factor < counts)
+        if len(growable) == 0:
+            break
+        # grow the batch along its shortest side: a compact batch reads the least halo
+        axis = growable[np.argmin((factor * tile)[growable])]
+        trial = factor.copy()
+        trial[axis] = min(2 * factor[axis], counts[axis])
+        if np.prod(-(-counts // trial)) < MIN_TASKS:
+            break
+        factor = trial
+    return np.ravel_multi_index(tuple((position // factor).T), tuple(-(-counts // factor)))
+
+
+def _execute_round(params, round_, plans, versions, batches, execute):
+    """Outcomes of one round over ``plans``, loading those already checkpointed; the others
+    run in one task per batch (``batches``: the batch of each tile)."""
+    outcomes, to_run = [], {}
     for plan in plans:
         path = tile_path(params.nms_dir, round_, plan.index)
         outcome = (load_checkpoint(path, TileOutcome, {"index": plan.index, "round": round_})
@@ -262,9 +424,13 @@ def _execute_round(params, round_, plans, versions, execute):
         if outcome is not None:
             outcomes.append(outcome)
         else:
-            arguments.append((params, plan, round_, _neighbourhood_versions(plan, versions)))
-    if arguments:
-        outcomes.extend(execute(nms_tile, arguments, f"NMS round {round_}"))
+            to_run.setdefault(batches[plan.index], []).append(plan)
+    arguments = [(params, batch, round_,
+                  {t: v for plan in batch for t, v in _neighbourhood_versions(plan, versions)
+                   .items()})
+                 for batch in to_run.values()]
+    for batch_outcomes in execute(nms_tiles, arguments, f"NMS round {round_}"):
+        outcomes.extend(batch_outcomes)
     return outcomes
 
 
@@ -287,11 +453,14 @@ def run_rounds(params, plans, execute):
     NmsSummary
     """
     versions, n_owned_kept = [0] * len(plans), [0] * len(plans)
+    batches = batch_tiles(plans, CandidateFile(params.candidate_path).n_candidates)
     round_, n_reruns, to_process = 0, 0, plans
+    work = [NmsWork(), NmsWork()]   # round 0, later rounds
     while to_process:
-        outcomes = _execute_round(params, round_, to_process, versions, execute)
+        outcomes = _execute_round(params, round_, to_process, versions, batches, execute)
         for outcome in outcomes:
             n_owned_kept[outcome.index] = outcome.n_owned_kept
+            work[round_ > 0] += NmsWork(outcome.decided, outcome.pairs, outcome.nms_seconds)
             if outcome.rerun:
                 versions[outcome.index] = outcome.round
         if round_ > 0:
@@ -299,8 +468,10 @@ def run_rounds(params, plans, execute):
         changed = [outcome.index for outcome in outcomes if outcome.core_changed]
         to_process = [plans[t] for t in tiles_to_check(plans, changed)]
         round_ += 1
-    log.info("NMS converged after %d round(s) with %d tile rerun(s)", round_, n_reruns)
-    return NmsSummary(tuple(versions), tuple(n_owned_kept), round_, n_reruns)
+    log.info("NMS converged after %d round(s) with %d tile rerun(s); candidates decided: "
+             "%d, again in reruns: %d", round_, n_reruns, work[0].decided, work[1].decided)
+    return NmsSummary(tuple(versions), tuple(n_owned_kept), round_, n_reruns, *work,
+                      tuple(int(b) for b in batches))
 
 
 def _neighbourhood_versions(plan, versions):
@@ -318,7 +489,26 @@ class TileSurvivors(NamedTuple):
     survivors: Survivors
 
 
-def gather_tile(params, plan, version):
+def gather_tiles(params, plans, versions):
+    """The survivors of a batch of neighbouring tiles (a task of the gather stage), their
+    candidates read once.
+
+    Parameters
+    ----------
+    params : SegmentParams
+    plans : list of TilePlan
+    versions : list of int
+        Round of each tile's final result.
+
+    Returns
+    -------
+    list of TileSurvivors
+    """
+    reader = BatchReader(params, plans, cores=True)
+    return [gather_tile(params, plan, version, reader) for plan, version in zip(plans, versions)]
+
+
+def gather_tile(params, plan, version, reader=None):
     """The kept candidates owned by one tile, with their render boxes (no ids yet).
 
     Parameters
@@ -327,6 +517,8 @@ def gather_tile(params, plan, version):
     plan : TilePlan
     version : int
         Round of the tile's final result.
+    reader : BatchReader, optional
+        Reads the candidates of the tile's batch (None: the tile's own).
 
     Returns
     -------
@@ -334,12 +526,13 @@ def gather_tile(params, plan, version):
     """
     result = _load_result(params, plan.index, version)
     kept_rows = result.rows[result.owned & result.kept]
-    candidates = open_pinned(params.candidate_pin)
-    rows, prob, dist, points = candidates.read_box(*plan.core)
+    reader = BatchReader(params, [plan], cores=True) if reader is None else reader
+    rows, prob, dist, points = reader.read_box(plan.core)
     pick = np.isin(rows, kept_rows)
     by_row = np.argsort(rows[pick])
     rows, prob, dist, points = (a[pick][by_row] for a in (rows, prob, dist, points))
-    prob_class = candidates.read_class_probabilities(rows)
+    prob_class = (open_pinned(params.candidate_pin).read_class_probabilities(rows)
+                  if params.n_classes else np.zeros((len(rows), 0), np.float32))
     check_pinned(params.candidate_pin)   # not replaced while its rows were read
     lo, hi = polyhedron_bboxes(dist, points, ray_geometry(params.rays_json), params.image_shape)
     return TileSurvivors(plan.index, Survivors(

@@ -45,7 +45,7 @@ BORDERLINE = 0.05
 #: StarDist's value for a convex-hull intersection that Qhull fails on (never keeps).
 HULL_ERROR = 1e10
 #: indices of the pair counters the suppression loop keeps (see :class:`PairCounts`).
-TESTED, BY_BOXES, BY_BOUNDS, BY_COUNTING, BY_QHULL, VOXELS = range(6)
+TESTED, BY_BOXES, BY_BOUNDS, BY_COUNTING, BY_QHULL, VOXELS, DECIDED = range(7)
 
 
 class PairCounts(NamedTuple):
@@ -56,6 +56,7 @@ class PairCounts(NamedTuple):
     by_counting: int   # decided by counting voxels
     by_qhull: int      # borderline counts, decided by StarDist's Qhull check
     voxels: int        # inside tests while counting
+    decided: int       # candidates whose fate was decided (all of them in a full run)
 
     @property
     def voxels_per_counted_pair(self):
@@ -92,7 +93,7 @@ def neighbour_grid(polyhedra):
 # the suppression loop
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _rasterise(i, centres, inv_dist, lo, hi, table):
     """Voxels of polyhedron ``i`` in its box, and their summed-volume table."""
     mask = rasterise(table, inv_dist[i], centres[i], lo[i], hi[i])
@@ -108,14 +109,14 @@ def _rasterise(i, centres, inv_dist, lo, hi, table):
     return mask, summed
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _voxels_in_box(summed, z0, y0, x0, z1, y1, x1):
     """Rasterised voxels in the half-open box [z0, z1) x [y0, y1) x [x0, x1) of the mask."""
     return (summed[z1, y1, x1] - summed[z0, y1, x1] - summed[z1, y0, x1] - summed[z1, y1, x0]
             + summed[z0, y0, x1] + summed[z0, y1, x0] + summed[z1, y0, x0] - summed[z0, y0, x0])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _count_overlap(mask, origin, box_lo, box_hi, upper, low, high, centre, inv_dist, table):
     """Voxels of ``mask`` in the box that lie inside the polyhedron, counted until it decides.
 
@@ -144,7 +145,7 @@ def _count_overlap(mask, origin, box_lo, box_hi, upper, low, high, centre, inv_d
     return count, upper
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _count_beyond_table(mask, origin, box_lo, box_hi, centre, inv_dist, table):
     """The exact count of :func:`_count_overlap` for a box the cone table does not hold.
 
@@ -183,7 +184,7 @@ def _polytope_volume(corners, corner_planes, halfspaces, interior):
                        halfspaces[:, :3], interior)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _fan_volume(corners, corner_of, plane_of, normals, interior):
     """Sum of the pyramids from ``interior`` over the faces, each fanned from its centre with
     its corners sorted by angle (``corner_of[k]`` lies on plane ``plane_of[k]``)."""
@@ -238,6 +239,8 @@ def _qhull_suppresses(dist, centres, vertices, faces, a_min, thresh, counted_abo
     return bool(np.float32(_intersection_volume(hulls, interior, HULL_ERROR)) / limit > thresh)
 
 
+# without nogil: its object-mode block (Qhull) takes the GIL itself, and numba warns about a
+# nogil flag on a function with such a block
 @numba.njit(cache=True)
 def _borderline_suppresses(i, j, dist, centres, vertices, faces, a_min, thresh, counted_above):
     pair_dist, pair_centres = dist[np.array([i, j])], centres[np.array([i, j])]
@@ -247,7 +250,7 @@ def _borderline_suppresses(i, j, dist, centres, vertices, faces, a_min, thresh, 
     return suppresses
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi):
     """Whether the boxes alone keep ``j``; fills the shared voxel box [box_lo, box_hi]."""
     stardist_box, voxel_box = 1, 1
@@ -259,7 +262,7 @@ def _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi):
     return stardist_box <= limit or voxel_box <= (1 - BORDERLINE) * limit
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _suppresses(i, j, mask, summed, polyhedra, dist, vertices, table, thresh, a_min, limit,
                 box_lo, box_hi, counters):
     """Whether kept ``i`` suppresses ``j``, whose boxes meet (``mask``: i's voxels), with
@@ -284,21 +287,37 @@ def _suppresses(i, j, mask, summed, polyhedra, dist, vertices, table, thresh, a_
                                   count > limit)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
+def _neighbour_cells(i, lo, hi, grid, cell_lo, cell_hi):
+    """Fill the cell range [cell_lo, cell_hi] of ``grid`` that holds every candidate whose box
+    may meet the box of ``i``."""
+    origin, cell, shape, _, _, largest_reach = grid
+    for k in range(3):
+        # a neighbour's centre lies within ``largest_reach`` of its box, which must meet i's
+        cell_lo[k] = max((lo[i, k] - largest_reach[k] - origin[k]) // cell[k], 0)
+        cell_hi[k] = min((hi[i, k] + largest_reach[k] - origin[k]) // cell[k], shape[k] - 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _pair_limit(i, j, volumes, thresh):
+    """The smaller volume of the pair and the overlap StarDist's rule allows it."""
+    a_min = min(volumes[i], volumes[j])
+    return a_min, thresh * (a_min + VOLUME_EPS)
+
+
+@numba.njit(cache=True, nogil=True)
 def _suppress_loop(polyhedra, dist, vertices, grid, table, thresh, counters):
     centres, inv_dist, volumes, lo, hi = polyhedra
-    origin, cell, shape, starts, members, largest_reach = grid
+    _, _, shape, starts, members, _ = grid
     suppressed = np.zeros(centres.shape[0], np.bool_)
     box_lo, box_hi = np.empty(3, np.int64), np.empty(3, np.int64)
     cell_lo, cell_hi = np.empty(3, np.int64), np.empty(3, np.int64)
+    counters[DECIDED] += centres.shape[0]
     for i in range(centres.shape[0]):
         if suppressed[i]:
             continue
         mask, summed = np.zeros((0, 0, 0), np.bool_), np.zeros((1, 1, 1), np.int32)
-        for k in range(3):
-            # a neighbour's centre lies within ``largest_reach`` of its box, which must meet i's
-            cell_lo[k] = max((lo[i, k] - largest_reach[k] - origin[k]) // cell[k], 0)
-            cell_hi[k] = min((hi[i, k] + largest_reach[k] - origin[k]) // cell[k], shape[k] - 1)
+        _neighbour_cells(i, lo, hi, grid, cell_lo, cell_hi)
         for cz in range(cell_lo[0], cell_hi[0] + 1):
             for cy in range(cell_lo[1], cell_hi[1] + 1):
                 for cx in range(cell_lo[2], cell_hi[2] + 1):
@@ -307,8 +326,7 @@ def _suppress_loop(polyhedra, dist, vertices, grid, table, thresh, counters):
                         j = members[m]
                         if j <= i or suppressed[j]:
                             continue
-                        a_min = min(volumes[i], volumes[j])
-                        limit = thresh * (a_min + VOLUME_EPS)
+                        a_min, limit = _pair_limit(i, j, volumes, thresh)
                         counters[TESTED] += 1
                         if _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi):
                             counters[BY_BOXES] += 1
@@ -319,6 +337,131 @@ def _suppress_loop(polyhedra, dist, vertices, grid, table, thresh, counters):
                                                     vertices, table, thresh, a_min, limit,
                                                     box_lo, box_hi, counters)
     return ~suppressed
+
+
+@numba.njit(cache=True, nogil=True)
+def _suppressed_by_kept(j, kept, polyhedra, dist, vertices, grid, table, thresh, box_lo, box_hi,
+                        cell_lo, cell_hi, counters):
+    """Whether a kept candidate ranked above ``j`` suppresses it (the same pair decisions as
+    :func:`_suppress_loop`)."""
+    centres, inv_dist, volumes, lo, hi = polyhedra
+    _, _, shape, starts, members, _ = grid
+    _neighbour_cells(j, lo, hi, grid, cell_lo, cell_hi)
+    for cz in range(cell_lo[0], cell_hi[0] + 1):
+        for cy in range(cell_lo[1], cell_hi[1] + 1):
+            for cx in range(cell_lo[2], cell_hi[2] + 1):
+                c = (cz * shape[1] + cy) * shape[2] + cx
+                for m in range(starts[c], starts[c + 1]):
+                    i = members[m]
+                    if i >= j or not kept[i]:
+                        continue
+                    a_min, limit = _pair_limit(i, j, volumes, thresh)
+                    counters[TESTED] += 1
+                    if _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi):
+                        counters[BY_BOXES] += 1
+                        continue
+                    mask, summed = _rasterise(i, centres, inv_dist, lo, hi, table)
+                    if _suppresses(i, j, mask, summed, polyhedra, dist, vertices, table, thresh,
+                                   a_min, limit, box_lo, box_hi, counters):
+                        return True
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
+def _mark_dependents(i, dirty, polyhedra, grid, thresh, box_lo, box_hi, cell_lo, cell_hi):
+    """Mark every candidate ranked below ``i`` that ``i`` could suppress (boxes that do not
+    keep the pair by themselves) for re-deciding."""
+    _, _, volumes, lo, hi = polyhedra
+    _, _, shape, starts, members, _ = grid
+    _neighbour_cells(i, lo, hi, grid, cell_lo, cell_hi)
+    for cz in range(cell_lo[0], cell_hi[0] + 1):
+        for cy in range(cell_lo[1], cell_hi[1] + 1):
+            for cx in range(cell_lo[2], cell_hi[2] + 1):
+                c = (cz * shape[1] + cy) * shape[2] + cx
+                for m in range(starts[c], starts[c + 1]):
+                    j = members[m]
+                    if j > i and not dirty[j]:
+                        _, limit = _pair_limit(i, j, volumes, thresh)
+                        dirty[j] = not _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi)
+
+
+@numba.njit(cache=True, nogil=True)
+def _resuppress_loop(polyhedra, dist, vertices, grid, table, thresh, kept, allowed, dirty,
+                     counters):
+    """Re-decide the ``dirty`` candidates in rank order; a changed fate marks its dependents.
+
+    By induction on rank: a candidate never marked has the same allowance and the same kept
+    candidates able to suppress it as before, so its fate stands.
+    """
+    box_lo, box_hi = np.empty(3, np.int64), np.empty(3, np.int64)
+    cell_lo, cell_hi = np.empty(3, np.int64), np.empty(3, np.int64)
+    for j in range(kept.shape[0]):
+        if not dirty[j]:
+            continue
+        counters[DECIDED] += 1
+        fate = allowed[j] and not _suppressed_by_kept(j, kept, polyhedra, dist, vertices, grid,
+                                                      table, thresh, box_lo, box_hi, cell_lo,
+                                                      cell_hi, counters)
+        if fate != kept[j]:
+            kept[j] = fate
+            _mark_dependents(j, dirty, polyhedra, grid, thresh, box_lo, box_hi, cell_lo,
+                             cell_hi)
+    return kept
+
+
+@numba.njit(cache=True, nogil=True)
+def _meets_owned(h, owned, polyhedra, grid, thresh, box_lo, box_hi, cell_lo, cell_hi):
+    """Whether ``h`` could suppress or be suppressed by an owned candidate."""
+    _, _, volumes, lo, hi = polyhedra
+    _, _, shape, starts, members, _ = grid
+    _neighbour_cells(h, lo, hi, grid, cell_lo, cell_hi)
+    for cz in range(cell_lo[0], cell_hi[0] + 1):
+        for cy in range(cell_lo[1], cell_hi[1] + 1):
+            for cx in range(cell_lo[2], cell_hi[2] + 1):
+                c = (cz * shape[1] + cy) * shape[2] + cx
+                for m in range(starts[c], starts[c + 1]):
+                    k = members[m]
+                    if owned[k]:
+                        _, limit = _pair_limit(h, k, volumes, thresh)
+                        if not _boxes_keep(h, k, lo, hi, limit, box_lo, box_hi):
+                            return True
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
+def _meets_core(owned, polyhedra, grid, thresh):
+    """Which candidates are owned, or could suppress or be suppressed by an owned one."""
+    box_lo, box_hi = np.empty(3, np.int64), np.empty(3, np.int64)
+    cell_lo, cell_hi = np.empty(3, np.int64), np.empty(3, np.int64)
+    needed = owned.copy()
+    for h in range(owned.shape[0]):
+        if not owned[h]:
+            needed[h] = _meets_owned(h, owned, polyhedra, grid, thresh, box_lo, box_hi, cell_lo,
+                                     cell_hi)
+    return needed
+
+
+def meets_core(dist, points, geometry, thresh, owned):
+    """The owned candidates and those that could suppress or be suppressed by an owned one.
+
+    A pair whose boxes keep it by themselves (see ``_boxes_keep``) is never suppressed, by
+    this backend nor by StarDist's (its overlap cannot exceed the shared voxel box).
+
+    Parameters
+    ----------
+    dist, points, geometry, thresh
+        As for :func:`suppress_counting_pairs` (any order).
+    owned : ndarray of bool (N,)
+
+    Returns
+    -------
+    ndarray of bool (N,)
+    """
+    owned = np.asarray(owned, bool)
+    if owned.all() or len(owned) == 0:
+        return owned.copy()
+    polyhedra, _, _, grid, _, thresh = _loop_inputs(dist, points, geometry, thresh, table=False)
+    return _meets_core(owned, polyhedra, grid, thresh)
 
 
 def non_maximum_suppression(dist, points, geometry, thresh):
@@ -354,9 +497,46 @@ def suppress_counting_pairs(dist, points, geometry, thresh):
     counters = np.zeros(len(PairCounts._fields), np.int64)
     if len(dist) == 0:
         return np.zeros(0, bool), PairCounts(*counters)
+    kept = _suppress_loop(*_loop_inputs(dist, points, geometry, thresh), counters)
+    return kept, PairCounts(*(int(c) for c in counters))
+
+
+def resuppress_counting_pairs(dist, points, geometry, thresh, kept, allowed_before, allowed):
+    """Update a result of :func:`suppress_counting_pairs` after the allowed candidates changed.
+
+    Only the candidates whose fate can change are decided again: those whose allowance
+    changed, and those ranked below a candidate whose fate changed that it could suppress,
+    transitively. The result equals a full run over the ``allowed`` candidates.
+
+    Parameters
+    ----------
+    dist, points, geometry, thresh
+        As for :func:`suppress_counting_pairs`, over all candidates (in rank order).
+    kept : ndarray of bool (N,)
+        The result of the NMS over the candidates in ``allowed_before`` (False elsewhere).
+    allowed_before, allowed : ndarray of bool (N,)
+        Candidates taking part before and now (the others count as suppressed).
+
+    Returns
+    -------
+    kept : ndarray of bool (N,)
+    counts : PairCounts
+        ``decided`` counts the candidates decided again.
+    """
+    counters = np.zeros(len(PairCounts._fields), np.int64)
+    dirty = np.asarray(allowed_before, bool) != np.asarray(allowed, bool)
+    kept = np.array(kept, bool)
+    if dirty.any():
+        kept = _resuppress_loop(*_loop_inputs(dist, points, geometry, thresh), kept,
+                                np.asarray(allowed, bool), dirty, counters)
+    return kept, PairCounts(*(int(c) for c in counters))
+
+
+def _loop_inputs(dist, points, geometry, thresh, table=True):
+    """Polyhedra, distances, vertices, neighbour grid, cone table (None without ``table``) and
+    threshold of the loops."""
     dist = np.ascontiguousarray(dist, np.float32)
     polyhedra = prepare_polyhedra(dist, points, geometry)
     grid = neighbour_grid(polyhedra)
-    kept = _suppress_loop(polyhedra, dist, np.ascontiguousarray(geometry.vertices, np.float32),
-                          grid, cone_table(geometry, grid.reach), np.float32(thresh), counters)
-    return kept, PairCounts(*(int(c) for c in counters))
+    return (polyhedra, dist, np.ascontiguousarray(geometry.vertices, np.float32), grid,
+            cone_table(geometry, grid.reach) if table else None, np.float32(thresh))

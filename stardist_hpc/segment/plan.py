@@ -16,11 +16,11 @@ import numpy as np
 
 from ..config import HpcConfig
 from ..errors import UserError
-from ..geometry.tiling import Grid
+from ..geometry.tiling import Box, Grid
 from ..io.candidates import CandidateFile
 from ..io.original_format import is_original_format
-from .cluster import check_cluster, site_setting
-from .nms import plan_tiles
+from .cluster import check_cluster, processes_per_job, site_setting
+from .nms import batch_tiles, plan_tiles
 from .step import configured_model, resolve_params
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,12 @@ SECONDS_PER_HOUR = 3600.0
 #: candidates per core-second of one NMS pass (fast backend): 9,128 on the 1x set (one tile);
 #: 4,486 and 4,737 on the 4x and 16x sets counting both passes.
 NMS_CANDIDATES_PER_CORE_SECOND = 9_000.0
-#: NMS passes over each tile when there are several: on the 4x and 16x sets every tile reran
-#: once (2 x 8 NMS tasks, 608.7 CPU-s at 16x), as issue #10 measured from 4x up; a single
-#: tile never reruns.
-NMS_PASSES_WITH_TILES = 2.0
+#: NMS work over each candidate when there are several tiles, relative to one untiled run:
+#: candidates decided (first pass + reruns) per candidate, 1.02 with 2 tiles of 256x256 and
+#: 1.10 with 8 tiles of 128x128 on the 1x set (2026-12-02, NMS stage alone on one worker):
+#: reruns re-decide only what can change and the halo holds only candidates that meet the core.
+#: (Before, every tile reran once from 4x up: 2 passes.)
+NMS_PASSES_WITH_TILES = 1.1
 #: StarDist's own NMS is about this many times slower than the fast one (README: a few hundred
 #: candidates per second against tens of thousands).
 STARDIST_NMS_SLOWDOWN = 100.0
@@ -60,8 +62,9 @@ RENDER_BYTES_PER_VOXEL = 12.0
 #: driver peak RSS (imports, scheduler, per-tile and per-object arrays; VmHWM): 251, 255 and
 #: 260 MiB on the 1x, 4x and 16x sets; it barely grows with the volume.
 DRIVER_BASE_MIB = 260.0
-#: cores a worker process keeps busy: the numba kernels and StarDist's NMS hold the GIL, so a
-#: process's extra threads wait (issue #10, item 1).
+#: cores a worker process keeps busy: StarDist's NMS, the fast backend's Qhull checks and h5py
+#: hold the GIL (the numba kernels release it), so a process's extra threads mostly wait
+#: (issue #10, item 1; benchmarks/hpc_step.py compares threads with processes).
 CORES_PER_PROCESS = 1
 
 
@@ -75,6 +78,7 @@ class Plan:
     tile_shape: tuple
     halo: tuple
     n_tiles: int
+    n_nms_tasks: int
     max_tile_candidates: int
     chunk_shape: tuple
     n_chunks: int
@@ -132,10 +136,9 @@ def _core_hours(n_candidates, backend, n_tiles):
 def _slurm_workers(slurm):
     """Worker processes of all jobs and each one's memory share (MiB), site settings included."""
     from dask.utils import parse_bytes
-    from distributed.deploy.utils import nprocesses_nthreads
     cores = slurm.cores or site_setting("cores")
     memory = slurm.memory or site_setting("memory")
-    processes = slurm.processes or site_setting("processes") or nprocesses_nthreads(cores)[0]
+    processes = processes_per_job(slurm)
     return (slurm.jobs * processes, parse_bytes(memory) / processes / MIB,
             f"slurm: {slurm.jobs} jobs x {cores} cores, {processes} process(es) per job, "
             f"{memory} per job")
@@ -147,6 +150,14 @@ def _workers(cluster):
         return _slurm_workers(cluster.slurm)
     n = cluster.local.n_workers or os.cpu_count()
     return n, None, f"local: {n} worker process(es)"
+
+
+def _batch_contexts(tiles, candidates):
+    """The box around the contexts of each batch of tiles that one NMS task runs."""
+    batches = batch_tiles(tiles, candidates.n_candidates)
+    return [Box(tuple(np.min([tiles[i].context.lo for i in members], axis=0)),
+                tuple(np.max([tiles[i].context.hi for i in members], axis=0)))
+            for members in (np.flatnonzero(batches == b) for b in np.unique(batches))]
 
 
 def make_plan(config: HpcConfig) -> Plan:
@@ -162,12 +173,15 @@ def make_plan(config: HpcConfig) -> Plan:
     params = resolve_params(config, candidates, configured_model(config))
     tiles = plan_tiles(params.image_shape, params.tile_shape, params.halo)
     per_tile = context_candidates(candidates.blocks, [t.context for t in tiles])
+    # a task reads the contexts of its batch of tiles at once
+    per_task = context_candidates(candidates.blocks, _batch_contexts(tiles, candidates))
     n_rays = candidates.meta.n_rays
-    nms_mib = WORKER_BASE_MIB + per_tile.max(initial=0) * n_rays * NMS_BYTES_PER_CANDIDATE_RAY / MIB
+    nms_mib = WORKER_BASE_MIB + per_task.max(initial=0) * n_rays * NMS_BYTES_PER_CANDIDATE_RAY / MIB
     render_mib = WORKER_BASE_MIB + math.prod(params.chunk_shape) * RENDER_BYTES_PER_VOXEL / MIB
     workers, worker_mib, cluster = _workers(config.cluster)
     return Plan(candidates.n_candidates, len(candidates.blocks), params.image_shape, n_rays,
-                params.tile_shape, params.halo, len(tiles), int(per_tile.max(initial=0)),
+                params.tile_shape, params.halo, len(tiles), len(per_task),
+                int(per_tile.max(initial=0)),
                 params.chunk_shape, len(Grid(params.image_shape, params.chunk_shape)),
                 max(nms_mib, render_mib), nms_mib, render_mib, DRIVER_BASE_MIB,
                 _core_hours(candidates.n_candidates, params.nms_backend, len(tiles)), workers,
@@ -177,7 +191,7 @@ def make_plan(config: HpcConfig) -> Plan:
 def wall_hours(plan: Plan) -> float:
     """Hours of the stages on the cluster: each stage's core-hours over the cores it can use."""
     cores = plan.workers * CORES_PER_PROCESS
-    parallel = {"NMS": min(cores, plan.n_tiles), "gather": min(cores, plan.n_tiles),
+    parallel = {"NMS": min(cores, plan.n_nms_tasks), "gather": min(cores, plan.n_tiles),
                 "labeling": min(cores, plan.n_chunks)}
     return sum(hours / max(parallel[stage], 1) for stage, hours in plan.core_hours.items())
 
@@ -205,7 +219,7 @@ def format_plan(plan: Plan) -> str:
         f"with its halo",
         f"label chunks      at most {plan.n_chunks} of {_shape(plan.chunk_shape)} (only the "
         f"chunks that hold objects are rendered)",
-        f"Dask tasks        {plan.n_tiles} NMS + at most {plan.n_tiles} gather + at most "
+        f"Dask tasks        {plan.n_nms_tasks} NMS + at most {plan.n_tiles} gather + at most "
         f"{plan.n_chunks} labeling (+ reruns of tiles whose halo assumptions were wrong)",
         f"peak memory       ~{plan.nms_task_mib:,.0f} MiB per NMS task, "
         f"~{plan.render_task_mib:,.0f} MiB per labeling task, driver ~{plan.driver_mib:,.0f} MiB"

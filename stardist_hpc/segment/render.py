@@ -49,7 +49,7 @@ HALFSPACE_WIDTH = 4
 # the per-voxel tests of StarDist's stardist3d_impl.cpp, in the same float32/float64 operations
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _inside_halfspace(z, y, x, az, ay, ax, bz, by, bx, cz, cy, cx):
     """StarDist's inside_halfspace: sign of a float32 determinant."""
     m00, m01, m02 = bz - az, by - ay, bx - ax
@@ -60,7 +60,7 @@ def _inside_halfspace(z, y, x, az, ay, ax, bz, by, bx, cz, cy, cx):
     return det >= 0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _inside_star(z, y, x, centre, vertices, faces):
     """StarDist's inside_polyhedron: inside one tetrahedron (centre, face)."""
     rz, ry, rx = centre[0], centre[1], centre[2]
@@ -74,7 +74,7 @@ def _inside_star(z, y, x, centre, vertices, faces):
     return False
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _inside_halfspaces(z, y, x, halfspaces):
     """StarDist's point_in_halfspaces, in float64 (all-zero padding rows never exclude)."""
     for h in range(halfspaces.shape[0]):
@@ -84,7 +84,7 @@ def _inside_halfspaces(z, y, x, halfspaces):
     return True
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _render_polyhedra(labels, origin, centres, vertices, lo, hi, kernels, hulls, faces, ids):
     """Label the voxels of ``labels`` (first voxel at ``origin``) in the given polyhedron order."""
     for i in range(centres.shape[0]):
@@ -129,7 +129,7 @@ def _hull_halfspaces(vertices):
     return hulls
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _render_polyhedra_fast(labels, origin, centres, inv_dist, lo, hi, ids, table):
     """As ``_render_polyhedra``, deciding each voxel with the cone-table inside test."""
     last = origin + np.array(labels.shape) - 1

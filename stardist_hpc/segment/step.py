@@ -55,7 +55,7 @@ from ..io.survivors import SurvivorFile, intact_survivor_file, write_survivor_ta
 from .chunk_extras import collect_extras, extras_done, intensity_tables
 from .cluster import check_cluster, run_tasks, start_cluster
 from .measure import resolve_measure
-from .nms import gather_tile, plan_tiles, resolve_halo, run_rounds
+from .nms import gather_tiles, plan_tiles, resolve_halo, run_rounds
 from .params import CHECKPOINTS, INDEXED_INPUT, SETTING_CHECKPOINTS, SegmentParams
 from .render import chunk_tasks, render_chunk
 from .task_times import TaskTimes, timing
@@ -91,6 +91,8 @@ class RunSummary(NamedTuple):
     n_reruns: int
     seconds: StageSeconds
     labels: Path
+    #: NMS work of the first pass and of the reruns (``nms.NmsWork``; empty if not run here)
+    nms_work: tuple = ()
 
 
 @contextlib.contextmanager
@@ -230,10 +232,14 @@ def _gather_stage(params, plans, nms_summary, execute):
         return checkpointed
     remove_stale_temporaries(path)
     starts = np.cumsum(counts) - counts
-    arguments = [(params, plan, nms_summary.versions[plan.index]) for plan in plans
-                 if counts[plan.index]]
+    batches = {}
+    for plan in plans:
+        if counts[plan.index]:
+            batches.setdefault(nms_summary.batches[plan.index], []).append(plan)
+    arguments = [(params, batch, [nms_summary.versions[plan.index] for plan in batch])
+                 for batch in batches.values()]
     parts = ((starts[tile.index], tile.survivors)
-             for tile in execute(gather_tile, arguments, "gather survivors"))
+             for tiles in execute(gather_tiles, arguments, "gather survivors") for tile in tiles)
     n_rays = len(ray_vectors(params.rays_json))
     write_survivor_table(path, int(counts.sum()), n_rays, parts, params.n_classes)
     return SurvivorFile(path)
@@ -347,7 +353,8 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
     with _timed(seconds, "write"):
         extras = _write_stage(params, survivors, chunk_indices, show_progress)
     summary = RunSummary(n_candidates, len(survivors), nms_summary.n_rounds,
-                         nms_summary.n_reruns, seconds, params.label_path)
+                         nms_summary.n_reruns, seconds, params.label_path,
+                         (nms_summary.first_pass, nms_summary.reruns))
     if report_path is not None:
         from .report import write_report  # matplotlib: only the driver, only when asked
         with _timed(seconds, "report"):
