@@ -9,7 +9,8 @@ Layout (format version 1)::
                                   [row_start, row_stop) and the largest candidate extent
                                   (max over rays of dist * |ray component|) along z, y, x
     attrs   format_version, image_shape, rays_json, grid, prob_thresh, nms_thresh, model_name,
-            image_path, channel, norm_lo, norm_hi, norm_pmin, norm_pmax, norm_method
+            image_path, channel, norm_lo, norm_hi, norm_pmin, norm_pmax, norm_method,
+            voxel_size (z, y, x), voxel_unit (files without them: 1, 'pixel')
 
 Candidates of one block are stored contiguously, and every candidate lies in the core of
 exactly one block, so a spatial query reads only the rows of the blocks it meets.
@@ -44,6 +45,7 @@ from .candidate_checks import (
 )
 from .checkpoint import changed_keys
 from .hdf5 import open_hdf5
+from .voxel_size import UNKNOWN, voxel_size_attributes
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ class CandidateMeta:
     #: JSON of the resolved settings of the run that wrote the file (provenance)
     parameters: str = "{}"
     norm_method: str = ""
+    voxel_size: tuple = UNKNOWN.size
+    voxel_unit: str = UNKNOWN.unit
 
     @property
     def n_rays(self):
@@ -251,7 +255,8 @@ class CandidateFile:
                 _attr(f.attrs, required, self.path)
             checked = check_attributes(f.attrs, self.path)
             self.n_candidates = check_datasets(f, self.path, checked.pop("n_rays"))
-            self.meta = CandidateMeta(**{**kw, **checked})
+            voxel = voxel_size_attributes(f.attrs, self.path)
+            self.meta = CandidateMeta(**{**kw, **checked, **voxel})
             self.blocks = self._read(f, "blocks", slice(None))
             check_blocks(self.blocks, self.path, self.n_candidates, self.meta.image_shape)
             # last: a value wrong in form is named above; one merely changed is caught here

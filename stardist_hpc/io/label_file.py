@@ -2,16 +2,17 @@
 
 Layout (format version 1)::
 
-    labels   uint32 image_shape, chunks = labeling.chunk_shape, gzip   0 = background
+    labels   uint32 image_shape, chunks = output.chunk_shape, gzip     0 = background
     data     soft link to /labels (the name the original pipeline used)
     objects  compound (K,)  per object, by id: id, prob, centroid_z/y/x, bbox z0, y0, x0,
                             z1, y1, x1 (half-open, of the rendered voxels), voxel_count
     attrs    format_version, image_shape, rays_json, prob_thresh, nms_thresh, source,
-             n_objects
+             n_objects, voxel_size (z, y, x), voxel_unit
 
-Chunks arrive already deflate-compressed and are written as they are
-(``write_direct_chunk``), so the driver never holds more than one chunk. Objects that rendered
-no voxel (covered by more probable ones) have voxel_count 0, NaN centroids and an empty bbox.
+Storage chunks arrive already deflate-compressed and are written as they are
+(``write_direct_chunk``), so the driver never holds more than one task chunk's bytes. Objects
+that rendered no voxel (covered by more probable ones) have voxel_count 0, NaN centroids and an
+empty bbox.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from .atomic import atomic_path
 from .checkpoint import load_record
-from .chunks import ChunkStats, chunk_files
+from .chunks import ChunkStats, StoredChunks, chunk_files, split_stored
 from .hdf5 import open_hdf5
 
 FORMAT_VERSION = 1
@@ -75,26 +76,28 @@ class ObjectStatistics:
         return table
 
 
-def _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics, show_progress):
-    """Copy the compressed chunks into ``dset`` and sum their statistics."""
+def _write_chunks(dset, chunk_dir, chunk_indices, statistics, show_progress):
+    """Copy the compressed storage chunks into ``dset`` and sum their statistics."""
     for index in tqdm(chunk_indices, desc="write label.h5", file=sys.stderr, unit="chunk",
                       disable=not show_progress):
         files = chunk_files(chunk_dir, index)
         stats = load_record(files.stats, ChunkStats)
         if len(stats.ids):
-            dset.id.write_direct_chunk(grid.box(index).lo, files.labels.read_bytes())
+            data = files.labels.read_bytes()
+            for lo, piece in split_stored(data, load_record(files.stats, StoredChunks)):
+                dset.id.write_direct_chunk(lo, piece)
             statistics.add(stats)
 
 
-def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes, *,
-                     show_progress=True):
+def write_label_file(path, image_shape, storage_shape, chunk_dir, chunk_indices, prob,
+                     attributes, *, show_progress=True):
     """Assemble ``label.h5`` from checkpointed chunks; it appears at ``path`` when complete.
 
     Parameters
     ----------
     path : Path
-    grid : Grid
-        The chunk grid (its box shape is the HDF5 chunk shape).
+    image_shape, storage_shape : tuple of 3 int
+        The volume's shape and its HDF5 chunk shape (``output.chunk_shape``, clipped).
     chunk_dir : Path
         Where :func:`stardist_hpc.segment.render.render_chunk` wrote the chunks.
     chunk_indices : sequence of int
@@ -106,16 +109,23 @@ def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes, *,
         software version, backends and the resolved parameters (see doc/file_formats.md).
     show_progress : bool
         Draw a progress bar on stderr.
+
+    Returns
+    -------
+    ndarray
+        The ``objects`` table written (as :func:`read_objects` returns it).
     """
     statistics = ObjectStatistics(len(prob))
     with atomic_path(Path(path)) as tmp_path, h5py.File(tmp_path, "w") as f:
-        dset = f.create_dataset(LABELS, grid.image_shape, np.uint32, chunks=grid.box_shape,
+        dset = f.create_dataset(LABELS, image_shape, np.uint32, chunks=storage_shape,
                                 compression="gzip", fillvalue=0)
-        _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics, show_progress)
+        _write_chunks(dset, chunk_dir, chunk_indices, statistics, show_progress)
         f[ORIGINAL_LABELS] = h5py.SoftLink(f"/{LABELS}")
-        f.create_dataset(OBJECTS, data=statistics.table(prob))
+        table = statistics.table(prob)
+        f.create_dataset(OBJECTS, data=table)
         f.attrs.update(attributes)
         f.attrs.update(format_version=FORMAT_VERSION, n_objects=len(prob))
+    return table
 
 
 def read_objects(path) -> np.ndarray:

@@ -33,13 +33,20 @@ from numpy.typing import ArrayLike
 from tqdm import tqdm
 
 from .. import __version__
-from ..config import ImageSection, LocalOutputSection, PredictionSection, arguments_config
+from ..config import (
+    ImageSection,
+    LocalOutputSection,
+    PredictionSection,
+    arguments_config,
+    voxel_size_triple,
+)
 from ..errors import UserError
 from ..geometry.tiling import grid_boxes
 from ..io.candidates import CandidateMeta, CandidateWriter, temporary_path
 from ..io.image import array_volume, open_volume
 from ..io.model_files import ModelInfo, model_weights, read_model_info
 from ..io.path_guard import check_outputs_apart
+from ..io.voxel_size import resolve_voxel_size
 from .normalization import configured_normalization
 
 log = logging.getLogger(__name__)
@@ -569,6 +576,7 @@ def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.Pat
                        n_tiles: Shape | None = None, max_tile_voxels: int = 8_388_608,
                        normalize: Mapping[str, float] | None = None,
                        prob_thresh: float | None = None,
+                       voxel_size: tuple[float, float, float] | None = None,
                        show_progress: bool = True) -> PredictionSummary:
     """Predict the StarDist3D candidates of a 3D image block by block into a candidate file.
 
@@ -604,6 +612,9 @@ def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.Pat
         [prediction.normalize].
     prob_thresh : float, optional
         Candidate threshold (None: the model's) [prediction.prob_thresh].
+    voxel_size : tuple of 3 float, optional
+        Voxel size z, y, x in micrometers, recorded in the candidate file (None: from the
+        image file's metadata, else unknown) [image.voxel_size].
     show_progress : bool
         Draw a progress bar on stderr.
 
@@ -633,6 +644,7 @@ def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.Pat
                                 max_tile_voxels=max_tile_voxels, prob_thresh=prob_thresh,
                                 normalize=normalize)
     output = arguments_config(LocalOutputSection, path=output).path
+    configured_voxel_size = voxel_size_triple(voxel_size, "image.voxel_size", None)
     model_dir, info, load = _model_and_info(model)
     with _open_image(image, channel=channel, axes=axes, dataset=dataset,
                      missing_chunks=missing_chunks) as volume:
@@ -641,11 +653,14 @@ def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.Pat
         if model_dir is not None:
             inputs["model.name"] = model_dir
         check_outputs_apart(inputs, outputs={"output.path": (output, temporary_path(output))})
-        return _predict(volume, load, info, output, settings, channel, model_dir,
+        voxel = resolve_voxel_size(configured_voxel_size, volume.path if isinstance(
+            image, (str, os.PathLike)) else None, dataset)
+        return _predict(volume, load, info, output, settings, channel, model_dir, voxel,
                         show_progress)
 
 
-def _predict(volume, load, info, output, settings, channel, model_dir, show_progress):
+def _predict(volume, load, info, output, settings, channel, model_dir, voxel_size,
+             show_progress):
     # the normalisation reads the image (and finds unreadable or non-finite pixels) before
     # TensorFlow takes its time
     normalization = configured_normalization(volume, settings.normalize)
@@ -658,6 +673,7 @@ def _predict(volume, load, info, output, settings, channel, model_dir, show_prog
         norm_lo=normalization.lo, norm_hi=normalization.hi,
         norm_pmin=normalization.pmin, norm_pmax=normalization.pmax,
         norm_method=normalization.method, software_version=__version__,
+        voxel_size=voxel_size.size, voxel_unit=voxel_size.unit,
         parameters=json.dumps({"model": str(model_dir or info.name), "prediction":
                                dataclasses.asdict(settings)}, default=str, sort_keys=True))
     with CandidateWriter(output, meta, resume_key(meta, model_dir, settings)) as writer:
@@ -680,7 +696,7 @@ def run(config):
         block_shape=config.prediction.block_shape, n_tiles=config.prediction.n_tiles,
         max_tile_voxels=config.prediction.max_tile_voxels,
         normalize=dataclasses.asdict(config.prediction.normalize),
-        prob_thresh=config.prediction.prob_thresh)
+        prob_thresh=config.prediction.prob_thresh, voxel_size=image.voxel_size)
 
 
 def log_summary(summary, output):

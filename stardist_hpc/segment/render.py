@@ -34,7 +34,7 @@ from ..geometry.cone_table import cone_table, prepare_polyhedra, rasterise, reac
 from ..geometry.rays import bbox_of_vertices, polyhedron_vertices, ray_geometry
 from ..geometry.tiling import Box
 from ..io.checkpoint import save_record, write_bytes
-from ..io.chunks import NO_LABELS, ChunkIdentity, chunk_files, chunk_stats, compress_chunk
+from ..io.chunks import NO_LABELS, ChunkIdentity, chunk_files, chunk_stats, compress_storage_chunks
 from ..io.survivors import SurvivorFile
 from .params import SegmentParams
 
@@ -243,10 +243,10 @@ def render_chunk(params: SegmentParams, task: ChunkTask):
                            params.image_shape, params.labeling_backend)
     stats = chunk_stats(labels, task.box.lo)
     files = chunk_files(params.chunk_dir, task.index)
+    compressed, stored = compress_storage_chunks(labels, task.box.lo, params.storage_chunks)
     crc = NO_LABELS
     if len(stats.ids):
-        compressed = compress_chunk(labels, params.chunk_shape)
         write_bytes(files.labels, compressed)
         crc = zlib.crc32(compressed)
-    save_record(files.stats, stats, ChunkIdentity(task.index, crc))
+    save_record(files.stats, stats, stored, ChunkIdentity(task.index, crc))
     return task.index
