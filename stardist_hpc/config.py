@@ -405,7 +405,7 @@ class HpcOutputSection:
     labels: Path = key(writable("file"), "output/label.h5", "label volume to write")
     work_dir: Path = key(writable("directory"), "output/work",
                          "checkpoints for resuming; safe to delete after")
-    chunk_shape: tuple = key(triple(positive_int, "positive integers"), (32, 128, 128),
+    chunk_shape: tuple = key(triple(positive_int, "positive integers"), (16, 128, 128),
                              "storage chunk of label.h5 and the OME-Zarr levels (what a viewer "
                              "reads at once; fitted to divide labeling.chunk_shape)")
     ome_zarr: Path | None = key(optional(writable("directory")), "output/label.ome.zarr",

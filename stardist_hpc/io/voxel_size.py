@@ -249,6 +249,6 @@ def voxel_size_attributes(attrs, path) -> dict:
     size = tuple(float(v) for v in np.ravel(size))
     if len(size) != 3 or not all(math.isfinite(v) and v > 0 for v in size) or not re.match(
             r"^\w+$", unit):
-        raise UserError(f"{path}: attribute '{ATTR_SIZE}': expected three numbers > 0 and a "
-                        f"unit name, got {size} {unit!r}")
+        raise UserError(f"candidate file {path}: attribute '{ATTR_SIZE}': expected three "
+                        f"numbers > 0 and a unit name, got {size} {unit!r}")
     return {ATTR_SIZE: size, ATTR_UNIT: unit}
