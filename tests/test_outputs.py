@@ -9,7 +9,7 @@ import pytest
 import tifffile
 import zarr
 
-from stardist_hpc import read_objects, segment_candidates
+from stardist_hpc import UserError, read_objects, segment_candidates
 from stardist_hpc.io.candidate_checks import HEADER_CHECKSUM, header_checksum
 from stardist_hpc.io.candidates import CandidateFile
 from stardist_hpc.io.ome_zarr import plan_levels
@@ -36,7 +36,7 @@ def run(tmp_path_factory, dask_client):
                                   VOXEL)
     segment_candidates(candidates, folder / "label.h5", tile_shape=(None, 24, 24),
                        chunk_shape=(8, 32, 32), storage_shape=(4, 16, 16), client=dask_client,
-                       show_progress=False)
+                       objects_parquet=folder / "objects.parquet", show_progress=False)
     return folder
 
 
@@ -97,6 +97,11 @@ def test_objects_tsv_has_mobie_columns_in_physical_units(run):
         np.testing.assert_allclose(column[f"bb_max_{axis}"], rendered[f"{axis}1"] * size)
     np.testing.assert_allclose(column["volume"], rendered["voxel_count"] * np.prod(VOXEL))
     np.testing.assert_allclose(column["prob"], rendered["prob"], rtol=1e-6)
+    import pyarrow.parquet
+    parquet = pyarrow.parquet.read_table(run / "objects.parquet").to_pydict()
+    assert list(parquet) == list(column)
+    for name, values in column.items():
+        np.testing.assert_allclose(parquet[name], values, rtol=1e-6)
 
 
 def test_ome_zarr_resumes_from_intact_markers_only(tmp_path, dask_client):
@@ -186,3 +191,13 @@ def test_voxel_size_of_imaris_hdf5_and_ome_zarr(tmp_path):
             {"type": "scale", "scale": [4.0, 1.0, 1.0]}]}]}]}))
     assert read_voxel_size(root) == VoxelSize((4.0, 1.0, 1.0), "micrometer")
     assert read_voxel_size(root, "0") == VoxelSize((4.0, 1.0, 1.0), "micrometer")
+
+
+def test_parquet_without_pyarrow_is_refused_before_any_work(tmp_path, monkeypatch):
+    from stardist_hpc.io import tables
+    monkeypatch.setattr(tables, "parquet_available", lambda: False)
+    candidates = demo_candidate_file(tmp_path / "prediction.h5", n_nuclei=2)
+    with pytest.raises(UserError, match="'output.objects_parquet': writing .* needs pyarrow"):
+        segment_candidates(candidates, tmp_path / "label.h5",
+                           objects_parquet=tmp_path / "objects.parquet", show_progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["prediction.h5"]
