@@ -172,7 +172,9 @@ def test_resume_redoes_only_deleted_checkpoints(tmp_path, nuclei_candidates):
     executed = []
 
     def recording_executor(function, argument_tuples, description):
-        executed.extend((function.__name__, args[1].index) for args in argument_tuples)
+        # the OME-Zarr tasks check their own markers (tests/test_outputs.py)
+        if not function.__module__.endswith("ome_zarr"):
+            executed.extend((function.__name__, args[1].index) for args in argument_tuples)
         return run_in_process(function, argument_tuples, description)
 
     _segment(config, recording_executor)

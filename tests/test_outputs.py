@@ -201,3 +201,21 @@ def test_parquet_without_pyarrow_is_refused_before_any_work(tmp_path, monkeypatc
         segment_candidates(candidates, tmp_path / "label.h5",
                            objects_parquet=tmp_path / "objects.parquet", show_progress=False)
     assert [p.name for p in tmp_path.iterdir()] == ["prediction.h5"]
+
+
+@pytest.mark.parametrize("n_objects", [0, 3])
+def test_tables_carry_every_field_generically(tmp_path, n_objects):
+    """Fields other modules add to the objects table (e.g. class probabilities) become
+    columns; a field of several values per object becomes name_0, name_1, ..."""
+    from stardist_hpc.io.label_file import OBJECT_DTYPE
+    from stardist_hpc.io.tables import table_columns, write_tsv
+    objects = np.zeros(n_objects, np.dtype(OBJECT_DTYPE.descr + [("class_id", "i4"),
+                                                                ("class_prob", "f4", (2,))]))
+    objects["id"], objects["voxel_count"] = np.arange(1, n_objects + 1), 1
+    objects["class_prob"] = (0.25, 0.75)
+    write_tsv(tmp_path / "objects.tsv", table_columns(objects, UNKNOWN))
+    with open(tmp_path / "objects.tsv", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    header = (tmp_path / "objects.tsv").read_text().splitlines()[0].split("\t")
+    assert header[-3:] == ["class_id", "class_prob_0", "class_prob_1"]
+    assert [(r["class_prob_0"], r["class_prob_1"]) for r in rows] == [("0.25", "0.75")] * n_objects

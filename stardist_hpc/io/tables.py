@@ -11,6 +11,7 @@ the label image). Physical units are the voxel size's unit (``pixel`` if unknown
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +54,12 @@ def table_columns(objects, voxel_size: VoxelSize) -> dict:
     for name in objects.dtype.names:
         if name == _ID:
             continue
-        values = objects[name].reshape(len(objects), -1)
-        if objects.dtype[name].shape:
-            columns.update({f"{name}_{i}": values[:, i] for i in range(values.shape[1])})
-        else:
-            columns[name] = values[:, 0]
+        values = objects[name]
+        if values.ndim == 1:
+            columns[name] = values
+            continue
+        values = values.reshape(len(values), math.prod(values.shape[1:]))
+        columns.update({f"{name}_{i}": values[:, i] for i in range(values.shape[1])})
     return columns
 
 
