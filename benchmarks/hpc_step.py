@@ -88,7 +88,7 @@ EPSILON_SECONDS = 1e-9
 RESULT_PREFIX = "HPC_STEP_RESULT "
 #: fields of the "cpu" line of /proc/stat (user nice system idle iowait irq softirq steal).
 IDLE_FIELD, IOWAIT_FIELD, STEAL_FIELD = 3, 4, 7
-STAGES = ("index", "nms", "gather", "labeling", "write")
+STAGES = ("index", "nms", "gather", "labeling", "write", "outputs")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ TIME_EXPONENT_TARGET = 1.05
 RSS_RATIO_TARGET = 1.25
 #: prefix of the JSON line a child prints on stdout.
 RESULT_PREFIX = "SCALE_RESULT "
-STAGES = ("index", "nms", "gather", "labeling", "write")
+STAGES = ("index", "nms", "gather", "labeling", "write", "outputs")
 #: task functions whose worker CPU seconds are reported (the plan's rates).
 TASK_FUNCTIONS = ("nms_tiles", "gather_tiles", "render_chunk")
 #: the tiling comparisons: (name, volume factor of BASE_SHAPE or a shape, tile shape, target of

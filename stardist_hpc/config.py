@@ -295,6 +295,10 @@ NMS_BACKEND_STARDIST = LABELING_BACKEND_STARDIST = "stardist"
 NMS_BACKEND_FAST = LABELING_BACKEND_FAST = "fast"
 
 
+#: parser of ``image.voxel_size`` (also of predict_candidates' argument).
+voxel_size_triple = optional(triple(positive_number, "numbers > 0"))
+
+
 @dataclass(frozen=True)
 class ImageSection:
     path: Path = key(path, doc="image file: .tif/.tiff (incl. BigTIFF), .h5/.hdf5, .ims or .zarr")
@@ -310,6 +314,9 @@ class ImageSection:
                               MISSING_CHUNKS_ERROR,
                               "a zarr array with chunks missing from its store: 'error', or "
                               "'fill' (read them as the fill value)")
+    voxel_size: tuple | None = key(voxel_size_triple, None,
+                                   "voxel size [z, y, x] in micrometers (null: from the image "
+                                   "file's metadata, else unknown)")
 
 
 @dataclass(frozen=True)
@@ -412,6 +419,15 @@ class HpcOutputSection:
                          "checkpoints for resuming; safe to delete after")
     report: Path | None = key(optional(writable("file")), "output/report.html",
                               "QC report (one self-contained HTML file) to write (null: none)")
+    chunk_shape: tuple = key(triple(positive_int, "positive integers"), (16, 128, 128),
+                             "storage chunk of label.h5 and the OME-Zarr levels (what a viewer "
+                             "reads at once; fitted to divide labeling.chunk_shape)")
+    ome_zarr: Path | None = key(optional(writable("directory")), "output/label.ome.zarr",
+                                "multiscale OME-Zarr (NGFF 0.4) label image (null: none)")
+    objects_tsv: Path | None = key(optional(writable("file")), "output/objects.tsv",
+                                   "objects table as TSV with MoBIE's columns (null: none)")
+    objects_parquet: Path | None = key(optional(writable("file")), None,
+                                       "objects table as Parquet, needs pyarrow (null: none)")
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,13 @@ def _datasets(path):
 
 
 def test_predict_from_an_array_equals_predict_from_its_file(tmp_path, image, demo_model):
-    tifffile.imwrite(tmp_path / "image.tif", image)
+    # an ImageJ TIFF of 2 x 0.5 x 0.25 um voxels (resolution: pixels per unit along x, y)
+    tifffile.imwrite(tmp_path / "image.tif", image, imagej=True, resolution=(4.0, 2.0),
+                     metadata={"spacing": 2.0, "unit": "micron", "axes": "ZYX"})
     from_file = predict_candidates(tmp_path / "image.tif", "models/demo", tmp_path / "a.h5",
                                    block_shape=BLOCK_SHAPE, show_progress=False)
     # a loaded model and an array: nothing read from disk but the weights already loaded
-    from_array = predict_candidates(image, demo_model, tmp_path / "b.h5",
+    from_array = predict_candidates(image, demo_model, tmp_path / "b.h5", voxel_size=(1, 2, 3),
                                     block_shape=BLOCK_SHAPE, show_progress=False)
     (a, a_attrs), (b, b_attrs) = _datasets(tmp_path / "a.h5"), _datasets(tmp_path / "b.h5")
     assert from_file.candidates == from_array.candidates > 0
@@ -47,6 +49,9 @@ def test_predict_from_an_array_equals_predict_from_its_file(tmp_path, image, dem
     parameters = json.loads(a_attrs["parameters"])
     assert parameters["prediction"]["block_shape"] == list(BLOCK_SHAPE)
     assert b_attrs["image_path"] == "<array>"
+    assert tuple(a_attrs["voxel_size"]) == (2.0, 0.5, 0.25)
+    assert tuple(b_attrs["voxel_size"]) == (1.0, 2.0, 3.0)
+    assert a_attrs["voxel_unit"] == b_attrs["voxel_unit"] == "micrometer"
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -57,6 +62,7 @@ def test_predict_from_an_array_equals_predict_from_its_file(tmp_path, image, dem
     ({"image": [[1, 2], [3, 4]]}, "image: expected a path or an array-like"),
     ({"image": np.zeros((4, 4))}, "expected a 3D image"),
     ({"model": "models/nowhere"}, "model folder"),
+    ({"voxel_size": (0, 1, 1)}, "'image.voxel_size[0]': expected a number > 0"),
 ])
 def test_predict_checks_arguments_before_any_work(tmp_path, image, arguments, message):
     call = {"image": image, "model": "models/demo", "output": tmp_path / "out.h5", **arguments}
@@ -102,6 +108,8 @@ def test_segment_from_python_equals_the_script(tmp_path, dask_client):
     ({"model": object()}, "model: expected the path of a model folder or None"),
     ({"cluster": {"mode": "pbs"}}, "'cluster.mode': expected one of 'local', 'slurm'"),
     ({"labels": "prediction.h5"}, "the file of input.prediction"),
+    ({"storage_shape": (8, 0, 8)}, "'output.chunk_shape[1]': expected an integer >= 1"),
+    ({"ome_zarr": "prediction.h5"}, "'output.ome_zarr': expected the path of a directory"),
 ])
 def test_segment_checks_arguments_before_any_work(tmp_path, arguments, message, monkeypatch):
     monkeypatch.chdir(tmp_path)

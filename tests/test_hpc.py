@@ -172,8 +172,10 @@ def test_resume_redoes_only_deleted_checkpoints(tmp_path, nuclei_candidates):
     executed = []
 
     def recording_executor(function, argument_tuples, description):
-        executed.extend((function.__name__, task.index) for args in argument_tuples
-                        for task in (args[1] if isinstance(args[1], list) else [args[1]]))
+        # the OME-Zarr tasks check their own markers (tests/test_outputs.py)
+        if not function.__module__.endswith("ome_zarr"):
+            executed.extend((function.__name__, task.index) for args in argument_tuples
+                            for task in (args[1] if isinstance(args[1], list) else [args[1]]))
         return run_in_process(function, argument_tuples, description)
 
     _segment(config, recording_executor)

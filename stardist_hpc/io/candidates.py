@@ -14,6 +14,7 @@ Layout (format version 1)::
     attrs   format_version, image_shape, rays_json, grid, prob_thresh, nms_thresh, model_name,
             image_path, channel, norm_lo, norm_hi, norm_pmin, norm_pmax, norm_method,
             n_classes (0 or absent: a single-class model)
+            voxel_size (z, y, x), voxel_unit (files without them: 1, 'pixel')
 
 Candidates of one block are stored contiguously, and every candidate lies in the core of
 exactly one block, so a spatial query reads only the rows of the blocks it meets.
@@ -52,6 +53,7 @@ from .candidate_checks import (
 from .checkpoint import changed_keys
 from .disk_space import METADATA_BYTES, DiskFullError, check_free_space, reporting_disk_full
 from .hdf5 import open_hdf5
+from .voxel_size import UNKNOWN, voxel_size_attributes
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,8 @@ class CandidateMeta:
     norm_method: str = ""
     #: object classes of a multi-class model (0: single class, no prob_class dataset)
     n_classes: int = 0
+    voxel_size: tuple = UNKNOWN.size
+    voxel_unit: str = UNKNOWN.unit
 
     @property
     def n_rays(self):
@@ -300,7 +304,8 @@ class CandidateFile:
             checked = check_attributes(f.attrs, self.path)
             self.n_candidates = check_datasets(f, self.path, checked.pop("n_rays"),
                                                checked["n_classes"])
-            self.meta = CandidateMeta(**{**kw, **checked})
+            voxel = voxel_size_attributes(f.attrs, self.path)
+            self.meta = CandidateMeta(**{**kw, **checked, **voxel})
             self.blocks = self._read(f, "blocks", slice(None))
             check_blocks(self.blocks, self.path, self.n_candidates, self.meta.image_shape)
             # last: a value wrong in form is named above; one merely changed is caught here

@@ -1,7 +1,12 @@
 """Label chunk checkpoints: the compressed labels of one chunk and its object statistics.
 
+A rendering task's chunk (``labeling.chunk_shape``) holds several storage chunks
+(``output.chunk_shape``, what a viewer reads at once). Its labels file is the concatenation of
+the deflate streams of its storage chunks that hold objects (each zero-padded to the full
+storage shape, as HDF5 and Zarr v2 store edge chunks); :class:`StoredChunks` says where each
+begins. The same bytes are an HDF5 gzip chunk and a Zarr v2 ``zlib`` chunk.
 :func:`stardist_hpc.segment.render.render_chunk` writes them; :mod:`stardist_hpc.io.label_file`
-copies them into ``label.h5``.
+and :mod:`stardist_hpc.io.ome_zarr` copy them into ``label.h5`` and the OME-Zarr.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..geometry.tiling import Grid
 from .checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -66,11 +72,45 @@ def chunk_files(chunk_dir, index):
     return ChunkFiles(Path(chunk_dir) / f"{index}.bin", Path(chunk_dir) / f"{index}.npz")
 
 
+class StoredChunks(NamedTuple):
+    """The storage chunks in a labels file: first voxel (absolute) and byte size of each."""
+    storage_lo: np.ndarray    # int64 (n, 3)
+    storage_size: np.ndarray  # int64 (n,)
+
+
 def compress_chunk(labels, chunk_shape):
-    """HDF5 deflate-filter bytes of a chunk, zero-padded to the full ``chunk_shape``."""
+    """HDF5 deflate-filter (= Zarr v2 zlib) bytes of a chunk, zero-padded to ``chunk_shape``."""
     padded = np.zeros(chunk_shape, np.uint32)
     padded[tuple(slice(0, s) for s in labels.shape)] = labels
     return zlib.compress(padded.tobytes(), DEFLATE_LEVEL)
+
+
+def compress_storage_chunks(labels, origin, storage_shape):
+    """The compressed storage chunks of ``labels`` (first voxel at ``origin``, a multiple of
+    ``storage_shape``) that hold an object, in C order.
+
+    Returns
+    -------
+    data : bytes
+        The concatenated deflate streams.
+    stored : StoredChunks
+    """
+    pieces, los = [], []
+    for box in Grid(labels.shape, storage_shape):
+        part = labels[box.slices()]
+        if part.any():
+            pieces.append(compress_chunk(part, storage_shape))
+            los.append(np.add(box.lo, origin))
+    stored = StoredChunks(np.asarray(los, np.int64).reshape(-1, 3),
+                          np.asarray([len(p) for p in pieces], np.int64))
+    return b"".join(pieces), stored
+
+
+def split_stored(data, stored):
+    """Yield ``(lo, bytes)`` of each storage chunk in a labels file's ``data``."""
+    ends = np.cumsum(stored.storage_size)
+    for lo, start, end in zip(stored.storage_lo, ends - stored.storage_size, ends):
+        yield tuple(int(v) for v in lo), data[start:end]
 
 
 def chunk_done(chunk_dir, index):

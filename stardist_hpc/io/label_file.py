@@ -2,7 +2,7 @@
 
 Layout (format version 1)::
 
-    labels   uint32 image_shape, chunks = labeling.chunk_shape, gzip   0 = background
+    labels   uint32 image_shape, chunks = output.chunk_shape, gzip     0 = background
     data     soft link to /labels (the name the original pipeline used)
     objects  compound (K,)  per object, by id: id, prob, centroid_z/y/x, bbox z0, y0, x0,
                             z1, y1, x1 (half-open, of the rendered voxels), voxel_count;
@@ -10,11 +10,12 @@ Layout (format version 1)::
                             prob_class_C (see ``object_dtype``)
     intensities compound (K,) with ``measure``: per object and channel (io/intensities.py)
     attrs    format_version, image_shape, rays_json, prob_thresh, nms_thresh, source,
-             n_objects
+             n_objects, voxel_size (z, y, x), voxel_unit
 
-Chunks arrive already deflate-compressed and are written as they are
-(``write_direct_chunk``), so the driver never holds more than one chunk. Objects that rendered
-no voxel (covered by more probable ones) have voxel_count 0, NaN centroids and an empty bbox.
+Storage chunks arrive already deflate-compressed and are written as they are
+(``write_direct_chunk``), so the driver never holds more than one task chunk's bytes. Objects
+that rendered no voxel (covered by more probable ones) have voxel_count 0, NaN centroids and an
+empty bbox.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from ..errors import UserError
 from ..progress import progress
 from .atomic import atomic_path
 from .checkpoint import load_record
-from .chunks import ChunkStats, chunk_files
+from .chunks import ChunkStats, StoredChunks, chunk_files, split_stored
 from .hdf5 import open_hdf5
 
 FORMAT_VERSION = 1
@@ -99,26 +100,28 @@ class ObjectStatistics:
         return table
 
 
-def _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics, show_progress):
-    """Copy the compressed chunks into ``dset`` and sum their statistics."""
+def _write_chunks(dset, chunk_dir, chunk_indices, statistics, show_progress):
+    """Copy the compressed storage chunks into ``dset`` and sum their statistics."""
     for index in progress(chunk_indices, len(chunk_indices), "write label.h5", "chunk",
                           show_progress=show_progress):
         files = chunk_files(chunk_dir, index)
         stats = load_record(files.stats, ChunkStats)
         if len(stats.ids):
-            dset.id.write_direct_chunk(grid.box(index).lo, files.labels.read_bytes())
+            data = files.labels.read_bytes()
+            for lo, piece in split_stored(data, load_record(files.stats, StoredChunks)):
+                dset.id.write_direct_chunk(lo, piece)
             statistics.add(stats)
 
 
-def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes, *,
-                     show_progress=True, prob_class=None, tables=None):
+def write_label_file(path, image_shape, storage_shape, chunk_dir, chunk_indices, prob,
+                     attributes, *, show_progress=True, prob_class=None, tables=None):
     """Assemble ``label.h5`` from checkpointed chunks; it appears at ``path`` when complete.
 
     Parameters
     ----------
     path : Path
-    grid : Grid
-        The chunk grid (its box shape is the HDF5 chunk shape).
+    image_shape, storage_shape : tuple of 3 int
+        The volume's shape and its HDF5 chunk shape (``output.chunk_shape``, clipped).
     chunk_dir : Path
         Where :func:`stardist_hpc.segment.render.render_chunk` wrote the chunks.
     chunk_indices : sequence of int
@@ -134,18 +137,25 @@ def write_label_file(path, grid, chunk_dir, chunk_indices, prob, attributes, *,
         Class probabilities of a multi-class model's objects, by id - 1.
     tables : mapping of str to ndarray, optional
         More per-object tables to store, by dataset name (e.g. ``intensities``).
+
+    Returns
+    -------
+    ndarray
+        The ``objects`` table written (as :func:`read_objects` returns it).
     """
     statistics = ObjectStatistics(len(prob))
     with atomic_path(Path(path)) as tmp_path, h5py.File(tmp_path, "w") as f:
-        dset = f.create_dataset(LABELS, grid.image_shape, np.uint32, chunks=grid.box_shape,
+        dset = f.create_dataset(LABELS, image_shape, np.uint32, chunks=storage_shape,
                                 compression="gzip", fillvalue=0)
-        _write_chunks(dset, grid, chunk_dir, chunk_indices, statistics, show_progress)
+        _write_chunks(dset, chunk_dir, chunk_indices, statistics, show_progress)
         f[ORIGINAL_LABELS] = h5py.SoftLink(f"/{LABELS}")
-        f.create_dataset(OBJECTS, data=statistics.table(prob, prob_class))
-        for name, table in (tables or {}).items():
-            f.create_dataset(name, data=table)
+        table = statistics.table(prob, prob_class)
+        f.create_dataset(OBJECTS, data=table)
+        for name, extra in (tables or {}).items():
+            f.create_dataset(name, data=extra)
         f.attrs.update(attributes)
         f.attrs.update(format_version=FORMAT_VERSION, n_objects=len(prob))
+    return table
 
 
 def read_objects(path) -> np.ndarray:

@@ -38,6 +38,7 @@ from ..config import (
     PredictionSection,
     arguments_config,
     channels,
+    voxel_size_triple,
 )
 from ..errors import UserError
 from ..geometry.tiling import grid_boxes
@@ -46,6 +47,7 @@ from ..io.image import array_volume, open_volume
 from ..io.model_files import ModelInfo, model_weights, read_model_info
 from ..io.path_guard import check_outputs_apart
 from ..io.run_lock import lock_path_of, run_lock
+from ..io.voxel_size import resolve_voxel_size
 from ..progress import progress
 from .normalization import configured_normalization
 
@@ -589,6 +591,7 @@ def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.Pat
                        n_tiles: Shape | None = None, max_tile_voxels: int = 8_388_608,
                        normalize: Mapping[str, float] | None = None,
                        prob_thresh: float | None = None,
+                       voxel_size: tuple[float, float, float] | None = None,
                        show_progress: bool = True) -> PredictionSummary:
     """Predict the StarDist3D candidates of a 3D image block by block into a candidate file.
 
@@ -625,6 +628,9 @@ def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.Pat
         [prediction.normalize].
     prob_thresh : float, optional
         Candidate threshold (None: the model's) [prediction.prob_thresh].
+    voxel_size : tuple of 3 float, optional
+        Voxel size z, y, x in micrometers, recorded in the candidate file (None: from the
+        image file's metadata, else unknown) [image.voxel_size].
     show_progress : bool
         Draw a progress bar on stderr.
 
@@ -654,6 +660,7 @@ def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.Pat
                                 max_tile_voxels=max_tile_voxels, prob_thresh=prob_thresh,
                                 normalize=normalize)
     output = arguments_config(LocalOutputSection, path=output).path
+    configured_voxel_size = voxel_size_triple(voxel_size, "image.voxel_size", None)
     model_dir, info, load = _model_and_info(model)
     channel = channels(channel, "image.channel", Path.cwd())
     check_channels(info, channel)
@@ -664,12 +671,15 @@ def predict_candidates(image: str | os.PathLike | ArrayLike, model: str | os.Pat
         if model_dir is not None:
             inputs["model.name"] = model_dir
         check_outputs_apart(inputs, outputs={"output.path": (output, temporary_path(output))})
+        voxel = resolve_voxel_size(configured_voxel_size, volume.path if isinstance(
+            image, (str, os.PathLike)) else None, dataset)
         with run_lock((lock_path_of(output), output)):
-            return _predict(volume, load, info, output, settings, channel, model_dir,
+            return _predict(volume, load, info, output, settings, channel, model_dir, voxel,
                             show_progress)
 
 
-def _predict(volume, load, info, output, settings, channel, model_dir, show_progress):
+def _predict(volume, load, info, output, settings, channel, model_dir, voxel_size,
+             show_progress):
     # the normalisation reads the image (and finds unreadable or non-finite pixels) before
     # TensorFlow takes its time
     normalization = configured_normalization(volume, settings.normalize)
@@ -682,6 +692,7 @@ def _predict(volume, load, info, output, settings, channel, model_dir, show_prog
         norm_lo=normalization.lo, norm_hi=normalization.hi,
         norm_pmin=normalization.pmin, norm_pmax=normalization.pmax,
         norm_method=normalization.method, software_version=__version__,
+        voxel_size=voxel_size.size, voxel_unit=voxel_size.unit,
         parameters=json.dumps({"model": str(model_dir or info.name), "prediction":
                                dataclasses.asdict(settings)}, default=str, sort_keys=True))
     with CandidateWriter(output, meta, resume_key(meta, model_dir, settings)) as writer:
@@ -704,7 +715,7 @@ def run(config):
         block_shape=config.prediction.block_shape, n_tiles=config.prediction.n_tiles,
         max_tile_voxels=config.prediction.max_tile_voxels,
         normalize=dataclasses.asdict(config.prediction.normalize),
-        prob_thresh=config.prediction.prob_thresh)
+        prob_thresh=config.prediction.prob_thresh, voxel_size=image.voxel_size)
 
 
 def log_summary(summary, output):

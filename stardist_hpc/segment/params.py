@@ -13,13 +13,16 @@ INDEXED_INPUT = "prediction_indexed.h5"
 SURVIVORS = "survivors.h5"
 NMS_DIR = "nms"
 CHUNK_DIR = "chunks"
+#: markers of the OME-Zarr chunks written (see stardist_hpc.io.ome_zarr).
+OME_ZARR_DIR = "ome_zarr"
 #: checkpoints that depend on the run's settings.
-SETTING_CHECKPOINTS = (NMS_DIR, SURVIVORS, CHUNK_DIR)
+SETTING_CHECKPOINTS = (NMS_DIR, SURVIVORS, CHUNK_DIR, OME_ZARR_DIR)
 #: every checkpoint file and folder a run writes in work_dir; the indexed copy of an
 #: original-format input depends only on the input file and the model folder.
 CHECKPOINTS = (INDEXED_INPUT, *SETTING_CHECKPOINTS)
 #: fields that say where files are, not what the checkpoints hold.
-_LOCATIONS = ("candidate_pin", "work_dir", "label_path")
+_LOCATIONS = ("candidate_pin", "work_dir", "label_path", "ome_zarr_path", "objects_tsv",
+              "objects_parquet")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class SegmentParams:
     chunk_shape, labeling_backend : rendering settings (``chunk_shape`` clipped to the image).
     work_dir, label_path : where checkpoints and the label file go.
     measure : what the labeling tasks measure (None: nothing; see :mod:`.measure`).
+    storage_shape : storage chunk of label.h5 and the OME-Zarr (None: ``chunk_shape``).
+    voxel_size, voxel_unit : physical size of a voxel (z, y, x), from the candidate file.
+    ome_zarr_path, objects_tsv, objects_parquet : the other outputs (None: not written).
     """
     candidate_pin: InputPin
     input_path: str
@@ -60,6 +66,12 @@ class SegmentParams:
     label_path: Path
     n_classes: int = 0
     measure: MeasureSpec | None = None
+    storage_shape: tuple | None = None
+    voxel_size: tuple = (1.0, 1.0, 1.0)
+    voxel_unit: str = "pixel"
+    ome_zarr_path: Path | None = None
+    objects_tsv: Path | None = None
+    objects_parquet: Path | None = None
 
     @property
     def candidate_path(self) -> Path:
@@ -72,6 +84,15 @@ class SegmentParams:
     @property
     def chunk_dir(self) -> Path:
         return self.work_dir / CHUNK_DIR
+
+    @property
+    def storage_chunks(self) -> tuple:
+        """The storage chunk shape of the label outputs."""
+        return self.chunk_shape if self.storage_shape is None else self.storage_shape
+
+    @property
+    def ome_zarr_marker_dir(self) -> Path:
+        return self.work_dir / OME_ZARR_DIR
 
     @property
     def survivor_path(self) -> Path:

@@ -35,7 +35,7 @@ from ..geometry.cone_table import cone_table, prepare_polyhedra, rasterise, reac
 from ..geometry.rays import bbox_of_vertices, polyhedron_vertices, ray_geometry
 from ..geometry.tiling import Box
 from ..io.checkpoint import save_record, write_bytes
-from ..io.chunks import NO_LABELS, ChunkIdentity, chunk_files, chunk_stats, compress_chunk
+from ..io.chunks import NO_LABELS, ChunkIdentity, chunk_files, chunk_stats, compress_storage_chunks
 from ..io.input_pin import check_pinned
 from ..io.survivors import SurvivorFile
 from .chunk_extras import chunk_extras
@@ -250,10 +250,10 @@ def render_chunk(params: SegmentParams, task: ChunkTask):
     stats = chunk_stats(labels, task.box.lo)
     extras = chunk_extras(params, task.box, labels, stats.ids, time.perf_counter() - started)
     files = chunk_files(params.chunk_dir, task.index)
+    compressed, stored = compress_storage_chunks(labels, task.box.lo, params.storage_chunks)
     crc = NO_LABELS
     if len(stats.ids):
-        compressed = compress_chunk(labels, params.chunk_shape)
         write_bytes(files.labels, compressed)
         crc = zlib.crc32(compressed)
-    save_record(files.stats, stats, extras, ChunkIdentity(task.index, crc))
+    save_record(files.stats, stats, extras, stored, ChunkIdentity(task.index, crc))
     return task.index

@@ -15,6 +15,7 @@ then every stage is a short function over task functions that run on the Dask cl
 
 Beside ``label.h5``: ``intensities.tsv`` (with ``measure.image``) and the QC report
 (:mod:`.report`).
+    ome_zarr/{level}/{i}.npz markers of the OME-Zarr chunk files each task wrote
 
 The result equals StarDist's single-process ``non_maximum_suppression_3d_inds`` followed by
 ``polyhedron_to_label`` on all candidates ranked in the total order of
@@ -49,13 +50,16 @@ from ..io.input_pin import check_unchanged, open_pinned, pin
 from ..io.intensities import INTENSITIES, write_tsv
 from ..io.label_file import object_dtype, write_label_file
 from ..io.model_files import read_model_info
+from ..io.ome_zarr import temporary_store
 from ..io.path_guard import check_outputs_apart
 from ..io.run_lock import WORK_DIR_LOCK, lock_path_of, run_lock
 from ..io.survivors import SurvivorFile, intact_survivor_file, write_survivor_table
+from ..io.tables import check_parquet
 from .chunk_extras import collect_extras, extras_done, intensity_tables
 from .cluster import check_cluster, run_tasks, start_cluster
 from .measure import resolve_measure
 from .nms import gather_tiles, plan_tiles, resolve_halo, run_rounds
+from .outputs import ome_zarr_stage, publish_outputs, write_tables
 from .params import CHECKPOINTS, INDEXED_INPUT, SETTING_CHECKPOINTS, SegmentParams
 from .render import chunk_tasks, render_chunk
 from .task_times import TaskTimes, timing
@@ -67,9 +71,11 @@ MAX_HDF5_CHUNK_BYTES = 2 ** 32
 LABEL_BYTES = 4
 #: sub-directory of the label file's directory that holds checkpoints when work_dir is None.
 DEFAULT_WORK_DIR = "work"
-#: file name of the QC report beside the label file, and the argument that asks for it.
+#: an output argument of segment_candidates that means "the default name beside labels".
+BESIDE_LABELS = "beside"
+OME_ZARR_SUFFIX = ".ome.zarr"
+DEFAULT_OBJECTS_TSV = "objects.tsv"
 DEFAULT_REPORT = "report.html"
-REPORT_BESIDE_LABELS = "beside"
 
 
 @dataclass
@@ -81,6 +87,7 @@ class StageSeconds:
     labeling: float = 0.0
     write: float = 0.0
     report: float = 0.0
+    outputs: float = 0.0   # the OME-Zarr levels and the tables
 
 
 class RunSummary(NamedTuple):
@@ -123,22 +130,26 @@ def configured_model(config: HpcConfig):
 
 
 def _check_outputs_apart(config: HpcConfig):
-    """Refuse a label file or work_dir that would write over the candidates or the model."""
+    """Refuse outputs or a work_dir that would write over the candidates or the model."""
     inputs = {"input.prediction": config.input.prediction}
     if _model_folder(config) is not None:
         inputs["model.name"] = _model_folder(config)
+    output = config.output
     tables = ()
     if config.measure.image is not None:
         inputs["measure.image"], tables = config.measure.image, (INTENSITIES,)
-    outputs = {"output.labels": (config.output.labels,
-                                 *_beside_labels(config.output.labels, tables))}
-    if config.output.report is not None:
-        outputs["output.report"] = (config.output.report,)
-        # nor over the label file, which is written first
-        check_outputs_apart({"output.labels": config.output.labels},
-                            {"output.report": outputs["output.report"]})
-    check_outputs_apart(inputs, outputs=outputs,
-                        directories={"output.work_dir": config.output.work_dir})
+    files = {"output.labels": (output.labels, *_beside_labels(output.labels, tables)),
+             "output.objects_tsv": (output.objects_tsv,),
+             "output.objects_parquet": (output.objects_parquet,),
+             "output.report": (output.report,)}
+    if output.report is not None:   # nor over the label file, which is written first
+        check_outputs_apart({"output.labels": output.labels},
+                            {"output.report": files["output.report"]})
+    directories = {"output.work_dir": output.work_dir, "output.ome_zarr": output.ome_zarr}
+    if output.ome_zarr is not None:
+        directories["output.ome_zarr (temporary)"] = temporary_store(output.ome_zarr)
+    check_outputs_apart(inputs, outputs={k: v for k, v in files.items() if v[0] is not None},
+                        directories={k: v for k, v in directories.items() if v is not None})
 
 
 def _open_candidates(config: HpcConfig, model):
@@ -189,6 +200,22 @@ def _check_source_unchanged(params):
         check_unchanged(params.input_path, params.input_size, params.input_mtime_ns)
 
 
+def _storage_axis(storage, chunk):
+    """The largest divisor of the task chunk ``chunk`` up to ``storage``; the task chunk itself
+    if that divisor is under half of ``storage`` (so that no storage chunk straddles tasks)."""
+    divisor = next(d for d in range(min(storage, chunk), 0, -1) if chunk % d == 0)
+    return divisor if 2 * divisor >= min(storage, chunk) else chunk
+
+
+def _storage_shape(config: HpcConfig, chunk_shape):
+    """``output.chunk_shape`` fitted to the task chunk (logged if it had to change)."""
+    storage = tuple(_storage_axis(s, c) for s, c in zip(config.output.chunk_shape, chunk_shape))
+    if storage != tuple(config.output.chunk_shape):
+        log.info("storage chunks %s (output.chunk_shape %s fitted to the task chunk %s)",
+                 storage, list(config.output.chunk_shape), chunk_shape)
+    return storage
+
+
 def resolve_params(config: HpcConfig, candidates: CandidateFile, model=None) -> SegmentParams:
     """The parameters of ``config`` on ``candidates`` (rays checked against ``model`` if given)."""
     if model is not None:
@@ -210,7 +237,11 @@ def resolve_params(config: HpcConfig, candidates: CandidateFile, model=None) -> 
         chunk_shape=chunk_shape, labeling_backend=config.labeling.backend,
         work_dir=config.output.work_dir, label_path=config.output.labels,
         n_classes=meta.n_classes,
-        measure=resolve_measure(config.measure, meta.image_shape))
+        measure=resolve_measure(config.measure, meta.image_shape),
+        storage_shape=_storage_shape(config, chunk_shape),
+        voxel_size=tuple(meta.voxel_size), voxel_unit=meta.voxel_unit,
+        ome_zarr_path=config.output.ome_zarr, objects_tsv=config.output.objects_tsv,
+        objects_parquet=config.output.objects_parquet)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,6 +299,7 @@ def _provenance(params):
                 prob_thresh=params.prob_thresh, nms_thresh=params.nms_thresh,
                 source=params.input_path, software_version=__version__,
                 nms_backend=params.nms_backend, labeling_backend=params.labeling_backend,
+                voxel_size=params.voxel_size, voxel_unit=params.voxel_unit,
                 parameters=json.dumps({**params.signature(),
                                        "work_dir": str(params.work_dir)}, sort_keys=True))
 
@@ -297,13 +329,22 @@ def _write_stage(params, survivors, chunk_indices, show_progress):
     remove_stale_temporaries(params.label_path)
     check_free_space(params.label_path,
                      _label_file_bytes(params, chunk_indices, len(ids), tables))
-    write_label_file(params.label_path, _chunk_grid(params), params.chunk_dir, chunk_indices,
-                     prob_by_id, _provenance(params), show_progress=show_progress,
-                     prob_class=_class_probabilities_by_id(params, survivors, ids),
-                     tables=tables)
+    objects = write_label_file(params.label_path, params.image_shape, params.storage_chunks,
+                               params.chunk_dir, chunk_indices, prob_by_id,
+                               _provenance(params), show_progress=show_progress,
+                               prob_class=_class_probabilities_by_id(params, survivors, ids),
+                               tables=tables)
     for path, table in zip(_beside_labels(params.label_path, tables), tables.values()):
         write_tsv(path, table)
-    return extras
+    return objects, extras
+
+
+def _outputs_stage(params, chunk_indices, objects, execute):
+    """The OME-Zarr levels (tasks) and the tables; the OME-Zarr is published last."""
+    if params.ome_zarr_path is not None:
+        ome_zarr_stage(params, chunk_indices, execute)
+    write_tables(params, objects)
+    publish_outputs(params)
 
 
 def _class_probabilities_by_id(params, survivors, ids):
@@ -351,7 +392,9 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
     n_candidates = open_pinned(params.candidate_pin).n_candidates
     _check_source_unchanged(params)
     with _timed(seconds, "write"):
-        extras = _write_stage(params, survivors, chunk_indices, show_progress)
+        objects, extras = _write_stage(params, survivors, chunk_indices, show_progress)
+    with _timed(seconds, "outputs"):
+        _outputs_stage(params, chunk_indices, objects, execute)
     summary = RunSummary(n_candidates, len(survivors), nms_summary.n_rounds,
                          nms_summary.n_reruns, seconds, params.label_path,
                          (nms_summary.first_pass, nms_summary.reruns))
@@ -368,7 +411,8 @@ def _log_summary(summary):
              summary.labels, summary.n_candidates, summary.n_objects, summary.n_rounds,
              summary.n_reruns)
     log.info("seconds: index %.1f, NMS %.1f, gather %.1f, labeling %.1f, write %.1f, "
-             "report %.1f", s.index, s.nms, s.gather, s.labeling, s.write, s.report)
+             "OME-Zarr and tables %.1f, report %.1f", s.index, s.nms, s.gather, s.labeling,
+             s.write, s.outputs, s.report)
 
 
 @contextlib.contextmanager
@@ -386,6 +430,7 @@ def segment_config(config: HpcConfig, *, client=None, show_progress=True) -> Run
     seconds = StageSeconds()
     model = configured_model(config)
     _check_outputs_apart(config)
+    check_parquet(config.output.objects_parquet)
     if client is None:
         check_cluster(config.cluster)
     work_dir = config.output.work_dir
@@ -421,10 +466,14 @@ def segment_candidates(candidates: str | os.PathLike, labels: str | os.PathLike,
                        halo: str | tuple[int, int, int] = "auto",
                        chunk_shape: tuple[int, int, int] = (64, 256, 256),
                        backend: str = "fast", labeling_backend: str = "stardist",
-                       work_dir: str | os.PathLike | None = None, client: Any = None,
-                       cluster: Mapping[str, Any] | None = None,
+                       work_dir: str | os.PathLike | None = None,
+                       storage_shape: tuple[int, int, int] = (16, 128, 128),
+                       ome_zarr: str | os.PathLike | None = BESIDE_LABELS,
+                       objects_tsv: str | os.PathLike | None = BESIDE_LABELS,
+                       objects_parquet: str | os.PathLike | None = None,
+                       client: Any = None, cluster: Mapping[str, Any] | None = None,
                        measure: Mapping[str, Any] | None = None,
-                       report: str | os.PathLike | None = REPORT_BESIDE_LABELS,
+                       report: str | os.PathLike | None = BESIDE_LABELS,
                        show_progress: bool = True) -> RunSummary:
     """Segment a candidate file into one uint32 label volume, tile by tile on Dask.
 
@@ -456,6 +505,17 @@ def segment_candidates(candidates: str | os.PathLike, labels: str | os.PathLike,
         Voxel inside test of the renderer [labeling.backend].
     work_dir : str or Path, optional
         Checkpoints for resuming; None: ``work`` beside ``labels`` [output.work_dir].
+    storage_shape : tuple of 3 int
+        Storage chunk of label.h5 and the OME-Zarr (fitted to divide ``chunk_shape``)
+        [output.chunk_shape].
+    ome_zarr : str or Path, optional
+        Multiscale OME-Zarr label image to write; 'beside': ``label.ome.zarr`` beside
+        ``labels``; None: none [output.ome_zarr].
+    objects_tsv : str or Path, optional
+        Objects table as TSV (MoBIE's columns); 'beside': ``objects.tsv`` beside ``labels``;
+        None: none [output.objects_tsv].
+    objects_parquet : str or Path, optional
+        Objects table as Parquet (needs pyarrow); None: none [output.objects_parquet].
     client : distributed.Client, optional
         Run the tasks on this client's cluster instead of starting one.
     cluster : mapping, optional
@@ -503,13 +563,21 @@ def segment_candidates(candidates: str | os.PathLike, labels: str | os.PathLike,
         model=_model_keys(model),
         output={"labels": labels,
                 "work_dir": Path(labels).parent / DEFAULT_WORK_DIR if work_dir is None
-                else work_dir,
-                "report": Path(labels).parent / DEFAULT_REPORT if report == REPORT_BESIDE_LABELS
-                else report},
+                else work_dir, "chunk_shape": storage_shape,
+                "ome_zarr": _beside(labels, ome_zarr, Path(labels).stem + OME_ZARR_SUFFIX),
+                "objects_tsv": _beside(labels, objects_tsv, DEFAULT_OBJECTS_TSV),
+                "objects_parquet": objects_parquet,
+                "report": _beside(labels, report, DEFAULT_REPORT)},
         nms={"thresh": nms_thresh, "tile_shape": tile_shape, "halo": halo, "backend": backend},
         labeling={"chunk_shape": chunk_shape, "backend": labeling_backend},
         measure=measure, cluster=cluster)
     return segment_config(config, client=client, show_progress=show_progress)
+
+
+def _beside(labels, value, name):
+    """An output path argument: ``name`` beside the label file for :data:`BESIDE_LABELS`."""
+    return Path(labels).parent / name if isinstance(value, str) and value == BESIDE_LABELS \
+        else value
 
 
 def _model_keys(model):
