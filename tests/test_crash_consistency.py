@@ -79,7 +79,7 @@ def undisturbed(tmp_path_factory, nuclei_candidates):
     params = hpc.resolve_params(config, CandidateFile(nuclei_candidates))
     resume_or_start_afresh(params.work_dir, params.signature(), SETTING_CHECKPOINTS)  # run.json
     hpc.segment(params, run_in_process)
-    return Reference(*_read_label_file(config.output.labels), 0, set(), 0), directory / "work"
+    return Reference(*_read_label_file(config.output.labels), 0, set(), 0, ()), directory / "work"
 
 
 def _sha256(path):

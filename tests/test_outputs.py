@@ -139,7 +139,7 @@ def test_ome_zarr_resumes_from_intact_markers_only(tmp_path, dask_client):
 def test_outputs_can_be_skipped(tmp_path, dask_client):
     candidates = demo_candidate_file(tmp_path / "prediction.h5", n_nuclei=2)
     segment_candidates(candidates, tmp_path / "label.h5", ome_zarr=None, objects_tsv=None,
-                       client=dask_client, show_progress=False)
+                       report=None, client=dask_client, show_progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["label.h5", "prediction.h5", "work"]
     with h5py.File(tmp_path / "label.h5", "r") as f:   # an old-style file: unknown voxel size
         assert tuple(f.attrs["voxel_size"]) == UNKNOWN.size

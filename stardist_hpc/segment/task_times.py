@@ -19,7 +19,7 @@ class _Timed:
 
     def __init__(self, function):
         self.function = function
-        self.__name__ = function.__name__
+        self.__name__, self.__module__ = function.__name__, function.__module__
 
     def __call__(self, *arguments):
         started = time.perf_counter()
