@@ -1,6 +1,7 @@
 """Shared fixtures: the bundled demo model and small synthetic volumes."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,18 @@ def chain_candidates(tmp_path_factory):
     prob = np.linspace(1.0, 0.6, len(x)).astype(np.float32)
     path = tmp_path_factory.mktemp("chain") / "prediction.h5"
     return write_candidate_file(path, CHAIN_SHAPE, rays, prob, dist, points)
+
+
+def patch_tasks_in_process(patch):
+    """Make ``hpc.run`` execute its tasks in this process instead of on a Dask cluster
+    (``patch``: a pytest MonkeyPatch)."""
+    from stardist_hpc.segment import step as hpc
+    from stardist_hpc.segment.cluster import run_in_process
+    patch.setattr(hpc, "start_cluster", lambda cluster: contextlib.nullcontext())
+    patch.setattr(hpc, "run_tasks", lambda client, *task, **options: run_in_process(*task))
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """``hpc.run`` executes its tasks in this process (see `patch_tasks_in_process`)."""
+    patch_tasks_in_process(monkeypatch)

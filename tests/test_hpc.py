@@ -1,5 +1,4 @@
 """The HPC step end to end: label.h5 equals StarDist's single-process result."""
-import contextlib
 import json
 import os
 import subprocess
@@ -44,13 +43,6 @@ def _config(tmp_path, candidate_path, *, tile_shape=(None, 24, 24), chunk_shape=
     path = tmp_path / "hpc.yaml"
     path.write_text(yaml.safe_dump(raw))
     return load(HpcConfig, path)
-
-
-@pytest.fixture
-def in_process(monkeypatch):
-    """Make hpc.run execute its tasks in this process instead of on a Dask cluster."""
-    monkeypatch.setattr(hpc, "start_cluster", lambda cluster: contextlib.nullcontext())
-    monkeypatch.setattr(hpc, "run_tasks", lambda client, *task, **options: run_in_process(*task))
 
 
 def _segment(config, execute=run_in_process):

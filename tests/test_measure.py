@@ -1,6 +1,5 @@
 """Per-nucleus intensities (``measure``) and the QC report of the HPC step."""
 import base64
-import contextlib
 import dataclasses
 from html.parser import HTMLParser
 from pathlib import Path
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
+from conftest import patch_tasks_in_process
 from scipy import ndimage
 from skimage.measure import regionprops_table
 
@@ -18,7 +18,6 @@ from stardist_hpc.errors import UserError
 from stardist_hpc.geometry.tiling import Grid
 from stardist_hpc.io.intensities import STATISTICS, column_name
 from stardist_hpc.segment import step as hpc
-from stardist_hpc.segment.cluster import run_in_process
 from stardist_hpc.segment.measure import ChunkIntensities, IntensityMerge
 from stardist_hpc.segment.preview import PreviewMerge, preview_chunk, preview_steps
 from stardist_hpc.segment.report import FIGURES, MEASURE_FIGURES, seam_table
@@ -54,22 +53,16 @@ def _config(tmp_path, candidates, report="report.html", **measure):
     return load(HpcConfig, path)
 
 
-@pytest.fixture
-def in_process(monkeypatch):
-    monkeypatch.setattr(hpc, "start_cluster", lambda cluster: contextlib.nullcontext())
-    monkeypatch.setattr(hpc, "run_tasks", lambda client, *task, **options: run_in_process(*task))
-
-
 @pytest.fixture(scope="module")
 def measured_run(tmp_path_factory, nuclei_candidates):
-    """One run with a 2-channel uint16 image measured; its folder, image and labels."""
+    """One run measuring a 2-channel image (uint16 intensities); its folder, image, uint32
+    labels and intensity table."""
     folder = tmp_path_factory.mktemp("measured")
     shape = h5py.File(nuclei_candidates, "r").attrs["image_shape"]
     image = _image(folder / "image.tif", tuple(shape), np.uint16)
     config = _config(folder, nuclei_candidates, image=str(folder / "image.tif"), axes="CZYX")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(hpc, "start_cluster", lambda cluster: contextlib.nullcontext())
-        patch.setattr(hpc, "run_tasks", lambda client, *task, **options: run_in_process(*task))
+        patch_tasks_in_process(patch)
         hpc.run(config)
     with h5py.File(folder / "label.h5", "r") as f:
         return folder, image, f["labels"][()], f["intensities"][()]
