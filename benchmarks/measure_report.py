@@ -43,17 +43,20 @@ from pathlib import Path
 
 from measure import high_water_rss_mib, run_child, verdict
 
+# the sets of benchmarks/scale.py: its 1x volume, density, rays, workers and seed
+from scale import (
+    BASE_NUCLEI,
+    CANDIDATES_PER_NUCLEUS,
+    N_RAYS,
+    N_WORKERS,
+    SEED,
+    scaled_shape,
+)
+
 log = logging.getLogger("benchmarks.measure_report")
 
 REPO = Path(__file__).resolve().parents[1]
-#: the 1x set of benchmarks/scale.py (z, y, x), its nuclei, candidates per nucleus and rays.
-BASE_SHAPE = (64, 256, 512)
-BASE_NUCLEI = 2048
-CANDIDATES_PER_NUCLEUS = 88
-N_RAYS = 96
-N_WORKERS = 2
 N_CHANNELS = 2
-SEED = 0
 #: the issue's budget for everything its outputs add to the step's wall time.
 ADDED_TIME_TARGET = 0.15
 RESULT_PREFIX = "MEASURE_REPORT_RESULT "
@@ -100,8 +103,7 @@ def _inputs(workdir, factor):
     import tifffile
 
     from stardist_hpc.synthetic import write_dense_candidate_file
-    side = int(factor ** 0.5)
-    shape = (BASE_SHAPE[0], BASE_SHAPE[1] * side, BASE_SHAPE[2] * side)
+    shape = scaled_shape(factor)
     candidates = workdir / "prediction.h5"
     n = write_dense_candidate_file(candidates, shape, BASE_NUCLEI * factor, n_rays=N_RAYS,
                                    candidates_per_nucleus=CANDIDATES_PER_NUCLEUS, seed=SEED)
