@@ -33,7 +33,7 @@ from test_interruptions import (
     _command,
     _read_hdf5,
     _read_label_file,
-    _round0_tiles,
+    _round0_checkpoints,
     _started,
     _write_hpc_config,
     _write_local_config,
@@ -191,7 +191,7 @@ def test_a_second_hpc_run_on_the_same_outputs_stops_at_once_and_ctrl_c_is_one_li
     work_dir, label_path = tmp_path / "work", tmp_path / "label.h5"
     log_path = tmp_path / "first.log"
     with _started(_command("hpc_prediction.py", config_path), log_path) as first:
-        _wait_for(lambda: _round0_tiles(work_dir), first, "NMS checkpoint")
+        _wait_for(lambda: _round0_checkpoints(work_dir), first, "NMS checkpoint")
         started = time.monotonic()
         # the same outputs; the same work_dir only; the same label file only
         _second_runs_refused(segment_main, config_path, first, caplog, monkeypatch,
@@ -296,7 +296,7 @@ def _fill(mount, free_kib):
 
 
 #: (what the work_dir already holds, KiB left free, the file the message names).
-FULL_AT = {"NMS checkpoint": ((), 40, f"{NMS_DIR}/round0/tile"),
+FULL_AT = {"NMS checkpoint": ((), 40, f"{NMS_DIR}/round0/batch"),
            "survivors.h5": ((NMS_DIR, "run.json"), 30, SURVIVORS),
            "label chunk": ((NMS_DIR, "run.json", SURVIVORS), 30, f"{CHUNK_DIR}/"),
            "label.h5": ((NMS_DIR, "run.json", SURVIVORS, CHUNK_DIR), 300, "label.h5")}

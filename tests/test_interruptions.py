@@ -150,12 +150,13 @@ def _write_hpc_config(directory, candidate_path):
     return path
 
 
-def _round0_tiles(work_dir):
-    return list((work_dir / NMS_DIR / "round0").glob("tile*.npz"))
+def _round0_checkpoints(work_dir):
+    """The checkpoints of NMS round 0 (one per batch of tiles)."""
+    return list((work_dir / NMS_DIR / "round0").glob("batch*.npz"))
 
 
 def _nms_checkpoints(work_dir):
-    return {p.relative_to(work_dir) for p in (work_dir / NMS_DIR).glob("round*/tile*.npz")}
+    return {p.relative_to(work_dir) for p in (work_dir / NMS_DIR).glob("round*/batch*.npz")}
 
 
 def _rendered_chunks(work_dir):
@@ -190,7 +191,7 @@ class Reference(NamedTuple):
     """An uninterrupted run: its result and how many tasks each stage has."""
     labels: np.ndarray
     objects: np.ndarray
-    n_tiles: int
+    n_batches: int   # NMS tasks of round 0
     nms_checkpoints: set
     n_chunks: int
     batches: tuple   # the batch (one NMS task) of each tile
@@ -215,7 +216,7 @@ def reference(tmp_path_factory, nuclei_candidates, single_openmp_thread):
     work_dir = config.output.work_dir
     batches = batch_tiles(plan_tiles(params.image_shape, params.tile_shape, params.halo),
                           CandidateFile(nuclei_candidates).n_candidates)
-    return Reference(*_read_label_file(config.output.labels), len(_round0_tiles(work_dir)),
+    return Reference(*_read_label_file(config.output.labels), len(_round0_checkpoints(work_dir)),
                      _nms_checkpoints(work_dir), len(_rendered_chunks(work_dir)),
                      tuple(batches))
 
@@ -232,11 +233,11 @@ class Stage(NamedTuple):
 
 
 def _during_nms(work_dir, reference):
-    return bool(_round0_tiles(work_dir))
+    return bool(_round0_checkpoints(work_dir))
 
 
 def _during_nms_check(work_dir, reference):
-    assert 0 < len(_round0_tiles(work_dir)) < reference.n_tiles
+    assert 0 < len(_round0_checkpoints(work_dir)) < reference.n_batches
     assert not (work_dir / SURVIVORS).exists()
 
 
@@ -267,12 +268,12 @@ KILLS = (Stage("during NMS", _during_nms, _during_nms_check),
 
 def _assert_did_only_missing_work(log_text, before, reference):
     """A run's progress counts only tasks whose checkpoints ``before`` (at its start) lacks."""
-    round0_done = {int(p.stem.removeprefix("tile")) for p in before
+    round0_done = {int(p.stem.removeprefix("batch")) for p in before
                    if p.parts[:2] == (NMS_DIR, "round0")}
     n_chunks_done = sum(p.parts[0] == CHUNK_DIR and p.suffix == ".npz" for p in before)
     progress = _progress(log_text)
-    # one task per batch of tiles that still has a tile to run
-    to_run = {b for tile, b in enumerate(reference.batches) if tile not in round0_done}
+    # one task per batch of tiles not yet checkpointed
+    to_run = set(reference.batches) - round0_done
     assert progress.get("NMS round 0", (0, 0))[1] == len(to_run)
     if Path(SURVIVORS) in before:
         assert "gather survivors" not in progress

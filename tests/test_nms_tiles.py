@@ -5,16 +5,17 @@ import pytest
 from conftest import SingleProcessResult
 
 from stardist_hpc.io.candidates import CandidateFile
-from stardist_hpc.io.checkpoint import load_record
 from stardist_hpc.io.input_pin import pin
 from stardist_hpc.segment.cluster import run_in_process
 from stardist_hpc.segment.nms import (
-    TileResult,
+    ResultAt,
+    TileResults,
+    batch_path,
+    final_results,
     gather_tile,
     plan_tiles,
     resolve_halo,
     run_rounds,
-    tile_path,
 )
 from stardist_hpc.segment.params import SegmentParams
 
@@ -44,9 +45,14 @@ def _plans(candidate_path, tile_shape):
     return plan_tiles(candidates.meta.image_shape, tile_shape, halo)
 
 
-def _survivor_rows(job, plans, versions):
-    return np.sort(np.concatenate([gather_tile(job, plan, v).survivors.rows
-                                   for plan, v in zip(plans, versions)]))
+def _survivor_rows(job, plans, summary, versions=None):
+    """The survivors of every tile's final result (or of its result in round ``versions``)."""
+    located = final_results(summary, range(len(plans)))
+    if versions is not None:
+        located = {t: ResultAt(v, at.batch) for (t, at), v in zip(located.items(), versions)}
+    results = TileResults(job, located)
+    return np.sort(np.concatenate([gather_tile(job, plan, results).survivors.rows
+                                   for plan in plans]))
 
 
 def test_auto_halo_covers_two_extents():
@@ -72,7 +78,7 @@ def test_tiled_nms_equals_single_process(tmp_path, nuclei_candidates, nuclei_ref
     job = _nms_job(nuclei_candidates, tmp_path, backend)
     plans = _plans(nuclei_candidates, tile_shape)
     summary = run_rounds(job, plans, run_in_process)
-    survivors = _survivor_rows(job, plans, summary.versions)
+    survivors = _survivor_rows(job, plans, summary)
     expected = np.sort(nuclei_references[backend].rows)
     assert np.array_equal(survivors, expected), (
         f"missing rows {np.setdiff1d(expected, survivors)}, "
@@ -93,23 +99,23 @@ def test_rounds_follow_a_suppression_chain_across_tiles(tmp_path, chain_candidat
     with h5py.File(chain_candidates, "r") as f:
         kept_x = f["points"][expected][:, 2]
     np.testing.assert_array_equal(np.sort(kept_x), np.arange(0, 60, 6))
-    round_zero = _survivor_rows(job, plans, [0] * len(plans))
+    round_zero = _survivor_rows(job, plans, summary, [0] * len(plans))
     assert not np.array_equal(round_zero, expected), "a fixed halo alone would have sufficed"
-    np.testing.assert_array_equal(_survivor_rows(job, plans, summary.versions), expected)
+    np.testing.assert_array_equal(_survivor_rows(job, plans, summary), expected)
     assert summary.n_rounds > 2
 
 
-def test_resume_redoes_only_missing_tiles(tmp_path, nuclei_candidates):
+def test_resume_redoes_only_missing_batches(tmp_path, nuclei_candidates):
     job = _nms_job(nuclei_candidates, tmp_path)
     plans = _plans(nuclei_candidates, (None, 24, 24))
     first = run_rounds(job, plans, run_in_process)
-    deleted = [(0, 1), (0, 4), (1, 2)]
-    for round_, index in deleted:
-        tile_path(job.nms_dir, round_, index).unlink(missing_ok=False)
+    deleted = [(0, 1), (0, 4), (1, 2)]   # (round, batch)
+    for round_, batch in deleted:
+        batch_path(job.nms_dir, round_, batch).unlink(missing_ok=False)
     executed = []
 
     def recording_executor(function, argument_tuples, description):
-        executed.extend((args[2], plan.index) for args in argument_tuples for plan in args[1])
+        executed.extend((args[3], args[1]) for args in argument_tuples)
         return run_in_process(function, argument_tuples, description)
 
     second = run_rounds(job, plans, recording_executor)
@@ -135,9 +141,10 @@ def test_reruns_decide_again_only_what_can_change(tmp_path, nuclei_candidates,
     reruns = [o for o in outcomes if o.round > 0 and o.rerun]
     assert reruns, "expected tiles whose halo assumptions were wrong"
     for outcome in reruns:
-        context = load_record(tile_path(job.nms_dir, outcome.round, outcome.index), TileResult)
+        located = {outcome.index: ResultAt(outcome.round, summary.batches[outcome.index])}
+        context = TileResults(job, located)[outcome.index]
         assert outcome.decided < len(context.rows)
     assert summary.reruns.decided == sum(o.decided for o in reruns)
     assert summary.reruns.decided < summary.first_pass.decided
-    survivors = _survivor_rows(job, plans, summary.versions)
+    survivors = _survivor_rows(job, plans, summary)
     np.testing.assert_array_equal(survivors, np.sort(nuclei_references["stardist"].rows))

@@ -16,8 +16,9 @@ the candidates ranked below a candidate whose fate changed that it could suppres
 (:func:`~.nms_fast.resuppress_counting_pairs`). StarDist's own NMS exposes no pair decisions, so
 ``nms.backend: stardist`` reruns the whole context.
 
-Every tile result of every round is checkpointed (``tile_dir/round{r}/tile{i}.npz``), so a run
-killed at any point redoes only the missing tiles.
+A task processes a batch of neighbouring tiles and checkpoints their outcomes and results of one
+round in one file (``nms_dir/round{r}/batch{b}.npz``), so a run killed at any point redoes only
+the missing batches; a task loads each file it needs once (:class:`TileResults`).
 """
 from __future__ import annotations
 
@@ -126,17 +127,100 @@ class TileResult(NamedTuple):
     assumed: np.ndarray  # halo fates the run was given (free runs: their own outcome)
 
 
-def tile_path(tile_dir, round_, index):
-    """Checkpoint file of tile ``index`` in round ``round_``."""
-    return Path(tile_dir) / f"round{round_}" / f"tile{index}.npz"
+class ResultAt(NamedTuple):
+    """Where a tile's latest result is: the round it was computed in and the tile's batch."""
+    round: int
+    batch: int
 
 
-def _load_result(params, index, round_):
-    return load_record(tile_path(params.nms_dir, round_, index), TileResult)
+class BatchCheckpoint(NamedTuple):
+    """The outcomes and results of the tiles of one batch that one task processed in one round.
+
+    One row per tile in the outcome columns; the tiles' results are concatenated, tile ``k``'s
+    at ``starts[k]:starts[k + 1]`` (empty for a tile whose previous result still holds).
+    """
+    batch: int
+    round: int
+    index: np.ndarray          # the TileOutcome fields but round, one row per tile
+    rerun: np.ndarray
+    core_changed: np.ndarray
+    n_owned_kept: np.ndarray
+    decided: np.ndarray
+    pairs: np.ndarray
+    nms_seconds: np.ndarray
+    starts: np.ndarray         # int64 (n_tiles + 1,)
+    rows: np.ndarray           # the TileResult fields, concatenated
+    owned: np.ndarray
+    kept: np.ndarray
+    assumed: np.ndarray
+
+
+#: the columns of a BatchCheckpoint that hold TileOutcome fields.
+_OUTCOME_COLUMNS = tuple(f for f in TileOutcome._fields if f != "round")
+
+
+def batch_path(nms_dir, round_, batch):
+    """Checkpoint file of the tiles of ``batch`` in round ``round_``."""
+    return Path(nms_dir) / f"round{round_}" / f"batch{batch}.npz"
+
+
+def save_batch(params, batch, round_, outcomes, results):
+    """Checkpoint one task's ``outcomes`` and ``results`` (lists in the same tile order)."""
+    lengths = [len(result.rows) for result in results]
+    columns = {name: np.array([getattr(o, name) for o in outcomes]) for name in _OUTCOME_COLUMNS}
+    arrays = {name: np.concatenate([np.zeros(0, dtype), *(getattr(r, name) for r in results)])
+              for name, dtype in zip(TileResult._fields, (np.int64, bool, bool, bool))}
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    save_record(batch_path(params.nms_dir, round_, batch),
+                BatchCheckpoint(batch, round_, **columns, starts=starts, **arrays))
+
+
+def batch_outcomes(checkpoint: BatchCheckpoint):
+    """The TileOutcome of every tile in a checkpoint."""
+    columns = [getattr(checkpoint, name) for name in _OUTCOME_COLUMNS]
+    return [TileOutcome(**{name: value.item() for name, value in zip(_OUTCOME_COLUMNS, row)},
+                        round=checkpoint.round) for row in zip(*columns)]
+
+
+def load_batch(params, round_, batch, tiles):
+    """The checkpoint of ``batch`` in round ``round_`` if it is intact and holds ``tiles``,
+    else None (a damaged or foreign one is logged and removed: the caller recomputes it)."""
+    path = batch_path(params.nms_dir, round_, batch)
+    if not path.exists():
+        return None
+    checkpoint = load_checkpoint(path, BatchCheckpoint, {"batch": batch, "round": round_})
+    if checkpoint is not None and not np.array_equal(checkpoint.index, tiles):
+        log.warning("checkpoint %s holds tiles %s, expected %s: recomputing it", path,
+                    checkpoint.index.tolist(), list(tiles))
+        path.unlink(missing_ok=True)
+        return None
+    return checkpoint
+
+
+class TileResults:
+    """The tile results a task reads, each checkpoint file loaded once per task."""
+
+    def __init__(self, params, located):
+        self.params = params
+        self.located = located     # mapping tile -> ResultAt
+        self._loaded = {}
+
+    def __getitem__(self, index):
+        at = self.located[index]
+        if at not in self._loaded:
+            self._loaded[at] = load_record(batch_path(self.params.nms_dir, *at),
+                                           BatchCheckpoint)
+        checkpoint = self._loaded[at]
+        k = int(np.searchsorted(checkpoint.index, index))
+        if checkpoint.index[k] != index or not checkpoint.rerun[k]:
+            raise RuntimeError(f"{batch_path(self.params.nms_dir, *at)} holds no result of "
+                               f"tile {index}")
+        part = slice(checkpoint.starts[k], checkpoint.starts[k + 1])
+        return TileResult(*(getattr(checkpoint, name)[part] for name in TileResult._fields))
 
 
 def _no_result():
-    """Result arrays of a checkpoint that keeps the tile's previous result."""
+    """Result arrays of a tile whose previous result still holds."""
     return TileResult(np.zeros(0, np.int64), *(np.zeros(0, bool) for _ in range(3)))
 
 
@@ -276,20 +360,18 @@ def _run_tile_nms(params, plan, reader, halo_fates=None, previous=None):
     return TileResult(rows, owned, kept, assumed), work
 
 
-def _checkpoint_outcome(params, plan, round_, result, work=NmsWork(), *, rerun, core_changed):
-    """Save a tile's outcome (with ``result`` if it was rerun) and return the outcome."""
+def _outcome(plan, round_, result, work=NmsWork(), *, rerun, core_changed):
+    """A tile's outcome, and the result to checkpoint with it (empty if it was not rerun)."""
     outcome = TileOutcome(plan.index, round_, rerun, core_changed,
                           int(np.sum(result.kept & result.owned)), *work)
-    save_record(tile_path(params.nms_dir, round_, plan.index), outcome,
-                result if rerun else _no_result())
-    return outcome
+    return outcome, result if rerun else _no_result()
 
 
-def _owner_fates(params, plan, versions, halo_rows):
+def _owner_fates(plan, results, halo_rows):
     """The decisions of the owners (neighbour tiles) about ``halo_rows``."""
     owned_rows, owned_kept = [np.zeros(0, np.int64)], [np.zeros(0, bool)]
     for neighbour in plan.neighbours:
-        result = _load_result(params, neighbour, versions[neighbour])
+        result = results[neighbour]
         owned_rows.append(result.rows[result.owned])
         owned_kept.append(result.kept[result.owned])
     rows, kept = np.concatenate(owned_rows), np.concatenate(owned_kept)
@@ -300,27 +382,34 @@ def _owner_fates(params, plan, versions, halo_rows):
     return kept[by_row][at]
 
 
-def nms_tiles(params, plans, round_, versions):
-    """Process a batch of neighbouring tiles in one round (the task of the NMS stage).
+def nms_tiles(params, batch, plans, round_, located):
+    """Process a batch of neighbouring tiles in one round and checkpoint their outcomes (the
+    task of the NMS stage).
 
     Parameters
     ----------
     params : SegmentParams
+    batch : int
+        The batch's index (names its checkpoint).
     plans : list of TilePlan
+        The batch's tiles to process in this round, by increasing index.
     round_ : int
-    versions : mapping of int to int
-        As for :func:`nms_tile`, for all tiles of the batch.
+    located : mapping of int to ResultAt
+        Where the latest result of each of these tiles and of their neighbours is (unused in
+        round 0).
 
     Returns
     -------
     list of TileOutcome
     """
-    reader = BatchReader(params, plans)
-    return [nms_tile(params, plan, round_, versions, reader) for plan in plans]
+    reader, results = BatchReader(params, plans), TileResults(params, located)
+    processed = [nms_tile(params, plan, round_, reader, results) for plan in plans]
+    save_batch(params, batch, round_, *zip(*processed))
+    return [outcome for outcome, _ in processed]
 
 
-def nms_tile(params, plan, round_, versions, reader):
-    """Process one tile in one round and checkpoint its outcome.
+def nms_tile(params, plan, round_, reader, results):
+    """Process one tile in one round.
 
     Round 0 runs the tile's NMS freely. Later rounds rerun it only if the fates it assumed for
     its halo candidates disagree with their owners' decisions, fixing them to those decisions.
@@ -330,35 +419,35 @@ def nms_tile(params, plan, round_, versions, reader):
     params : SegmentParams
     plan : TilePlan
     round_ : int
-    versions : mapping of int to int
-        Round of the latest result of this tile and of each of its neighbours (unused in
-        round 0).
     reader : BatchReader
         Reads the candidates of the tile's batch.
+    results : TileResults
+        The latest results of the tile and its neighbours (unused in round 0).
 
     Returns
     -------
     TileOutcome
+    TileResult
+        What to checkpoint (empty if the previous result still holds).
     """
     if round_ == 0:
-        return _checkpoint_outcome(params, plan, 0, *_run_tile_nms(params, plan, reader),
-                                   rerun=True, core_changed=True)
-    return _settle_tile(params, plan, round_, versions, reader)
+        return _outcome(plan, 0, *_run_tile_nms(params, plan, reader), rerun=True,
+                        core_changed=True)
+    return _settle_tile(params, plan, round_, reader, results)
 
 
-def _settle_tile(params, plan, round_, versions, reader):
+def _settle_tile(params, plan, round_, reader, results):
     """Rerun a tile if its halo assumptions disagree with the owners' decisions."""
-    previous = _load_result(params, plan.index, versions[plan.index])
+    previous = results[plan.index]
     halo = ~previous.owned
-    fates = _owner_fates(params, plan, versions, previous.rows[halo])
+    fates = _owner_fates(plan, results, previous.rows[halo])
     # A rerun would repeat the previous result if the owners' fates equal the ones it was
     # given, or the ones it arrived at (halo candidates it suppressed itself suppress nothing).
     if np.array_equal(fates, previous.assumed[halo]) or np.array_equal(fates, previous.kept[halo]):
-        return _checkpoint_outcome(params, plan, round_, previous, rerun=False, core_changed=False)
+        return _outcome(plan, round_, previous, rerun=False, core_changed=False)
     result, work = _run_tile_nms(params, plan, reader, fates, previous)
     core_changed = not np.array_equal(result.kept[result.owned], previous.kept[previous.owned])
-    return _checkpoint_outcome(params, plan, round_, result, work, rerun=True,
-                               core_changed=core_changed)
+    return _outcome(plan, round_, result, work, rerun=True, core_changed=core_changed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,23 +503,22 @@ def batch_tiles(plans, n_candidates):
 
 
 def _execute_round(params, round_, plans, versions, batches, execute):
-    """Outcomes of one round over ``plans``, loading those already checkpointed; the others
-    run in one task per batch (``batches``: the batch of each tile)."""
-    outcomes, to_run = [], {}
+    """Outcomes of one round over ``plans``, loading the batches already checkpointed; the
+    others run in one task per batch (``batches``: the batch of each tile)."""
+    by_batch = {}
     for plan in plans:
-        path = tile_path(params.nms_dir, round_, plan.index)
-        outcome = (load_checkpoint(path, TileOutcome, {"index": plan.index, "round": round_})
-                   if path.exists() else None)
-        if outcome is not None:
-            outcomes.append(outcome)
-        else:
-            to_run.setdefault(batches[plan.index], []).append(plan)
-    arguments = [(params, batch, round_,
-                  {t: v for plan in batch for t, v in _neighbourhood_versions(plan, versions)
-                   .items()})
-                 for batch in to_run.values()]
-    for batch_outcomes in execute(nms_tiles, arguments, f"NMS round {round_}"):
-        outcomes.extend(batch_outcomes)
+        by_batch.setdefault(int(batches[plan.index]), []).append(plan)
+    outcomes, arguments = [], []
+    for batch, members in by_batch.items():
+        checkpoint = load_batch(params, round_, batch, [plan.index for plan in members])
+        if checkpoint is not None:
+            outcomes.extend(batch_outcomes(checkpoint))
+            continue
+        located = {t: ResultAt(versions[t], int(batches[t]))
+                   for plan in members for t in (plan.index, *plan.neighbours)}
+        arguments.append((params, batch, members, round_, located))
+    for batch_outcomes_ in execute(nms_tiles, arguments, f"NMS round {round_}"):
+        outcomes.extend(batch_outcomes_)
     return outcomes
 
 
@@ -474,11 +562,6 @@ def run_rounds(params, plans, execute):
                       tuple(int(b) for b in batches))
 
 
-def _neighbourhood_versions(plan, versions):
-    """Round of the latest result of a tile and of its neighbours."""
-    return {t: versions[t] for t in (plan.index, *plan.neighbours)}
-
-
 # ---------------------------------------------------------------------------------------------
 # gathering the survivors
 
@@ -489,34 +572,39 @@ class TileSurvivors(NamedTuple):
     survivors: Survivors
 
 
-def gather_tiles(params, plans, versions):
+def final_results(summary: NmsSummary, tiles):
+    """Where the final result of each of ``tiles`` is (mapping tile -> ResultAt)."""
+    return {t: ResultAt(summary.versions[t], summary.batches[t]) for t in tiles}
+
+
+def gather_tiles(params, plans, located):
     """The survivors of a batch of neighbouring tiles (a task of the gather stage), their
-    candidates read once.
+    candidates and results read once.
 
     Parameters
     ----------
     params : SegmentParams
     plans : list of TilePlan
-    versions : list of int
-        Round of each tile's final result.
+    located : mapping of int to ResultAt
+        Where each tile's final result is (see :func:`final_results`).
 
     Returns
     -------
     list of TileSurvivors
     """
-    reader = BatchReader(params, plans, cores=True)
-    return [gather_tile(params, plan, version, reader) for plan, version in zip(plans, versions)]
+    reader, results = BatchReader(params, plans, cores=True), TileResults(params, located)
+    return [gather_tile(params, plan, results, reader) for plan in plans]
 
 
-def gather_tile(params, plan, version, reader=None):
+def gather_tile(params, plan, results, reader=None):
     """The kept candidates owned by one tile, with their render boxes (no ids yet).
 
     Parameters
     ----------
     params : SegmentParams
     plan : TilePlan
-    version : int
-        Round of the tile's final result.
+    results : TileResults
+        Holds the tile's final result.
     reader : BatchReader, optional
         Reads the candidates of the tile's batch (None: the tile's own).
 
@@ -524,7 +612,7 @@ def gather_tile(params, plan, version, reader=None):
     -------
     TileSurvivors
     """
-    result = _load_result(params, plan.index, version)
+    result = results[plan.index]
     kept_rows = result.rows[result.owned & result.kept]
     reader = BatchReader(params, [plan], cores=True) if reader is None else reader
     rows, prob, dist, points = reader.read_box(plan.core)

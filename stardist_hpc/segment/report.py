@@ -40,7 +40,7 @@ from ..io.atomic import atomic_path
 from ..io.checkpoint import load_record
 from ..io.image import open_volume
 from ..io.label_file import read_objects
-from .nms import TileOutcome
+from .nms import BatchCheckpoint, batch_outcomes
 from .preview import preview_steps
 
 log = logging.getLogger(__name__)
@@ -170,9 +170,9 @@ def reruns_per_tile(nms_dir, n_rounds):
     """NMS reruns of each tile (rounds after the first in which it ran NMS again)."""
     reruns = {}
     for round_ in range(1, n_rounds):
-        for path in (Path(nms_dir) / f"round{round_}").glob("tile*.npz"):
-            outcome = load_record(path, TileOutcome)
-            reruns[outcome.index] = reruns.get(outcome.index, 0) + int(outcome.rerun)
+        for path in (Path(nms_dir) / f"round{round_}").glob("batch*.npz"):
+            for outcome in batch_outcomes(load_record(path, BatchCheckpoint)):
+                reruns[outcome.index] = reruns.get(outcome.index, 0) + int(outcome.rerun)
     return reruns
 
 

@@ -8,14 +8,14 @@ then every stage is a short function over task functions that run on the Dask cl
 
     run.json                 what the checkpoints belong to (a changed run starts afresh)
     prediction_indexed.h5    the original-format input, converted (if the input was one)
-    nms/round{r}/tile{i}.npz tile results of every NMS round
+    nms/round{r}/batch{b}.npz the outcomes and results of a batch of tiles in an NMS round
     survivors.h5             every kept candidate with its id (1 = most probable)
     chunks/{i}.bin, {i}.npz  rendered label chunks (deflate) and their object statistics,
                              previews and intensities (see :mod:`.chunk_extras`)
+    ome_zarr/{level}/{i}.npz markers of the OME-Zarr chunk files each task wrote
 
 Beside ``label.h5``: ``intensities.tsv`` (with ``measure.image``) and the QC report
 (:mod:`.report`).
-    ome_zarr/{level}/{i}.npz markers of the OME-Zarr chunk files each task wrote
 
 The result equals StarDist's single-process ``non_maximum_suppression_3d_inds`` followed by
 ``polyhedron_to_label`` on all candidates ranked in the total order of
@@ -58,7 +58,7 @@ from ..io.tables import check_parquet
 from .chunk_extras import collect_extras, extras_done, intensity_tables
 from .cluster import check_cluster, run_tasks, start_cluster
 from .measure import resolve_measure
-from .nms import gather_tiles, plan_tiles, resolve_halo, run_rounds
+from .nms import final_results, gather_tiles, plan_tiles, resolve_halo, run_rounds
 from .outputs import ome_zarr_stage, publish_outputs, write_tables
 from .params import CHECKPOINTS, INDEXED_INPUT, SETTING_CHECKPOINTS, SegmentParams
 from .render import chunk_tasks, render_chunk
@@ -267,7 +267,7 @@ def _gather_stage(params, plans, nms_summary, execute):
     for plan in plans:
         if counts[plan.index]:
             batches.setdefault(nms_summary.batches[plan.index], []).append(plan)
-    arguments = [(params, batch, [nms_summary.versions[plan.index] for plan in batch])
+    arguments = [(params, batch, final_results(nms_summary, [plan.index for plan in batch]))
                  for batch in batches.values()]
     parts = ((starts[tile.index], tile.survivors)
              for tiles in execute(gather_tiles, arguments, "gather survivors") for tile in tiles)
