@@ -17,7 +17,7 @@ What it measures
      are taken inside the worker (``client.run``), so nothing else on the machine counts;
    * ``run_tasks`` is wrapped to count the Dask tasks and to take the workers' CPU seconds
      before and after each batch, per task function (``nms_tiles``, ``gather_tiles``,
-     ``render_chunk``): the per-core rates the plan (``--plan``) uses;
+     ``render_chunks``): the per-core rates the plan (``--plan``) uses;
    * work_dir files and bytes and label.h5 bytes after the run.
 3. Prints a table per size, then the growth exponents ``log(t16/t1) / log(n16/n1)`` of the
    step's time (sum of RunSummary.seconds) and of the driver's peak RSS, and the driver RSS
@@ -78,7 +78,7 @@ RSS_RATIO_TARGET = 1.25
 RESULT_PREFIX = "SCALE_RESULT "
 STAGES = ("index", "nms", "gather", "labeling", "write", "outputs")
 #: task functions whose worker CPU seconds are reported (the plan's rates).
-TASK_FUNCTIONS = ("nms_tiles", "gather_tiles", "render_chunk")
+TASK_FUNCTIONS = ("nms_tiles", "gather_tiles", "render_chunks")
 #: the tiling comparisons: (name, volume factor of BASE_SHAPE or a shape, tile shape, target of
 #: NMS seconds tiled / untiled); None: the default tiles.
 TILING_SETS = (("16x, default tiles", 16, None, 1.15),

@@ -33,7 +33,7 @@ from stardist_hpc.io.candidates import CandidateFile
 from stardist_hpc.io.run_lock import WORK_DIR_LOCK
 from stardist_hpc.segment import step as hpc
 from stardist_hpc.segment.cluster import run_in_process, run_tasks, start_cluster
-from stardist_hpc.segment.nms import batch_tiles, plan_tiles
+from stardist_hpc.segment.nms import batch_tiles
 from stardist_hpc.segment.params import CHUNK_DIR, NMS_DIR, SURVIVORS
 from stardist_hpc.synthetic import nuclei_volume
 
@@ -214,7 +214,7 @@ def reference(tmp_path_factory, nuclei_candidates, single_openmp_thread):
     params = hpc.resolve_params(config, CandidateFile(nuclei_candidates))
     hpc.segment(params, run_in_process)
     work_dir = config.output.work_dir
-    batches = batch_tiles(plan_tiles(params.image_shape, params.tile_shape, params.halo),
+    batches = batch_tiles(params.image_shape, params.tile_shape,
                           CandidateFile(nuclei_candidates).n_candidates)
     return Reference(*_read_label_file(config.output.labels), len(_round0_checkpoints(work_dir)),
                      _nms_checkpoints(work_dir), len(_rendered_chunks(work_dir)),

@@ -24,25 +24,21 @@ pytestmark = pytest.mark.usefixtures("single_openmp_thread")
 THRESH = 0.3
 
 
-def _nms_job(candidate_path, work_dir, backend="stardist"):
-    """Parameters of an NMS run on ``candidate_path`` (the settings NMS does not read are
-    placeholders)."""
+def _nms_job(candidate_path, work_dir, tile_shape, backend="stardist"):
+    """Parameters and tiles of an NMS run on ``candidate_path`` (the settings NMS does not
+    read are placeholders)."""
     candidates = CandidateFile(candidate_path)
     meta = candidates.meta
-    return SegmentParams(candidate_pin=pin(candidates), input_path=str(candidate_path),
-                         input_size=0, input_mtime_ns=0, model_dir="",
-                         image_shape=meta.image_shape,
-                         rays_json=meta.rays_json, prob_thresh=meta.prob_thresh,
-                         nms_thresh=THRESH, nms_backend=backend, tile_shape=(None, None, None),
-                         halo=(0, 0, 0), chunk_shape=meta.image_shape,
-                         labeling_backend="stardist", work_dir=work_dir,
-                         label_path=work_dir / "label.h5")
-
-
-def _plans(candidate_path, tile_shape):
-    candidates = CandidateFile(candidate_path)
     halo = resolve_halo("auto", candidates.max_extent)
-    return plan_tiles(candidates.meta.image_shape, tile_shape, halo)
+    job = SegmentParams(candidate_pin=pin(candidates), input_path=str(candidate_path),
+                        input_size=0, input_mtime_ns=0, model_dir="",
+                        image_shape=meta.image_shape,
+                        rays_json=meta.rays_json, prob_thresh=meta.prob_thresh,
+                        nms_thresh=THRESH, nms_backend=backend, tile_shape=tile_shape,
+                        halo=halo, chunk_shape=meta.image_shape,
+                        labeling_backend="stardist", work_dir=work_dir,
+                        label_path=work_dir / "label.h5")
+    return job, plan_tiles(meta.image_shape, tile_shape, halo)
 
 
 def _survivor_rows(job, plans, summary, versions=None):
@@ -75,8 +71,7 @@ def test_neighbours_are_the_tiles_whose_core_meets_the_context():
                                         (None, None, None)])
 def test_tiled_nms_equals_single_process(tmp_path, nuclei_candidates, nuclei_references,
                                          tile_shape, backend):
-    job = _nms_job(nuclei_candidates, tmp_path, backend)
-    plans = _plans(nuclei_candidates, tile_shape)
+    job, plans = _nms_job(nuclei_candidates, tmp_path, tile_shape, backend)
     summary = run_rounds(job, plans, run_in_process)
     survivors = _survivor_rows(job, plans, summary)
     expected = np.sort(nuclei_references[backend].rows)
@@ -91,8 +86,7 @@ def test_tiled_nms_equals_single_process(tmp_path, nuclei_candidates, nuclei_ref
 @pytest.mark.parametrize("tile_shape", [(None, None, 9), (None, None, 7)])
 def test_rounds_follow_a_suppression_chain_across_tiles(tmp_path, chain_candidates,
                                                         tile_shape):
-    job = _nms_job(chain_candidates, tmp_path)
-    plans = _plans(chain_candidates, tile_shape)
+    job, plans = _nms_job(chain_candidates, tmp_path, tile_shape)
     summary = run_rounds(job, plans, run_in_process)
     expected = np.sort(SingleProcessResult(chain_candidates).rows)
     # the greedy fates alternate along the chain
@@ -106,8 +100,7 @@ def test_rounds_follow_a_suppression_chain_across_tiles(tmp_path, chain_candidat
 
 
 def test_resume_redoes_only_missing_batches(tmp_path, nuclei_candidates):
-    job = _nms_job(nuclei_candidates, tmp_path)
-    plans = _plans(nuclei_candidates, (None, 24, 24))
+    job, plans = _nms_job(nuclei_candidates, tmp_path, (None, 24, 24))
     first = run_rounds(job, plans, run_in_process)
     deleted = [(0, 1), (0, 4), (1, 2)]   # (round, batch)
     for round_, batch in deleted:
@@ -128,8 +121,7 @@ def test_resume_redoes_only_missing_batches(tmp_path, nuclei_candidates):
 
 def test_reruns_decide_again_only_what_can_change(tmp_path, nuclei_candidates,
                                                   nuclei_references):
-    job = _nms_job(nuclei_candidates, tmp_path, "fast")
-    plans = _plans(nuclei_candidates, (5, 10, 12))
+    job, plans = _nms_job(nuclei_candidates, tmp_path, (5, 10, 12), "fast")
     outcomes = []
 
     def recording_executor(function, argument_tuples, description):

@@ -45,3 +45,16 @@ def test_box_grow_clips_to_the_image():
     assert box.grow((3, 2, 1), SHAPE) == Box((0, 3, 29), (5, 12, 33))
     assert box.shape == (2, 5, 3)
     assert box.slices((0, 5, 30)) == (slice(0, 2), slice(0, 5), slice(0, 3))
+
+
+def test_batches_are_blocks_of_neighbours_up_to_the_load_or_the_minimum_count():
+    grid = Grid((64, 512, 500), (16, 64, 64))   # 4 x 8 x 8 boxes, the last x ones clipped
+    batches = grid.batches(100, 1600, 16)
+    assert len(np.unique(batches)) == 16 and np.all(np.bincount(batches) == 16)
+    lo, hi = grid.bounds(np.arange(len(grid)))
+    for b in np.unique(batches):
+        members = batches == b
+        block = np.prod(hi[members].max(axis=0) - lo[members].min(axis=0))
+        assert block == np.prod(hi[members] - lo[members], axis=1).sum(), "not one block"
+    np.testing.assert_array_equal(grid.batches(100, 50, 16), np.arange(len(grid)))
+    assert len(np.unique(grid.batches(100, 10 ** 9, 4))) == 4   # the minimum count wins

@@ -90,6 +90,38 @@ class Grid:
             yield Box(lo, tuple(min(l + b, s) for l, b, s in
                                 zip(lo, self.box_shape, self.image_shape)))
 
+    def batches(self, load_per_box, min_batch_load, min_batches):
+        """The batch of each box: blocks of neighbouring boxes that carry about
+        ``min_batch_load``, as long as there stay at least ``min_batches`` batches.
+
+        Parameters
+        ----------
+        load_per_box : float
+            The mean load (candidates, voxels, ...) of a box.
+        min_batch_load : float
+        min_batches : int
+
+        Returns
+        -------
+        ndarray of int64 (len(self),)
+            Batch index of each box (flat C-order index); batches are numbered in C order.
+        """
+        counts, box = np.asarray(self.counts), np.asarray(self.box_shape)
+        factor = np.ones(N_AXES, np.int64)
+        while load_per_box * np.prod(factor) < min_batch_load:
+            growable = np.flatnonzero(factor < counts)
+            if len(growable) == 0:
+                break
+            # grow the batch along its shortest side: a compact batch reads the least halo
+            axis = growable[np.argmin((factor * box)[growable])]
+            trial = factor.copy()
+            trial[axis] = min(2 * factor[axis], counts[axis])
+            if np.prod(-(-counts // trial)) < min_batches:
+                break
+            factor = trial
+        position = np.stack(np.unravel_index(np.arange(len(self)), self.counts), axis=1)
+        return np.ravel_multi_index(tuple((position // factor).T), tuple(-(-counts // factor)))
+
     def index_of(self, points):
         """Flat index of the box containing each of ``points`` (N, 3), which must be inside."""
         position = np.asarray(points, np.int64).reshape(-1, N_AXES) // np.asarray(self.box_shape)

@@ -217,14 +217,22 @@ def _write_chunks(store, marker_dir, levels, level, task, pieces):
     return written.chunk_lo
 
 
-def copy_base_chunks(store, marker_dir, levels, chunk_dir, index):
-    """Task: write the level-0 chunks of rendered task chunk ``index`` (its own deflate bytes).
+def copy_base_chunks(store, marker_dir, levels, chunk_dir, indices):
+    """Task: write the level-0 chunks of the rendered task chunks ``indices`` (their own
+    deflate bytes).
 
     Returns
     -------
     ndarray (n, 3)
         First voxel of every chunk file written (chunks with objects only).
     """
+    return np.concatenate([np.zeros((0, 3), np.int64),
+                           *(_copy_base_chunk(store, marker_dir, levels, chunk_dir, index)
+                             for index in indices)])
+
+
+def _copy_base_chunk(store, marker_dir, levels, chunk_dir, index):
+    """The level-0 chunk files of one rendered task chunk (see :func:`copy_base_chunks`)."""
     done = _intact(store, marker_dir, levels, 0, index)
     if done is not None:
         return done

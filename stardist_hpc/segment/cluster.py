@@ -349,10 +349,21 @@ def _reporting_bad_input(function, *arguments):
         return _BadInput(error)
 
 
+#: tiles or chunks a task's name lists before "and N more".
+NAMED_PLACES = 4
+
+
 def _task_name(function, arguments):
-    """A task as the user can find it: its function and the index of its tile or chunk."""
-    index = next((a.index for a in arguments if isinstance(getattr(a, "index", None), int)), None)
-    return function.__name__ + ("" if index is None else f" {index}")
+    """A task as the user can find it: its function and the indices of its tiles or chunks
+    (an argument with an ``index``, or a list of them: a batch)."""
+    places = [a for argument in arguments
+              for a in (argument if isinstance(argument, list) else [argument])]
+    indices = [a.index for a in places if isinstance(getattr(a, "index", None), int)]
+    if not indices:
+        return function.__name__
+    more = len(indices) - NAMED_PLACES
+    return (f"{function.__name__} {', '.join(map(str, indices[:NAMED_PLACES]))}"
+            + (f" and {more} more" if more > 0 else ""))
 
 
 def _killed_error(function, arguments, description):

@@ -41,6 +41,7 @@ from ..io.checkpoint import load_checkpoint, load_record, save_record
 from ..io.input_pin import check_pinned, open_pinned, read_pinned_box
 from ..io.survivors import Survivors
 from .nms_fast import meets_core, resuppress_counting_pairs, suppress_counting_pairs
+from .params import MIN_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,6 @@ log = logging.getLogger(__name__)
 #: blocks around its tiles; ~0.1-0.5 s) that tiny tiles would pay over and over, while the fast
 #: backend decides ~10,000 candidates per core-second.
 MIN_TASK_CANDIDATES = 20_000
-#: batching stops before the first round would have fewer tasks than this, to keep the
-#: workers of a small run busy.
-MIN_TASKS = 16
 
 
 def resolve_halo(halo, max_extent):
@@ -470,36 +468,17 @@ class NmsSummary(NamedTuple):
     batches: tuple        # the batch of each tile (tiles of a batch run in one task)
 
 
-def batch_tiles(plans, n_candidates):
-    """The batch of each tile: blocks of neighbouring tiles that hold about
-    :data:`MIN_TASK_CANDIDATES` (estimated from the mean density), at least :data:`MIN_TASKS`.
-
-    Parameters
-    ----------
-    plans : list of TilePlan
-        The tiles of one grid (the first one has the full tile shape).
-    n_candidates : int
+def batch_tiles(image_shape, tile_shape, n_candidates):
+    """The batch (one task per round) of each tile: blocks of neighbouring tiles that hold
+    about :data:`MIN_TASK_CANDIDATES` (estimated from the mean density), at least
+    :data:`~.params.MIN_TASKS` of them.
 
     Returns
     -------
-    ndarray of int (len(plans),)
+    ndarray of int (number of tiles,)
     """
-    tile = np.asarray(plans[0].core.hi) - np.asarray(plans[0].core.lo)
-    position = np.array([plan.core.lo for plan in plans], np.int64) // np.maximum(tile, 1)
-    counts = position.max(axis=0) + 1
-    factor = np.ones(3, np.int64)
-    while n_candidates / len(plans) * np.prod(factor) < MIN_TASK_CANDIDATES:
-        growable = np.flatnonzero(factor < counts)
-        if len(growable) == 0:
-            break
-        # grow the batch along its shortest side: a compact batch reads the least halo
-        axis = growable[np.argmin((factor * tile)[growable])]
-        trial = factor.copy()
-        trial[axis] = min(2 * factor[axis], counts[axis])
-        if np.prod(-(-counts // trial)) < MIN_TASKS:
-            break
-        factor = trial
-    return np.ravel_multi_index(tuple((position // factor).T), tuple(-(-counts // factor)))
+    grid = Grid(image_shape, tile_shape)
+    return grid.batches(n_candidates / len(grid), MIN_TASK_CANDIDATES, MIN_TASKS)
 
 
 def _execute_round(params, round_, plans, versions, batches, execute):
@@ -541,7 +520,8 @@ def run_rounds(params, plans, execute):
     NmsSummary
     """
     versions, n_owned_kept = [0] * len(plans), [0] * len(plans)
-    batches = batch_tiles(plans, CandidateFile(params.candidate_path).n_candidates)
+    batches = batch_tiles(params.image_shape, params.tile_shape,
+                          CandidateFile(params.candidate_path).n_candidates)
     round_, n_reruns, to_process = 0, 0, plans
     work = [NmsWork(), NmsWork()]   # round 0, later rounds
     while to_process:

@@ -46,15 +46,15 @@ def _prepare_store(params, levels):
     return tmp_store
 
 
-def ome_zarr_stage(params: SegmentParams, chunk_indices, execute):
+def ome_zarr_stage(params: SegmentParams, chunk_batches, execute):
     """Write every level of the OME-Zarr label image into its temporary store (by tasks).
 
     Parameters
     ----------
     params : SegmentParams
         ``ome_zarr_path`` must be set.
-    chunk_indices : sequence of int
-        The rendered task chunks.
+    chunk_batches : sequence of sequence of int
+        The rendered task chunks, in batches (one task each) for level 0.
     execute : callable
         As for :func:`stardist_hpc.segment.step.segment`.
     """
@@ -63,7 +63,8 @@ def ome_zarr_stage(params: SegmentParams, chunk_indices, execute):
     markers = params.ome_zarr_marker_dir
     log.info("OME-Zarr: %d level(s), shapes %s", len(levels),
              ", ".join("x".join(map(str, level.shape)) for level in levels))
-    arguments = [(tmp_store, markers, levels, params.chunk_dir, int(i)) for i in chunk_indices]
+    arguments = [(tmp_store, markers, levels, params.chunk_dir, [int(i) for i in batch])
+                 for batch in chunk_batches]
     written = list(execute(copy_base_chunks, arguments, "OME-Zarr level 0"))
     for level in range(1, len(levels)):
         finer = np.concatenate([np.zeros((0, 3), np.int64), *written])

@@ -20,6 +20,9 @@ SETTING_CHECKPOINTS = (NMS_DIR, SURVIVORS, CHUNK_DIR, OME_ZARR_DIR)
 #: every checkpoint file and folder a run writes in work_dir; the indexed copy of an
 #: original-format input depends only on the input file and the model folder.
 CHECKPOINTS = (INDEXED_INPUT, *SETTING_CHECKPOINTS)
+#: batching tasks (neighbouring NMS tiles, label chunks) stops before a stage would have fewer
+#: tasks than this, to keep the workers of a small run busy.
+MIN_TASKS = 16
 #: fields that say where files are, not what the checkpoints hold.
 _LOCATIONS = ("candidate_pin", "work_dir", "label_path", "ome_zarr_path", "objects_tsv",
               "objects_parquet")

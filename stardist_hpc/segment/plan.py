@@ -152,9 +152,9 @@ def _workers(cluster):
     return n, None, f"local: {n} worker process(es)"
 
 
-def _batch_contexts(tiles, candidates):
+def _batch_contexts(params, tiles, candidates):
     """The box around the contexts of each batch of tiles that one NMS task runs."""
-    batches = batch_tiles(tiles, candidates.n_candidates)
+    batches = batch_tiles(params.image_shape, params.tile_shape, candidates.n_candidates)
     return [Box(tuple(np.min([tiles[i].context.lo for i in members], axis=0)),
                 tuple(np.max([tiles[i].context.hi for i in members], axis=0)))
             for members in (np.flatnonzero(batches == b) for b in np.unique(batches))]
@@ -174,7 +174,7 @@ def make_plan(config: HpcConfig) -> Plan:
     tiles = plan_tiles(params.image_shape, params.tile_shape, params.halo)
     per_tile = context_candidates(candidates.blocks, [t.context for t in tiles])
     # a task reads the contexts of its batch of tiles at once
-    per_task = context_candidates(candidates.blocks, _batch_contexts(tiles, candidates))
+    per_task = context_candidates(candidates.blocks, _batch_contexts(params, tiles, candidates))
     n_rays = candidates.meta.n_rays
     nms_mib = WORKER_BASE_MIB + per_task.max(initial=0) * n_rays * NMS_BYTES_PER_CANDIDATE_RAY / MIB
     render_mib = WORKER_BASE_MIB + math.prod(params.chunk_shape) * RENDER_BYTES_PER_VOXEL / MIB

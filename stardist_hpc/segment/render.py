@@ -39,7 +39,7 @@ from ..io.chunks import NO_LABELS, ChunkIdentity, chunk_files, chunk_stats, comp
 from ..io.input_pin import check_pinned
 from ..io.survivors import SurvivorFile
 from .chunk_extras import chunk_extras
-from .params import SegmentParams
+from .params import MIN_TASKS, SegmentParams
 
 #: a half-space as stored: normal (z, y, x) and offset.
 HALFSPACE_WIDTH = 4
@@ -201,6 +201,13 @@ def render_labels(dist, points, ids, geometry, box, image_shape, backend):
 # chunk tasks
 
 
+#: a labeling task renders neighbouring chunks together until they hold about this many voxels
+#: (the default labeling.chunk_shape, 64x256x256, about a second of rendering): a task has a
+#: fixed cost (scheduling, opening the survivor table, ~10 ms) that tiny chunks would pay over
+#: and over.
+MIN_TASK_VOXELS = 64 * 256 * 256
+
+
 class ChunkTask(NamedTuple):
     """One label chunk: its flat index, its box and the survivor table rows meeting it."""
     index: int
@@ -229,6 +236,17 @@ def chunk_tasks(bbox_lo, bbox_hi, grid):
     indices, starts = np.unique(chunks, return_index=True)
     return [ChunkTask(int(i), grid.box(int(i)), p)
             for i, p in zip(indices, np.split(positions, starts[1:]))]
+
+
+def batch_chunks(grid):
+    """The batch (one labeling task) of each chunk of ``grid``: blocks of neighbouring chunks
+    that hold about :data:`MIN_TASK_VOXELS`, at least :data:`~.params.MIN_TASKS` of them."""
+    return grid.batches(np.prod(grid.box_shape), MIN_TASK_VOXELS, MIN_TASKS)
+
+
+def render_chunks(params: SegmentParams, tasks):
+    """Task: render a batch of chunks (see :func:`render_chunk`); returns their indices."""
+    return [render_chunk(params, task) for task in tasks]
 
 
 def render_chunk(params: SegmentParams, task: ChunkTask):

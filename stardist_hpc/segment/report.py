@@ -166,14 +166,17 @@ def objects_per_tile(objects, grid):
     return dict(enumerate(counts))
 
 
-def reruns_per_tile(nms_dir, n_rounds):
-    """NMS reruns of each tile (rounds after the first in which it ran NMS again)."""
-    reruns = {}
-    for round_ in range(1, n_rounds):
+def nms_per_tile(nms_dir, n_rounds):
+    """NMS reruns of each tile (rounds after the first in which it ran NMS again) and its
+    seconds in the NMS kernel over all rounds, from the outcomes the rounds checkpointed."""
+    reruns, seconds = {}, {}
+    for round_ in range(n_rounds):
         for path in (Path(nms_dir) / f"round{round_}").glob("batch*.npz"):
             for outcome in batch_outcomes(load_record(path, BatchCheckpoint)):
-                reruns[outcome.index] = reruns.get(outcome.index, 0) + int(outcome.rerun)
-    return reruns
+                if round_:
+                    reruns[outcome.index] = reruns.get(outcome.index, 0) + int(outcome.rerun)
+                seconds[outcome.index] = seconds.get(outcome.index, 0.0) + outcome.nms_seconds
+    return reruns, seconds
 
 
 def image_planes(spec, image_shape, positions):
@@ -269,7 +272,7 @@ def tiles_figure(objects, grid, reruns, tile_seconds):
     depth = f" (summed over {grid.counts[0]} tiles along z)" if grid.counts[0] > 1 else ""
     _map(axes[0], _per_tile(objects_per_tile(objects, grid), grid), "objects per tile" + depth)
     _map(axes[1], _per_tile(reruns, grid), "NMS reruns per tile")
-    _map(axes[2], _per_tile(tile_seconds, grid), "NMS + gather seconds per tile (this run)")
+    _map(axes[2], _per_tile(tile_seconds, grid), "NMS kernel seconds per tile")
     return figure
 
 
@@ -375,7 +378,7 @@ def _seam_text(rows):
         "at seams raise it, objects lost there lower it.</p>")
 
 
-def write_report(path, params, plans, summary, extras, task_times):
+def write_report(path, params, plans, summary, extras):
     """Write the QC report of a run to ``path`` (atomically).
 
     Parameters
@@ -386,13 +389,11 @@ def write_report(path, params, plans, summary, extras, task_times):
     summary : RunSummary
     extras : ChunkSummary
         Previews, intensities and chunk seconds (:func:`.chunk_extras.collect_extras`).
-    task_times : TaskTimes
-        Seconds of the tasks run in this invocation.
     """
     objects = read_objects(params.label_path)
     tile_grid = Grid(params.image_shape, params.tile_shape)
     chunk_grid = Grid(params.image_shape, params.chunk_shape)
-    reruns = reruns_per_tile(params.nms_dir, summary.n_rounds)
+    reruns, tile_seconds = nms_per_tile(params.nms_dir, summary.n_rounds)
     chunk_seconds = {i: extras.render_seconds[i] + extras.measure_seconds[i]
                      for i in extras.render_seconds}
     seams = seam_table(objects, params.image_shape, params.tile_shape, params.chunk_shape)
@@ -401,9 +402,7 @@ def write_report(path, params, plans, summary, extras, task_times):
                  f"<p class=\"note\">Every {extras.previews.steps} voxels (z, y, x) sampled "
                  "across the projection; colours by object id.</p>"),
         _section("objects", "Objects", objects_figure(objects)),
-        _section("tiles", "NMS tiles", tiles_figure(objects, tile_grid, reruns,
-                                                    task_times.by_place("nms_tile",
-                                                                        "gather_tile"))),
+        _section("tiles", "NMS tiles", tiles_figure(objects, tile_grid, reruns, tile_seconds)),
         _section("seams", "Seam check", seams_figure(seams), _seam_text(seams)),
         _section("times", "Seconds", times_figure(summary.seconds, chunk_grid, chunk_seconds)),
     ]

@@ -61,8 +61,7 @@ from .measure import resolve_measure
 from .nms import final_results, gather_tiles, plan_tiles, resolve_halo, run_rounds
 from .outputs import ome_zarr_stage, publish_outputs, write_tables
 from .params import CHECKPOINTS, INDEXED_INPUT, SETTING_CHECKPOINTS, SegmentParams
-from .render import chunk_tasks, render_chunk
-from .task_times import TaskTimes, timing
+from .render import batch_chunks, chunk_tasks, render_chunks
 
 log = logging.getLogger(__name__)
 
@@ -280,15 +279,25 @@ def _chunk_grid(params):
     return Grid(params.image_shape, params.chunk_shape)
 
 
+def _by_batch(params, items, index):
+    """``items`` grouped by the labeling batch of their chunk (``index(item)``)."""
+    batches = batch_chunks(_chunk_grid(params))
+    grouped = {}
+    for item in items:
+        grouped.setdefault(int(batches[index(item)]), []).append(item)
+    return list(grouped.values())
+
+
 def _labeling_stage(params, survivors, execute):
     """Render every chunk that some survivor meets; returns the rendered chunk indices."""
     bbox_lo, bbox_hi = survivors.read_columns("bbox_lo", "bbox_hi")
     tasks = chunk_tasks(bbox_lo, bbox_hi, _chunk_grid(params))
-    missing = [(params, task) for task in tasks if not (
+    missing = [task for task in tasks if not (
         chunk_done(params.chunk_dir, task.index) and extras_done(params, task.index))]
     log.info("labeling (%s): %d chunk(s) of %s hold objects, %d to render",
              params.labeling_backend, len(tasks), params.chunk_shape, len(missing))
-    for _ in execute(render_chunk, missing, "labeling"):
+    arguments = [(params, batch) for batch in _by_batch(params, missing, lambda t: t.index)]
+    for _ in execute(render_chunks, arguments, "labeling"):
         pass
     return [task.index for task in tasks]
 
@@ -342,7 +351,7 @@ def _write_stage(params, survivors, chunk_indices, show_progress):
 def _outputs_stage(params, chunk_indices, objects, execute):
     """The OME-Zarr levels (tasks) and the tables; the OME-Zarr is published last."""
     if params.ome_zarr_path is not None:
-        ome_zarr_stage(params, chunk_indices, execute)
+        ome_zarr_stage(params, _by_batch(params, chunk_indices, int), execute)
     write_tables(params, objects)
     publish_outputs(params)
 
@@ -379,8 +388,6 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
     RunSummary
     """
     seconds = StageSeconds() if seconds is None else seconds
-    task_times = TaskTimes()
-    execute = timing(execute, task_times)
     plans = plan_tiles(params.image_shape, params.tile_shape, params.halo)
     with _timed(seconds, "nms"):
         nms_summary = _nms_stage(params, plans, execute)
@@ -401,7 +408,7 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
     if report_path is not None:
         from .report import write_report  # matplotlib: only the driver, only when asked
         with _timed(seconds, "report"):
-            write_report(report_path, params, plans, summary, extras, task_times)
+            write_report(report_path, params, plans, summary, extras)
     return summary
 
 
