@@ -1,4 +1,5 @@
-"""The HPC step's outputs beside label.h5: the OME-Zarr pyramid (tasks) and the tables.
+"""The HPC step's outputs beside label.h5: the OME-Zarr pyramid (tasks), the tables and the
+QC report (a task that runs while the pyramid is written).
 
 The OME-Zarr store is written by tasks on the cluster, level by level (level 0 from the
 rendered chunks' own bytes, every coarser level from the finer one, block by block), into
@@ -83,6 +84,13 @@ def write_tables(params: SegmentParams, objects):
         write_tsv(params.objects_tsv, columns)
     if params.objects_parquet is not None:
         write_parquet(params.objects_parquet, columns)
+
+
+def report_task(path, params: SegmentParams, plans, summary, extras):
+    """Task: write the QC report (see :func:`.report.write_report`), beside the other outputs;
+    matplotlib is imported where it runs, not in the driver."""
+    from .report import write_report
+    write_report(path, params, plans, summary, extras)
 
 
 def publish_outputs(params: SegmentParams):

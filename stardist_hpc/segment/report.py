@@ -50,6 +50,9 @@ FIGURES = ("projections", "objects", "tiles", "seams", "times")
 MEASURE_FIGURES = ("planes", "intensities")
 #: resolution of the embedded PNGs: sharp on screen, ~100 kB per figure.
 DPI = 90
+#: zlib level of the figures' PNGs: level 1 writes the report's figures in about half the time
+#: of the default 6, for files about 20% larger.
+PNG_COMPRESSION = 1
 #: width of a figure in inches (at DPI, about the width of a laptop browser window).
 FIGURE_WIDTH = 12
 #: figure margins and the space between panels (fractions of the figure).
@@ -201,7 +204,7 @@ def image_planes(spec, image_shape, positions):
 def _png(figure):
     """The figure as a base64 PNG."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
+    figure.savefig(buffer, format="png", dpi=DPI, pil_kwargs={"compress_level": PNG_COMPRESSION})
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -351,7 +354,7 @@ def _summary(params, summary, n_tiles, n_chunks, extras):
             ("NMS rounds, tile reruns", f"{summary.n_rounds}, {summary.n_reruns}"),
             ("label chunks rendered (chunk shape)", f"{n_chunks} ({params.chunk_shape})"),
             ("labeling backend", params.labeling_backend),
-            ("seconds of the step (before the report)",
+            ("seconds of the step up to label.h5",
              f"{sum(vars(summary.seconds).values()):.1f}")]
     if params.measure is not None:
         measure = sum(extras.measure_seconds.values())

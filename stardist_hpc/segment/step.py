@@ -23,6 +23,7 @@ The result equals StarDist's single-process ``non_maximum_suppression_3d_inds`` 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -30,7 +31,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
@@ -59,7 +60,7 @@ from .chunk_extras import collect_extras, extras_done, intensity_tables
 from .cluster import check_cluster, run_tasks, start_cluster
 from .measure import resolve_measure
 from .nms import final_results, gather_tiles, plan_tiles, resolve_halo, run_rounds
-from .outputs import ome_zarr_stage, publish_outputs, write_tables
+from .outputs import ome_zarr_stage, publish_outputs, report_task, write_tables
 from .params import CHECKPOINTS, INDEXED_INPUT, SETTING_CHECKPOINTS, SegmentParams
 from .render import batch_chunks, chunk_tasks, render_chunks
 
@@ -85,7 +86,7 @@ class StageSeconds:
     gather: float = 0.0
     labeling: float = 0.0
     write: float = 0.0
-    report: float = 0.0
+    report: float = 0.0    # what the QC report added after the outputs (it runs beside them)
     outputs: float = 0.0   # the OME-Zarr levels and the tables
 
 
@@ -356,6 +357,24 @@ def _outputs_stage(params, chunk_indices, objects, execute):
     publish_outputs(params)
 
 
+def _outputs_and_report(params, report, chunk_indices, objects, execute, seconds):
+    """The outputs stage, with the QC report (``report``: the arguments of
+    :func:`.outputs.report_task`, or None) written beside it by one more task."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        written = (pool.submit(lambda: list(execute(report_task, [report], "QC report")))
+                   if report is not None else None)
+        try:
+            with _timed(seconds, "outputs"):
+                _outputs_stage(params, chunk_indices, objects, execute)
+            with _timed(seconds, "report"):
+                if written is not None:
+                    written.result()
+        except BaseException:
+            # Ctrl-C or an error: do not wait for the report (closing the cluster ends it)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
 def _class_probabilities_by_id(params, survivors, ids):
     """The survivors' class probabilities by id - 1 (None for a single-class model's)."""
     if not params.n_classes:
@@ -400,15 +419,12 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
     _check_source_unchanged(params)
     with _timed(seconds, "write"):
         objects, extras = _write_stage(params, survivors, chunk_indices, show_progress)
-    with _timed(seconds, "outputs"):
-        _outputs_stage(params, chunk_indices, objects, execute)
     summary = RunSummary(n_candidates, len(survivors), nms_summary.n_rounds,
                          nms_summary.n_reruns, seconds, params.label_path,
                          (nms_summary.first_pass, nms_summary.reruns))
-    if report_path is not None:
-        from .report import write_report  # matplotlib: only the driver, only when asked
-        with _timed(seconds, "report"):
-            write_report(report_path, params, plans, summary, extras)
+    report = (None if report_path is None else
+              (report_path, params, plans, summary._replace(seconds=replace(seconds)), extras))
+    _outputs_and_report(params, report, chunk_indices, objects, execute, seconds)
     return summary
 
 
