@@ -8,7 +8,14 @@ import pytest
 from stardist import Rays_GoldenSpiral
 
 from stardist_hpc.errors import UserError
-from stardist_hpc.io.candidates import CandidateFile, CandidateMeta, CandidateWriter
+from stardist_hpc.io.candidates import (
+    INDEX_CELL_SHAPE,
+    CandidateFile,
+    CandidateMeta,
+    CandidateWriter,
+    block_cells,
+)
+from stardist_hpc.synthetic import write_candidate_file
 
 N_RAYS = 8
 SHAPE = (4, 8, 8)
@@ -153,3 +160,50 @@ def test_damaged_class_probabilities_are_errors(tmp_path):
     with pytest.raises(UserError, match="dataset 'prob_class': expected the class "
                                         "probabilities of 2 classes"):
         CandidateFile(path)
+
+
+def test_a_box_reads_the_index_cells_it_meets_and_finds_what_a_whole_read_finds(tmp_path):
+    shape = (20, 70, 90)
+    rng = np.random.default_rng(3)
+    n = 3000
+    points = (rng.random((n, 3)) * shape).astype(np.int32)
+    prob = rng.random(n).astype(np.float32)
+    dist = rng.uniform(1, 4, (n, N_RAYS)).astype(np.float32)
+    path = tmp_path / "cells.h5"
+    write_candidate_file(path, shape, Rays_GoldenSpiral(N_RAYS), prob, dist, points,
+                         block_shape=(None, 40, 40))
+    candidates = CandidateFile(path)
+    assert candidates.cell_shape == INDEX_CELL_SHAPE
+    everything = candidates.read_box((0, 0, 0), shape)
+    for _ in range(20):
+        lo = rng.integers(0, shape)
+        hi = lo + rng.integers(1, shape)
+        rows, *values = candidates.read_box(lo, hi)
+        inside = np.all((everything[3] >= lo) & (everything[3] < hi), axis=1)
+        np.testing.assert_array_equal(np.sort(rows), np.sort(everything[0][inside]))
+        by_row = np.argsort(rows)
+        for got, whole in zip(values, everything[1:]):
+            np.testing.assert_array_equal(got[by_row], whole[inside][np.argsort(
+                everything[0][inside])])
+    with h5py.File(path, "r") as f:   # a cell of one block holds the points inside it
+        stops = f["cell_rows"][:len(block_cells((0, 0, 0), (20, 40, 40), INDEX_CELL_SHAPE))]
+        assert np.all(np.diff(stops) >= 0)
+
+
+def test_a_point_outside_its_index_cell_is_one_line_naming_the_row(tmp_path):
+    shape = (8, 70, 70)
+    rng = np.random.default_rng(4)
+    points = (rng.random((400, 3)) * shape).astype(np.int32)
+    path = tmp_path / "cells.h5"
+    write_candidate_file(path, shape, Rays_GoldenSpiral(N_RAYS), rng.random(400).astype(np.float32),
+                         rng.uniform(1, 4, (400, N_RAYS)).astype(np.float32), points,
+                         block_shape=(None, 70, 70))
+    with h5py.File(path, "r+") as f:   # two rows of different cells swap their points
+        stops = f["cell_rows"][()]
+        first, last = 0, int(stops[-2])
+        p = f["points"][()]
+        p[[first, last]] = p[[last, first]]
+        f["points"][...] = p
+    with pytest.raises(UserError, match=r"dataset 'points': expected the point at row \d+ "
+                                        r"inside index cell \d+ of block 0"):
+        CandidateFile(path).read_box((0, 0, 0), (8, 10, 10))

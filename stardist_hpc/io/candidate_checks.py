@@ -215,9 +215,10 @@ def check_class_rows(path, start, prob_class):
                                                f"{start + bad[0]}")
 
 
-def check_block_rows(path, block, prob, dist, points):
-    """The rows of one block: finite, prob in [0, 1], dist > 0, points inside the core."""
-    start = int(block["row_start"])
+def check_block_rows(path, block, prob, dist, points, start=None):
+    """Rows of one block (all of them, or those from row ``start`` on): finite, prob in
+    [0, 1], dist > 0, points inside the core."""
+    start = int(block["row_start"]) if start is None else int(start)
     invalid = first_invalid_value(prob, dist)
     if invalid is not None:
         name, index, expected, value = invalid

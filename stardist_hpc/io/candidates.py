@@ -11,13 +11,17 @@ Layout (format version 1)::
     blocks  compound (B,)         per prediction block: core region [lo, hi), row range
                                   [row_start, row_stop) and the largest candidate extent
                                   (max over rays of dist * |ray component|) along z, y, x
+    cell_rows int64 (K,)          where the rows of each index cell end (files with the
+                                  attribute index_cell_shape): a block's rows are sorted by
+                                  the cells of that shape of its core, in C order
     attrs   format_version, image_shape, rays_json, grid, prob_thresh, nms_thresh, model_name,
             image_path, channel, norm_lo, norm_hi, norm_pmin, norm_pmax, norm_method,
             n_classes (0 or absent: a single-class model)
             voxel_size (z, y, x), voxel_unit (files without them: 1, 'pixel')
 
 Candidates of one block are stored contiguously, and every candidate lies in the core of
-exactly one block, so a spatial query reads only the rows of the blocks it meets.
+exactly one block, so a spatial query reads only the rows of the blocks it meets; of a block it
+meets in part (a tile's halo), only the rows of the index cells it meets.
 The file is written under a temporary name and renamed when complete; a temporary file that an
 interrupted run left behind is continued after its last complete block when the new run's
 ``resume_key`` (what the blocks were predicted from) is the same.
@@ -36,6 +40,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..geometry.rays import largest_extent, ray_vectors
+from ..geometry.tiling import Grid
 from .atomic import publish
 from .candidate_checks import (
     FORMAT_VERSION,
@@ -57,8 +62,17 @@ from .voxel_size import UNKNOWN, voxel_size_attributes
 
 log = logging.getLogger(__name__)
 
-#: rows per HDF5 chunk of the candidate datasets.
-ROWS_PER_CHUNK = 4096
+#: rows per HDF5 chunk of the candidate datasets. HDF5 reads and checks (Fletcher-32) a chunk
+#: whole, so a chunk should not hold many more rows than an index cell (~1,000 at the density
+#: of a trained network's candidates).
+ROWS_PER_CHUNK = 1024
+#: the attribute holding the index cell shape, and the dataset of the cells' row ends.
+INDEX_CELL_SHAPE_ATTR = "index_cell_shape"
+CELL_ROWS = "cell_rows"
+#: shape (z, y, x) of the index cells the writer sorts each block's rows by: a tile's context
+#: meets its neighbour blocks in strips as wide as its halo (about two nucleus diameters,
+#: ~30 voxels in y and x), so a query reads about the strip rather than the block.
+INDEX_CELL_SHAPE = (64, 32, 32)
 
 BLOCK_DTYPE = np.dtype([
     ("z0", "i8"), ("y0", "i8"), ("x0", "i8"), ("z1", "i8"), ("y1", "i8"), ("x1", "i8"),
@@ -130,6 +144,17 @@ def create_block_table(h5file, blocks=None):
                                  fletcher32=True)
 
 
+def block_cells(core_lo, core_hi, cell_shape):
+    """The index cells of a block's core, a Grid over the core (add ``core_lo`` to its boxes)."""
+    return Grid(tuple(int(h) - int(l) for l, h in zip(core_lo, core_hi)), cell_shape)
+
+
+def _cells_per_block(blocks, cell_shape):
+    """Number of index cells of each block (int64 (B,))."""
+    return np.array([len(block_cells([b[f"{a}0"] for a in "zyx"], [b[f"{a}1"] for a in "zyx"],
+                                      cell_shape)) for b in blocks], np.int64)
+
+
 def temporary_path(path):
     """Where :class:`CandidateWriter` writes ``path`` until it is complete."""
     path = Path(path)
@@ -173,6 +198,9 @@ class CandidateWriter:
             self._file = h5py.File(self.tmp_path, "x")
             self._dsets = create_candidate_datasets(self._file, self.meta, 0)
             self._blocks = create_block_table(self._file)
+            self._cells = self._file.create_dataset(CELL_ROWS, (0,), np.int64, maxshape=(None,),
+                                                    chunks=(ROWS_PER_CHUNK,), fletcher32=True)
+            self._file.attrs[INDEX_CELL_SHAPE_ATTR] = INDEX_CELL_SHAPE
             self._file.attrs[RESUME_KEY] = self.resume_key
         return self
 
@@ -203,15 +231,21 @@ class CandidateWriter:
         try:
             blocks = f["blocks"][()] if self._same_run(f.attrs.get(RESUME_KEY)) else None
             dsets = {name: f[name] for name, _, _ in candidate_columns(self.meta)}
+            cells = f[CELL_ROWS]
         except (KeyError, OSError):
             blocks = None
         n_rows = int(blocks["row_stop"][-1]) if blocks is not None and len(blocks) else 0
-        if blocks is None or any(len(d) < n_rows for d in dsets.values()):
+        n_cells = (int(_cells_per_block(blocks, INDEX_CELL_SHAPE).sum())
+                   if blocks is not None else 0)
+        if (blocks is None or any(len(d) < n_rows for d in dsets.values())
+                or len(cells) < n_cells):
             f.close()
             return False
+        # rows and cells of a block whose index entry never came
         for dset in dsets.values():
-            dset.resize(n_rows, axis=0)   # rows of a block whose index entry never came
-        self._file, self._dsets, self._blocks = f, dsets, f["blocks"]
+            dset.resize(n_rows, axis=0)
+        cells.resize(n_cells, axis=0)
+        self._file, self._dsets, self._blocks, self._cells = f, dsets, f["blocks"], cells
         self.n_rows = n_rows
         self.completed_cores = [(tuple(int(b[a]) for a in ("z0", "y0", "x0")),
                                  tuple(int(b[a]) for a in ("z1", "y1", "x1"))) for b in blocks]
@@ -222,25 +256,35 @@ class CandidateWriter:
         (``prob_class`` for a multi-class model's file)."""
         with reporting_disk_full(self.path):
             self._append(core_lo, core_hi, prob, dist, points, prob_class)
-    def _bytes_to_append(self, n_rows):
-        """Bytes the file grows by when ``n_rows`` rows and one block entry are appended:
+    def _bytes_to_append(self, n_rows, n_new_cells):
+        """Bytes the file grows by when ``n_rows`` rows, one block entry and its
+        ``n_new_cells`` cells are appended:
         HDF5 writes a chunk whole the first time it is flushed, so each chunk begun counts."""
         def chunks_begun(before, after):
             return -(-after // ROWS_PER_CHUNK) - -(-before // ROWS_PER_CHUNK)
         row_bytes = sum(d.dtype.itemsize * math.prod(d.shape[1:]) for d in self._dsets.values())
+        n_cells = len(self._cells)
         return (chunks_begun(self.n_rows, self.n_rows + n_rows) * ROWS_PER_CHUNK * row_bytes
                 + chunks_begun(self.n_blocks, self.n_blocks + 1) * ROWS_PER_CHUNK
-                * BLOCK_DTYPE.itemsize + METADATA_BYTES)
+                * BLOCK_DTYPE.itemsize
+                + chunks_begun(n_cells, n_cells + n_new_cells) * ROWS_PER_CHUNK
+                * self._cells.dtype.itemsize + METADATA_BYTES)
 
     def _append(self, core_lo, core_hi, prob, dist, points, prob_class):
         n = len(prob)
+        cells = block_cells(core_lo, core_hi, INDEX_CELL_SHAPE)
         # before writing: HDF5 may crash the process later when a write of it fails
-        check_free_space(self.path, self._bytes_to_append(n))
+        check_free_space(self.path, self._bytes_to_append(n, len(cells)))
         start, stop = self.n_rows, self.n_rows + n
+        cell_of = cells.index_of(np.asarray(points).reshape(-1, 3) - np.asarray(core_lo))
+        by_cell = np.argsort(cell_of, kind="stable")
         columns = {"prob": prob, "dist": dist, "points": points, PROB_CLASS: prob_class}
         for name, values in ((name, columns[name]) for name in self._dsets):
             self._dsets[name].resize(stop, axis=0)
-            self._dsets[name][start:stop] = values
+            self._dsets[name][start:stop] = np.asarray(values)[by_cell]
+        n_cells = len(self._cells)
+        self._cells.resize(n_cells + len(cells), axis=0)
+        self._cells[n_cells:] = start + np.cumsum(np.bincount(cell_of, minlength=len(cells)))
         extent = (largest_extent(dist, self._rays) if n
                   else np.zeros(3, np.float32))
         row = np.array([(*core_lo, *core_hi, start, stop, *extent)], BLOCK_DTYPE)
@@ -308,8 +352,81 @@ class CandidateFile:
             self.meta = CandidateMeta(**{**kw, **checked, **voxel})
             self.blocks = self._read(f, "blocks", slice(None))
             check_blocks(self.blocks, self.path, self.n_candidates, self.meta.image_shape)
+            self.cell_shape, self.cell_starts = self._cell_index(f)
             # last: a value wrong in form is named above; one merely changed is caught here
             check_header_checksum(f.attrs, self.path)
+
+    def _cell_index(self, f):
+        """The index cell shape and the first cell of each block in ``cell_rows`` (int64
+        (B + 1,)); (None, None) for a file without index cells."""
+        if INDEX_CELL_SHAPE_ATTR not in f.attrs:
+            return None, None
+        shape = tuple(int(v) for v in f.attrs[INDEX_CELL_SHAPE_ATTR])
+        counts = _cells_per_block(self.blocks, shape)
+        n_cells = len(f[CELL_ROWS]) if CELL_ROWS in f else None
+        if len(shape) != 3 or min(shape) < 1 or n_cells != counts.sum():
+            raise UserError(f"candidate file {self.path}: dataset '{CELL_ROWS}': expected "
+                            f"{counts.sum()} index cells of shape {shape}, got {n_cells}; "
+                            "rerun the GPU step")
+        return shape, np.concatenate([[0], np.cumsum(counts)])
+
+    def _cell_ranges(self, f, index, lo, hi):
+        """Row ranges ``[(start, stop), ...]`` of the index cells of block ``index`` that
+        meet ``[lo, hi)``, adjacent cells merged, checked against the block's rows."""
+        b = self.blocks[index]
+        core_lo = np.array([b[f"{a}0"] for a in "zyx"])
+        cells = block_cells(core_lo, [b[f"{a}1"] for a in "zyx"], self.cell_shape)
+        first, last = self.cell_starts[index], self.cell_starts[index + 1]
+        stops = self._read(f, CELL_ROWS, slice(int(first), int(last)))
+        starts = np.concatenate([[b["row_start"]], stops[:-1]])
+        if not (np.all(np.diff(stops) >= 0) and starts[0] <= stops[0]
+                and stops[-1] == b["row_stop"]):
+            raise UserError(f"candidate file {self.path}: dataset '{CELL_ROWS}': expected the "
+                            f"cells of block {index} to partition its rows {b['row_start']}:"
+                            f"{b['row_stop']}, got ends {stops.tolist()[:8]}...; rerun the "
+                            "GPU step")
+        cell_lo, cell_hi = cells.bounds(np.arange(len(cells)))
+        meets = (np.all(cell_lo + core_lo < np.asarray(hi), axis=1)
+                 & np.all(cell_hi + core_lo > np.asarray(lo), axis=1) & (stops > starts))
+        ranges = []
+        for c in np.flatnonzero(meets):
+            if ranges and ranges[-1][1] == starts[c]:
+                ranges[-1] = (ranges[-1][0], int(stops[c]))
+            else:
+                ranges.append((int(starts[c]), int(stops[c])))
+        return ranges, cells, core_lo, starts, stops
+
+    def _read_block(self, f, index, lo, hi):
+        """Rows, prob, dist and points of block ``index`` that may lie in ``[lo, hi)``: the
+        whole block, or the cells of it that meet the box."""
+        b = self.blocks[index]
+        inside = all(b[f"{a}0"] >= lo[i] and b[f"{a}1"] <= hi[i] for i, a in enumerate("zyx"))
+        if self.cell_shape is None or inside:
+            ranges, cells = [(int(b["row_start"]), int(b["row_stop"]))], None
+        else:
+            ranges, cells, core_lo, starts, stops = self._cell_ranges(f, index, lo, hi)
+        parts = []
+        for start, stop in ranges:
+            if stop > start:
+                part = tuple(self._read(f, name, slice(start, stop))
+                             for name in ("prob", "dist", "points"))
+                check_block_rows(self.path, b, *part, start=start)
+                if cells is not None:
+                    self._check_cells(index, part[-1], cells, core_lo, start, starts, stops)
+                parts.append((np.arange(start, stop), *part))
+        return parts
+
+    def _check_cells(self, index, points, cells, core_lo, start, starts, stops):
+        """Points read from row ``start`` on lie in the index cells their rows belong to."""
+        rows = start + np.arange(len(points))
+        expected = np.searchsorted(stops, rows, side="right")
+        found = cells.index_of(points - core_lo)
+        wrong = np.flatnonzero(found != expected)
+        if len(wrong):
+            raise UserError(f"candidate file {self.path}: dataset 'points': expected the point "
+                            f"at row {rows[wrong[0]]} inside index cell {expected[wrong[0]]} "
+                            f"of block {index}, got {points[wrong[0]].tolist()}; rerun the "
+                            "GPU step")
 
     def _open(self):
         return open_hdf5(self.path, "candidate file",
@@ -350,15 +467,9 @@ class CandidateFile:
             Row numbers in the file (a stable global identity of each candidate).
         prob, dist, points : ndarray
         """
-        parts = []
         with self._open() as f:
-            for b in self.blocks[self.blocks_meeting(lo, hi)]:
-                start, stop = int(b["row_start"]), int(b["row_stop"])
-                if stop > start:
-                    part = tuple(self._read(f, name, slice(start, stop))
-                                 for name in ("prob", "dist", "points"))
-                    check_block_rows(self.path, b, *part)
-                    parts.append((np.arange(start, stop), *part))
+            parts = [part for index in self.blocks_meeting(lo, hi)
+                     for part in self._read_block(f, index, lo, hi)]
         if not parts:
             return (np.zeros(0, np.int64), np.zeros(0, np.float32),
                     np.zeros((0, self.meta.n_rays), np.float32), np.zeros((0, 3), np.int32))
