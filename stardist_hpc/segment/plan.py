@@ -21,6 +21,7 @@ from ..io.candidates import CandidateFile
 from ..io.original_format import is_original_format
 from .cluster import check_cluster, processes_per_job, site_setting
 from .nms import batch_tiles, plan_tiles
+from .render import batch_chunks
 from .step import configured_model, resolve_params
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class Plan:
     max_tile_candidates: int
     chunk_shape: tuple
     n_chunks: int
+    n_label_tasks: int   # batches of neighbouring chunks
     task_mib: float
     nms_task_mib: float
     render_task_mib: float
@@ -179,10 +181,11 @@ def make_plan(config: HpcConfig) -> Plan:
     nms_mib = WORKER_BASE_MIB + per_task.max(initial=0) * n_rays * NMS_BYTES_PER_CANDIDATE_RAY / MIB
     render_mib = WORKER_BASE_MIB + math.prod(params.chunk_shape) * RENDER_BYTES_PER_VOXEL / MIB
     workers, worker_mib, cluster = _workers(config.cluster)
+    chunks = Grid(params.image_shape, params.chunk_shape)
     return Plan(candidates.n_candidates, len(candidates.blocks), params.image_shape, n_rays,
                 params.tile_shape, params.halo, len(tiles), len(per_task),
                 int(per_tile.max(initial=0)),
-                params.chunk_shape, len(Grid(params.image_shape, params.chunk_shape)),
+                params.chunk_shape, len(chunks), len(np.unique(batch_chunks(chunks))),
                 max(nms_mib, render_mib), nms_mib, render_mib, DRIVER_BASE_MIB,
                 _core_hours(candidates.n_candidates, params.nms_backend, len(tiles)), workers,
                 worker_mib, cluster)
@@ -191,8 +194,8 @@ def make_plan(config: HpcConfig) -> Plan:
 def wall_hours(plan: Plan) -> float:
     """Hours of the stages on the cluster: each stage's core-hours over the cores it can use."""
     cores = plan.workers * CORES_PER_PROCESS
-    parallel = {"NMS": min(cores, plan.n_nms_tasks), "gather": min(cores, plan.n_tiles),
-                "labeling": min(cores, plan.n_chunks)}
+    parallel = {"NMS": min(cores, plan.n_nms_tasks), "gather": min(cores, plan.n_nms_tasks),
+                "labeling": min(cores, plan.n_label_tasks)}
     return sum(hours / max(parallel[stage], 1) for stage, hours in plan.core_hours.items())
 
 
@@ -219,8 +222,8 @@ def format_plan(plan: Plan) -> str:
         f"with its halo",
         f"label chunks      at most {plan.n_chunks} of {_shape(plan.chunk_shape)} (only the "
         f"chunks that hold objects are rendered)",
-        f"Dask tasks        {plan.n_nms_tasks} NMS + at most {plan.n_tiles} gather + at most "
-        f"{plan.n_chunks} labeling (+ reruns of tiles whose halo assumptions were wrong)",
+        f"Dask tasks        {plan.n_nms_tasks} NMS + at most {plan.n_nms_tasks} gather + at most "
+        f"{plan.n_label_tasks} labeling (+ reruns of tiles whose halo assumptions were wrong)",
         f"peak memory       ~{plan.nms_task_mib:,.0f} MiB per NMS task, "
         f"~{plan.render_task_mib:,.0f} MiB per labeling task, driver ~{plan.driver_mib:,.0f} MiB"
         + ("" if plan.worker_mib is None else
