@@ -337,14 +337,32 @@ def _stardist_count(i, j, dist, centres, vertices, faces, box_lo, box_hi):
 
 
 @numba.njit(cache=True, nogil=True)
-def _neighbour_cells(i, lo, hi, grid, cell_lo, cell_hi):
-    """Fill the cell range [cell_lo, cell_hi] of ``grid`` that holds every candidate whose box
-    may meet the box of ``i``."""
+def _cell_range(i, k, lo, hi, grid):
+    """First and last cell along axis ``k`` of ``grid`` that may hold a candidate whose box
+    meets the box of ``i``."""
     origin, cell, shape, _, _, largest_reach = grid
-    for k in range(3):
-        # a neighbour's centre lies within ``largest_reach`` of its box, which must meet i's
-        cell_lo[k] = max((lo[i, k] - largest_reach[k] - origin[k]) // cell[k], 0)
-        cell_hi[k] = min((hi[i, k] + largest_reach[k] - origin[k]) // cell[k], shape[k] - 1)
+    # a neighbour's centre lies within ``largest_reach`` of its box, which must meet i's
+    return (max((lo[i, k] - largest_reach[k] - origin[k]) // cell[k], 0),
+            min((hi[i, k] + largest_reach[k] - origin[k]) // cell[k], shape[k] - 1))
+
+
+@numba.njit(cache=True, nogil=True)
+def _neighbours(i, lo, hi, grid, found):
+    """Write every candidate whose box may meet the box of ``i`` (``i`` among them) to
+    ``found`` (room for all candidates), cell by cell; return how many there are."""
+    _, _, shape, starts, members, _ = grid
+    (z0, z1), (y0, y1), (x0, x1) = (_cell_range(i, 0, lo, hi, grid),
+                                    _cell_range(i, 1, lo, hi, grid),
+                                    _cell_range(i, 2, lo, hi, grid))
+    n = 0
+    for cz in range(z0, z1 + 1):
+        for cy in range(y0, y1 + 1):
+            for cx in range(x0, x1 + 1):
+                c = (cz * shape[1] + cy) * shape[2] + cx
+                for m in range(starts[c], starts[c + 1]):
+                    found[n] = members[m]
+                    n += 1
+    return n
 
 
 @numba.njit(cache=True, nogil=True)
@@ -357,81 +375,62 @@ def _pair_limit(i, j, volumes, thresh):
 @numba.njit(cache=True, nogil=True)
 def _suppress_loop(polyhedra, dist, vertices, grid, table, thresh, counters):
     centres, inv_dist, volumes, lo, hi = polyhedra
-    _, _, shape, starts, members, _ = grid
     suppressed = np.zeros(centres.shape[0], np.bool_)
     box_lo, box_hi = np.empty(3, np.int64), np.empty(3, np.int64)
-    cell_lo, cell_hi = np.empty(3, np.int64), np.empty(3, np.int64)
+    found = np.empty(centres.shape[0], np.int64)
     counters[DECIDED] += centres.shape[0]
     for i in range(centres.shape[0]):
         if suppressed[i]:
             continue
         mask, summed = np.zeros((0, 0, 0), np.bool_), np.zeros((1, 1, 1), np.int32)
-        _neighbour_cells(i, lo, hi, grid, cell_lo, cell_hi)
-        for cz in range(cell_lo[0], cell_hi[0] + 1):
-            for cy in range(cell_lo[1], cell_hi[1] + 1):
-                for cx in range(cell_lo[2], cell_hi[2] + 1):
-                    c = (cz * shape[1] + cy) * shape[2] + cx
-                    for m in range(starts[c], starts[c + 1]):
-                        j = members[m]
-                        if j <= i or suppressed[j]:
-                            continue
-                        a_min, limit = _pair_limit(i, j, volumes, thresh)
-                        counters[TESTED] += 1
-                        if _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi):
-                            counters[BY_BOXES] += 1
-                            continue
-                        if mask.size == 0:
-                            mask, summed = _rasterise(i, centres, inv_dist, lo, hi, table)
-                        suppressed[j] = _suppresses(i, j, mask, summed, polyhedra, dist,
-                                                    vertices, table, thresh, a_min, limit,
-                                                    box_lo, box_hi, counters)
+        for m in range(_neighbours(i, lo, hi, grid, found)):
+            j = found[m]
+            if j <= i or suppressed[j]:
+                continue
+            a_min, limit = _pair_limit(i, j, volumes, thresh)
+            counters[TESTED] += 1
+            if _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi):
+                counters[BY_BOXES] += 1
+                continue
+            if mask.size == 0:
+                mask, summed = _rasterise(i, centres, inv_dist, lo, hi, table)
+            suppressed[j] = _suppresses(i, j, mask, summed, polyhedra, dist, vertices, table,
+                                        thresh, a_min, limit, box_lo, box_hi, counters)
     return ~suppressed
 
 
 @numba.njit(cache=True, nogil=True)
 def _suppressed_by_kept(j, kept, polyhedra, dist, vertices, grid, table, thresh, box_lo, box_hi,
-                        cell_lo, cell_hi, counters):
+                        found, counters):
     """Whether a kept candidate ranked above ``j`` suppresses it (the same pair decisions as
     :func:`_suppress_loop`)."""
     centres, inv_dist, volumes, lo, hi = polyhedra
-    _, _, shape, starts, members, _ = grid
-    _neighbour_cells(j, lo, hi, grid, cell_lo, cell_hi)
-    for cz in range(cell_lo[0], cell_hi[0] + 1):
-        for cy in range(cell_lo[1], cell_hi[1] + 1):
-            for cx in range(cell_lo[2], cell_hi[2] + 1):
-                c = (cz * shape[1] + cy) * shape[2] + cx
-                for m in range(starts[c], starts[c + 1]):
-                    i = members[m]
-                    if i >= j or not kept[i]:
-                        continue
-                    a_min, limit = _pair_limit(i, j, volumes, thresh)
-                    counters[TESTED] += 1
-                    if _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi):
-                        counters[BY_BOXES] += 1
-                        continue
-                    mask, summed = _rasterise(i, centres, inv_dist, lo, hi, table)
-                    if _suppresses(i, j, mask, summed, polyhedra, dist, vertices, table, thresh,
-                                   a_min, limit, box_lo, box_hi, counters):
-                        return True
+    for m in range(_neighbours(j, lo, hi, grid, found)):
+        i = found[m]
+        if i >= j or not kept[i]:
+            continue
+        a_min, limit = _pair_limit(i, j, volumes, thresh)
+        counters[TESTED] += 1
+        if _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi):
+            counters[BY_BOXES] += 1
+            continue
+        mask, summed = _rasterise(i, centres, inv_dist, lo, hi, table)
+        if _suppresses(i, j, mask, summed, polyhedra, dist, vertices, table, thresh, a_min,
+                       limit, box_lo, box_hi, counters):
+            return True
     return False
 
 
 @numba.njit(cache=True, nogil=True)
-def _mark_dependents(i, dirty, polyhedra, grid, thresh, box_lo, box_hi, cell_lo, cell_hi):
+def _mark_dependents(i, dirty, polyhedra, grid, thresh, box_lo, box_hi, found):
     """Mark every candidate ranked below ``i`` that ``i`` could suppress (boxes that do not
     keep the pair by themselves) for re-deciding."""
     _, _, volumes, lo, hi = polyhedra
-    _, _, shape, starts, members, _ = grid
-    _neighbour_cells(i, lo, hi, grid, cell_lo, cell_hi)
-    for cz in range(cell_lo[0], cell_hi[0] + 1):
-        for cy in range(cell_lo[1], cell_hi[1] + 1):
-            for cx in range(cell_lo[2], cell_hi[2] + 1):
-                c = (cz * shape[1] + cy) * shape[2] + cx
-                for m in range(starts[c], starts[c + 1]):
-                    j = members[m]
-                    if j > i and not dirty[j]:
-                        _, limit = _pair_limit(i, j, volumes, thresh)
-                        dirty[j] = not _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi)
+    for m in range(_neighbours(i, lo, hi, grid, found)):
+        j = found[m]
+        if j > i and not dirty[j]:
+            _, limit = _pair_limit(i, j, volumes, thresh)
+            dirty[j] = not _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -443,37 +442,30 @@ def _resuppress_loop(polyhedra, dist, vertices, grid, table, thresh, kept, allow
     candidates able to suppress it as before, so its fate stands.
     """
     box_lo, box_hi = np.empty(3, np.int64), np.empty(3, np.int64)
-    cell_lo, cell_hi = np.empty(3, np.int64), np.empty(3, np.int64)
+    found = np.empty(kept.shape[0], np.int64)
     for j in range(kept.shape[0]):
         if not dirty[j]:
             continue
         counters[DECIDED] += 1
         fate = allowed[j] and not _suppressed_by_kept(j, kept, polyhedra, dist, vertices, grid,
-                                                      table, thresh, box_lo, box_hi, cell_lo,
-                                                      cell_hi, counters)
+                                                      table, thresh, box_lo, box_hi, found,
+                                                      counters)
         if fate != kept[j]:
             kept[j] = fate
-            _mark_dependents(j, dirty, polyhedra, grid, thresh, box_lo, box_hi, cell_lo,
-                             cell_hi)
+            _mark_dependents(j, dirty, polyhedra, grid, thresh, box_lo, box_hi, found)
     return kept
 
 
 @numba.njit(cache=True, nogil=True)
-def _meets_owned(h, owned, polyhedra, grid, thresh, box_lo, box_hi, cell_lo, cell_hi):
+def _meets_owned(h, owned, polyhedra, grid, thresh, box_lo, box_hi, found):
     """Whether ``h`` could suppress or be suppressed by an owned candidate."""
     _, _, volumes, lo, hi = polyhedra
-    _, _, shape, starts, members, _ = grid
-    _neighbour_cells(h, lo, hi, grid, cell_lo, cell_hi)
-    for cz in range(cell_lo[0], cell_hi[0] + 1):
-        for cy in range(cell_lo[1], cell_hi[1] + 1):
-            for cx in range(cell_lo[2], cell_hi[2] + 1):
-                c = (cz * shape[1] + cy) * shape[2] + cx
-                for m in range(starts[c], starts[c + 1]):
-                    k = members[m]
-                    if owned[k]:
-                        _, limit = _pair_limit(h, k, volumes, thresh)
-                        if not _boxes_keep(h, k, lo, hi, limit, box_lo, box_hi):
-                            return True
+    for m in range(_neighbours(h, lo, hi, grid, found)):
+        k = found[m]
+        if owned[k]:
+            _, limit = _pair_limit(h, k, volumes, thresh)
+            if not _boxes_keep(h, k, lo, hi, limit, box_lo, box_hi):
+                return True
     return False
 
 
@@ -481,12 +473,11 @@ def _meets_owned(h, owned, polyhedra, grid, thresh, box_lo, box_hi, cell_lo, cel
 def _meets_core(owned, polyhedra, grid, thresh):
     """Which candidates are owned, or could suppress or be suppressed by an owned one."""
     box_lo, box_hi = np.empty(3, np.int64), np.empty(3, np.int64)
-    cell_lo, cell_hi = np.empty(3, np.int64), np.empty(3, np.int64)
+    found = np.empty(owned.shape[0], np.int64)
     needed = owned.copy()
     for h in range(owned.shape[0]):
         if not owned[h]:
-            needed[h] = _meets_owned(h, owned, polyhedra, grid, thresh, box_lo, box_hi, cell_lo,
-                                     cell_hi)
+            needed[h] = _meets_owned(h, owned, polyhedra, grid, thresh, box_lo, box_hi, found)
     return needed
 
 
