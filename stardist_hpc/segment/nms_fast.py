@@ -11,9 +11,14 @@ intersection costs milliseconds. This backend counts voxels first, with the O(1)
   with a summed-volume table, which bounds its voxels in any box in O(1);
 * a pair is decided by cheap bounds first (box volumes, the kept polyhedron's voxels in the
   shared box), then by counting, stopping as soon as the count decides either way;
-* only a count within ``BORDERLINE`` of the limit, where the count's discretisation error could
-  make StarDist's continuous bounds decide otherwise, is handed to StarDist's own Qhull check
-  (one per pair: the kernels for a count at or below the limit, the hulls above it).
+* only a count within the *band* around the limit (see :func:`_band`), where the count's
+  discretisation error could make StarDist's continuous bounds decide otherwise, is handed to
+  StarDist's own checks: its voxel count where ours lies within ``RECOUNT_VOXELS`` of the limit,
+  then one Qhull check (the kernels for a count at or below the limit, the hulls above it).
+
+A count differs from the continuous overlap by about the voxels its surface cuts, so relatively
+more on small polyhedra: on ones of ~100 voxels (4-7 voxels across, z half that), counts
+differed from StarDist's Qhull bounds by up to 11% on the very pairs those bounds decide.
 
 Every decision depends on the pair alone, so tiles see the same decisions as the whole volume.
 Candidate centres must be integer voxel coordinates (as in the candidate file).
@@ -35,13 +40,20 @@ from ..geometry.cone_table import (
     reach,
     table_holds,
 )
-from .render import kernel_halfspaces
+from .render import inside_star, kernel_halfspaces
 
 #: StarDist's guard against dividing by a zero volume (``A_min + 1e-10``).
 VOLUME_EPS = 1e-10
-#: voxel counts within this fraction of the limit are borderline: the count's discretisation
-#: error could flip the decision, so StarDist's own Qhull checks decide them first.
+#: voxel counts within a band around the limit are borderline: the count's discretisation error
+#: could flip the decision, so StarDist's own checks decide them. The band is a fraction of the
+#: limit: at least BORDERLINE, and BAND_SCALE over the radius (voxels) of a ball of the smaller
+#: polyhedron's volume (the relative error of a count falls as the polyhedron grows): 17% on the
+#: polyhedra of ~200 voxels that HPC-step benchmarks use, about twice the errors seen there.
 BORDERLINE = 0.05
+BAND_SCALE = 0.6
+#: a borderline count this close to the limit is redone with StarDist's own inside test: the
+#: cone-table test rounds differently on voxels within ~1e-6 of a face.
+RECOUNT_VOXELS = 2
 #: StarDist's value for a convex-hull intersection that Qhull fails on (never keeps).
 HULL_ERROR = 1e10
 #: indices of the pair counters the suppression loop keeps (see :class:`PairCounts`).
@@ -228,15 +240,22 @@ def _qhull_suppresses(dist, centres, vertices, faces, a_min, thresh, counted_abo
     """
     tips = np.asarray(centres, np.float32)[:, None, :] + dist[:, :, None] * vertices
     interior = np.mean(np.asarray(centres, np.float64), axis=0)
-    limit = np.float32(a_min + VOLUME_EPS)
     if not counted_above:
         kernels = kernel_halfspaces(tips, faces).reshape(-1, 4)
-        return bool(np.float32(_intersection_volume(kernels, interior, 0.0)) / limit > thresh)
+        return bool(_stardist_exceeds(_intersection_volume(kernels, interior, 0.0), a_min,
+                                      thresh))
     try:
         hulls = np.concatenate([ConvexHull(t.astype(np.float64)).equations for t in tips])
     except QhullError:
         return True   # StarDist's error value: an overlap too large to keep on
-    return bool(np.float32(_intersection_volume(hulls, interior, HULL_ERROR)) / limit > thresh)
+    return bool(_stardist_exceeds(_intersection_volume(hulls, interior, HULL_ERROR), a_min,
+                                  thresh))
+
+
+@numba.njit(cache=True, nogil=True)
+def _stardist_exceeds(overlap, a_min, thresh):
+    """StarDist's test ``overlap / (A_min + 1e-10) > thresh``, in its float32 steps."""
+    return np.float32(np.float32(overlap) / (np.float64(a_min) + VOLUME_EPS)) > thresh
 
 
 # without nogil: its object-mode block (Qhull) takes the GIL itself, and numba warns about a
@@ -269,7 +288,8 @@ def _suppresses(i, j, mask, summed, polyhedra, dist, vertices, table, thresh, a_
     ``limit`` the overlap allowed by ``thresh`` and the smaller volume ``a_min``; counts how
     the pair was decided in ``counters``."""
     centres, inv_dist, volumes, lo, hi = polyhedra
-    low, high = (1 - BORDERLINE) * limit, (1 + BORDERLINE) * limit
+    band = _band(a_min) * limit
+    low, high = limit - band, limit + band
     upper = _voxels_in_box(summed, box_lo[0] - lo[i, 0], box_lo[1] - lo[i, 1],
                            box_lo[2] - lo[i, 2], box_hi[0] - lo[i, 0] + 1,
                            box_hi[1] - lo[i, 1] + 1, box_hi[2] - lo[i, 2] + 1)
@@ -283,19 +303,66 @@ def _suppresses(i, j, mask, summed, polyhedra, dist, vertices, table, thresh, a_
         counters[BY_COUNTING] += 1
         return count > high
     counters[BY_QHULL] += 1
+    if abs(count - limit) <= RECOUNT_VOXELS:
+        count = _stardist_count(i, j, dist, centres, vertices, table.faces, box_lo, box_hi)
     return _borderline_suppresses(i, j, dist, centres, vertices, table.faces, a_min, thresh,
-                                  count > limit)
+                                  _stardist_exceeds(count, a_min, thresh))
 
 
 @numba.njit(cache=True, nogil=True)
-def _neighbour_cells(i, lo, hi, grid, cell_lo, cell_hi):
-    """Fill the cell range [cell_lo, cell_hi] of ``grid`` that holds every candidate whose box
-    may meet the box of ``i``."""
+def _band(a_min):
+    """Half-width of the borderline band, as a fraction of the limit (see ``BAND_SCALE``)."""
+    radius = (3 * max(np.float64(a_min), VOLUME_EPS) / (4 * np.pi)) ** (1 / 3)
+    return max(BORDERLINE, BAND_SCALE / radius)
+
+
+@numba.njit(cache=True, nogil=True)
+def _stardist_count(i, j, dist, centres, vertices, faces, box_lo, box_hi):
+    """StarDist's voxel count of the overlap of ``i`` and ``j``: the voxels of the shared box
+    inside both by its own float32 test, on its float32 vertices."""
+    tips = np.empty((2, dist.shape[1], 3), np.float32)
+    for side, k in enumerate((i, j)):
+        for r in range(dist.shape[1]):
+            for axis in range(3):
+                tips[side, r, axis] = np.float32(centres[k, axis]) + dist[k, r] * vertices[r, axis]
+    centre_i, centre_j = centres[i].astype(np.float32), centres[j].astype(np.float32)
+    count = 0
+    for z in range(box_lo[0], box_hi[0] + 1):
+        for y in range(box_lo[1], box_hi[1] + 1):
+            for x in range(box_lo[2], box_hi[2] + 1):
+                fz, fy, fx = np.float32(z), np.float32(y), np.float32(x)
+                count += (inside_star(fz, fy, fx, centre_i, tips[0], faces)
+                          and inside_star(fz, fy, fx, centre_j, tips[1], faces))
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
+def _cell_range(i, k, lo, hi, grid):
+    """First and last cell along axis ``k`` of ``grid`` that may hold a candidate whose box
+    meets the box of ``i``."""
     origin, cell, shape, _, _, largest_reach = grid
-    for k in range(3):
-        # a neighbour's centre lies within ``largest_reach`` of its box, which must meet i's
-        cell_lo[k] = max((lo[i, k] - largest_reach[k] - origin[k]) // cell[k], 0)
-        cell_hi[k] = min((hi[i, k] + largest_reach[k] - origin[k]) // cell[k], shape[k] - 1)
+    # a neighbour's centre lies within ``largest_reach`` of its box, which must meet i's
+    return (max((lo[i, k] - largest_reach[k] - origin[k]) // cell[k], 0),
+            min((hi[i, k] + largest_reach[k] - origin[k]) // cell[k], shape[k] - 1))
+
+
+@numba.njit(cache=True, nogil=True)
+def _neighbours(i, lo, hi, grid, found):
+    """Write every candidate whose box may meet the box of ``i`` (``i`` among them) to
+    ``found`` (room for all candidates), cell by cell; return how many there are."""
+    _, _, shape, starts, members, _ = grid
+    (z0, z1), (y0, y1), (x0, x1) = (_cell_range(i, 0, lo, hi, grid),
+                                    _cell_range(i, 1, lo, hi, grid),
+                                    _cell_range(i, 2, lo, hi, grid))
+    n = 0
+    for cz in range(z0, z1 + 1):
+        for cy in range(y0, y1 + 1):
+            for cx in range(x0, x1 + 1):
+                c = (cz * shape[1] + cy) * shape[2] + cx
+                for m in range(starts[c], starts[c + 1]):
+                    found[n] = members[m]
+                    n += 1
+    return n
 
 
 @numba.njit(cache=True, nogil=True)
@@ -308,81 +375,62 @@ def _pair_limit(i, j, volumes, thresh):
 @numba.njit(cache=True, nogil=True)
 def _suppress_loop(polyhedra, dist, vertices, grid, table, thresh, counters):
     centres, inv_dist, volumes, lo, hi = polyhedra
-    _, _, shape, starts, members, _ = grid
     suppressed = np.zeros(centres.shape[0], np.bool_)
     box_lo, box_hi = np.empty(3, np.int64), np.empty(3, np.int64)
-    cell_lo, cell_hi = np.empty(3, np.int64), np.empty(3, np.int64)
+    found = np.empty(centres.shape[0], np.int64)
     counters[DECIDED] += centres.shape[0]
     for i in range(centres.shape[0]):
         if suppressed[i]:
             continue
         mask, summed = np.zeros((0, 0, 0), np.bool_), np.zeros((1, 1, 1), np.int32)
-        _neighbour_cells(i, lo, hi, grid, cell_lo, cell_hi)
-        for cz in range(cell_lo[0], cell_hi[0] + 1):
-            for cy in range(cell_lo[1], cell_hi[1] + 1):
-                for cx in range(cell_lo[2], cell_hi[2] + 1):
-                    c = (cz * shape[1] + cy) * shape[2] + cx
-                    for m in range(starts[c], starts[c + 1]):
-                        j = members[m]
-                        if j <= i or suppressed[j]:
-                            continue
-                        a_min, limit = _pair_limit(i, j, volumes, thresh)
-                        counters[TESTED] += 1
-                        if _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi):
-                            counters[BY_BOXES] += 1
-                            continue
-                        if mask.size == 0:
-                            mask, summed = _rasterise(i, centres, inv_dist, lo, hi, table)
-                        suppressed[j] = _suppresses(i, j, mask, summed, polyhedra, dist,
-                                                    vertices, table, thresh, a_min, limit,
-                                                    box_lo, box_hi, counters)
+        for m in range(_neighbours(i, lo, hi, grid, found)):
+            j = found[m]
+            if j <= i or suppressed[j]:
+                continue
+            a_min, limit = _pair_limit(i, j, volumes, thresh)
+            counters[TESTED] += 1
+            if _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi):
+                counters[BY_BOXES] += 1
+                continue
+            if mask.size == 0:
+                mask, summed = _rasterise(i, centres, inv_dist, lo, hi, table)
+            suppressed[j] = _suppresses(i, j, mask, summed, polyhedra, dist, vertices, table,
+                                        thresh, a_min, limit, box_lo, box_hi, counters)
     return ~suppressed
 
 
 @numba.njit(cache=True, nogil=True)
 def _suppressed_by_kept(j, kept, polyhedra, dist, vertices, grid, table, thresh, box_lo, box_hi,
-                        cell_lo, cell_hi, counters):
+                        found, counters):
     """Whether a kept candidate ranked above ``j`` suppresses it (the same pair decisions as
     :func:`_suppress_loop`)."""
     centres, inv_dist, volumes, lo, hi = polyhedra
-    _, _, shape, starts, members, _ = grid
-    _neighbour_cells(j, lo, hi, grid, cell_lo, cell_hi)
-    for cz in range(cell_lo[0], cell_hi[0] + 1):
-        for cy in range(cell_lo[1], cell_hi[1] + 1):
-            for cx in range(cell_lo[2], cell_hi[2] + 1):
-                c = (cz * shape[1] + cy) * shape[2] + cx
-                for m in range(starts[c], starts[c + 1]):
-                    i = members[m]
-                    if i >= j or not kept[i]:
-                        continue
-                    a_min, limit = _pair_limit(i, j, volumes, thresh)
-                    counters[TESTED] += 1
-                    if _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi):
-                        counters[BY_BOXES] += 1
-                        continue
-                    mask, summed = _rasterise(i, centres, inv_dist, lo, hi, table)
-                    if _suppresses(i, j, mask, summed, polyhedra, dist, vertices, table, thresh,
-                                   a_min, limit, box_lo, box_hi, counters):
-                        return True
+    for m in range(_neighbours(j, lo, hi, grid, found)):
+        i = found[m]
+        if i >= j or not kept[i]:
+            continue
+        a_min, limit = _pair_limit(i, j, volumes, thresh)
+        counters[TESTED] += 1
+        if _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi):
+            counters[BY_BOXES] += 1
+            continue
+        mask, summed = _rasterise(i, centres, inv_dist, lo, hi, table)
+        if _suppresses(i, j, mask, summed, polyhedra, dist, vertices, table, thresh, a_min,
+                       limit, box_lo, box_hi, counters):
+            return True
     return False
 
 
 @numba.njit(cache=True, nogil=True)
-def _mark_dependents(i, dirty, polyhedra, grid, thresh, box_lo, box_hi, cell_lo, cell_hi):
+def _mark_dependents(i, dirty, polyhedra, grid, thresh, box_lo, box_hi, found):
     """Mark every candidate ranked below ``i`` that ``i`` could suppress (boxes that do not
     keep the pair by themselves) for re-deciding."""
     _, _, volumes, lo, hi = polyhedra
-    _, _, shape, starts, members, _ = grid
-    _neighbour_cells(i, lo, hi, grid, cell_lo, cell_hi)
-    for cz in range(cell_lo[0], cell_hi[0] + 1):
-        for cy in range(cell_lo[1], cell_hi[1] + 1):
-            for cx in range(cell_lo[2], cell_hi[2] + 1):
-                c = (cz * shape[1] + cy) * shape[2] + cx
-                for m in range(starts[c], starts[c + 1]):
-                    j = members[m]
-                    if j > i and not dirty[j]:
-                        _, limit = _pair_limit(i, j, volumes, thresh)
-                        dirty[j] = not _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi)
+    for m in range(_neighbours(i, lo, hi, grid, found)):
+        j = found[m]
+        if j > i and not dirty[j]:
+            _, limit = _pair_limit(i, j, volumes, thresh)
+            dirty[j] = not _boxes_keep(i, j, lo, hi, limit, box_lo, box_hi)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -394,37 +442,30 @@ def _resuppress_loop(polyhedra, dist, vertices, grid, table, thresh, kept, allow
     candidates able to suppress it as before, so its fate stands.
     """
     box_lo, box_hi = np.empty(3, np.int64), np.empty(3, np.int64)
-    cell_lo, cell_hi = np.empty(3, np.int64), np.empty(3, np.int64)
+    found = np.empty(kept.shape[0], np.int64)
     for j in range(kept.shape[0]):
         if not dirty[j]:
             continue
         counters[DECIDED] += 1
         fate = allowed[j] and not _suppressed_by_kept(j, kept, polyhedra, dist, vertices, grid,
-                                                      table, thresh, box_lo, box_hi, cell_lo,
-                                                      cell_hi, counters)
+                                                      table, thresh, box_lo, box_hi, found,
+                                                      counters)
         if fate != kept[j]:
             kept[j] = fate
-            _mark_dependents(j, dirty, polyhedra, grid, thresh, box_lo, box_hi, cell_lo,
-                             cell_hi)
+            _mark_dependents(j, dirty, polyhedra, grid, thresh, box_lo, box_hi, found)
     return kept
 
 
 @numba.njit(cache=True, nogil=True)
-def _meets_owned(h, owned, polyhedra, grid, thresh, box_lo, box_hi, cell_lo, cell_hi):
+def _meets_owned(h, owned, polyhedra, grid, thresh, box_lo, box_hi, found):
     """Whether ``h`` could suppress or be suppressed by an owned candidate."""
     _, _, volumes, lo, hi = polyhedra
-    _, _, shape, starts, members, _ = grid
-    _neighbour_cells(h, lo, hi, grid, cell_lo, cell_hi)
-    for cz in range(cell_lo[0], cell_hi[0] + 1):
-        for cy in range(cell_lo[1], cell_hi[1] + 1):
-            for cx in range(cell_lo[2], cell_hi[2] + 1):
-                c = (cz * shape[1] + cy) * shape[2] + cx
-                for m in range(starts[c], starts[c + 1]):
-                    k = members[m]
-                    if owned[k]:
-                        _, limit = _pair_limit(h, k, volumes, thresh)
-                        if not _boxes_keep(h, k, lo, hi, limit, box_lo, box_hi):
-                            return True
+    for m in range(_neighbours(h, lo, hi, grid, found)):
+        k = found[m]
+        if owned[k]:
+            _, limit = _pair_limit(h, k, volumes, thresh)
+            if not _boxes_keep(h, k, lo, hi, limit, box_lo, box_hi):
+                return True
     return False
 
 
@@ -432,12 +473,11 @@ def _meets_owned(h, owned, polyhedra, grid, thresh, box_lo, box_hi, cell_lo, cel
 def _meets_core(owned, polyhedra, grid, thresh):
     """Which candidates are owned, or could suppress or be suppressed by an owned one."""
     box_lo, box_hi = np.empty(3, np.int64), np.empty(3, np.int64)
-    cell_lo, cell_hi = np.empty(3, np.int64), np.empty(3, np.int64)
+    found = np.empty(owned.shape[0], np.int64)
     needed = owned.copy()
     for h in range(owned.shape[0]):
         if not owned[h]:
-            needed[h] = _meets_owned(h, owned, polyhedra, grid, thresh, box_lo, box_hi, cell_lo,
-                                     cell_hi)
+            needed[h] = _meets_owned(h, owned, polyhedra, grid, thresh, box_lo, box_hi, found)
     return needed
 
 

@@ -61,7 +61,7 @@ def _inside_halfspace(z, y, x, az, ay, ax, bz, by, bx, cz, cy, cx):
 
 
 @numba.njit(cache=True, nogil=True)
-def _inside_star(z, y, x, centre, vertices, faces):
+def inside_star(z, y, x, centre, vertices, faces):
     """StarDist's inside_polyhedron: inside one tetrahedron (centre, face)."""
     rz, ry, rx = centre[0], centre[1], centre[2]
     for f in range(faces.shape[0]):
@@ -98,7 +98,7 @@ def _render_polyhedra(labels, origin, centres, vertices, lo, hi, kernels, hulls,
                     fz, fy, fx = np.float32(z), np.float32(y), np.float32(x)
                     if (_inside_halfspaces(fz, fy, fx, kernels[i])
                             or (_inside_halfspaces(fz, fy, fx, hulls[i])
-                                and _inside_star(fz, fy, fx, centres[i], vertices[i], faces))):
+                                and inside_star(fz, fy, fx, centres[i], vertices[i], faces))):
                         labels[local] = ids[i]
 
 
