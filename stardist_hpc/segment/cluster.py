@@ -53,13 +53,16 @@ WORKER_SETUP = "stardist_hpc.segment.worker_setup"
 
 def local_cluster_kwargs(local: LocalClusterSection):
     """Keyword arguments of ``distributed.LocalCluster`` for the ``cluster.local`` section."""
+    import dask
     # the workers' own log lines (connections closing when a run stops on bad input or Ctrl-C)
     # would follow the driver's one-line error: shown only with -v
     worker_logs = logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
+    # an explicit preload replaces Dask's config key: the site's (or user's) preloads are kept
+    site_preloads = list(dask.config.get("distributed.worker.preload", None) or ())
     return dict(n_workers=local.n_workers or available_cpus(),
                 threads_per_worker=local.threads_per_worker, processes=True, host=LOCALHOST,
                 dashboard_address=f"{LOCALHOST}:0", silence_logs=worker_logs,
-                preload=[WORKER_SETUP])
+                preload=[WORKER_SETUP, *site_preloads])
 
 
 #: ``cluster.slurm`` keys that are ``SLURMCluster`` arguments of the same name: passed only when
@@ -355,11 +358,13 @@ def _task_name(function, arguments):
     return function.__name__ + ("" if index is None else f" {index}")
 
 
-def _killed_error(function, arguments, description):
+def _killed_error(function, arguments, description, memory_limit=None):
+    from dask.utils import format_bytes
+    limit = "" if memory_limit is None else f" of {format_bytes(memory_limit)}"
     return UserError(
         f"task {_task_name(function, arguments)} ({description}) killed its worker every time "
-        f"it ran ({TASK_RETRIES} retries spent); the likely cause is the worker's memory limit "
-        "(the OOM killer or Dask's nanny stops a worker that exceeds it): raise "
+        f"it ran ({TASK_RETRIES} retries spent); the likely cause is the worker's memory limit"
+        f"{limit} (the OOM killer or Dask's nanny stops a worker that exceeds it): raise "
         "cluster.slurm.memory (or use fewer cluster.local.n_workers, which gives each more), or "
         "make the tasks smaller (nms.tile_shape, labeling.chunk_shape); rerun to resume")
 
@@ -427,9 +432,10 @@ def run_tasks(client, function, argument_tuples, description, *, show_progress=T
         for future in progress(finished, len(futures), description, "task",
                                show_progress=show_progress):
             try:
-                result = future.result()
+                result = _result(client, future, no_worker_timeout, description)
             except distributed.KilledWorker:
-                raise _killed_error(function, arguments_of[future.key], description) from None
+                raise _killed_error(function, arguments_of[future.key], description,
+                                    _memory_limit(client)) from None
             if isinstance(result, _BadInput):
                 raise result.error
             yield result
@@ -445,6 +451,24 @@ def _finished(client, futures, no_worker_timeout, description):
     while pending:
         done, pending = _completed(client, pending, no_worker_timeout, description)
         yield from done
+
+
+def _result(client, future, no_worker_timeout, description):
+    """``future.result()`` under the watchdog of `_completed`: the result of a finished task
+    is lost with its worker when that dies before the result is fetched, and then waits for
+    the task to run again (forever, with no worker left)."""
+    while True:
+        _completed(client, {future}, no_worker_timeout, description)
+        with contextlib.suppress(TimeoutError):   # lost again since: wait again
+            return future.result(timeout=WATCH_SECONDS)
+
+
+def _memory_limit(client):
+    """The memory limit of the cluster's workers in bytes (the largest; None: unknown or
+    no limit, or no worker left)."""
+    limits = [worker.get("memory_limit") or 0
+              for worker in client.scheduler_info()["workers"].values()]
+    return max(limits, default=0) or None
 
 
 def run_in_process(function, argument_tuples, description):
