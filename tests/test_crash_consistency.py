@@ -183,13 +183,14 @@ def _second_runs_refused(main, config_path, first, caplog, monkeypatch, override
     assert first.poll() is None, "the first run ended before the second ones were refused"
 
 
-def test_a_second_hpc_run_on_the_same_outputs_stops_at_once_and_ctrl_c_is_one_line(
+def test_a_second_hpc_run_on_the_same_outputs_stops_at_once(
         tmp_path, nuclei_candidates, undisturbed, caplog, monkeypatch, tasks_in_process):
-    """The first run is then stopped by Ctrl-C (SIGINT to its process group, workers
-    included): one line, no worker traceback; the run after it resumes its checkpoints."""
+    """The first run, left alone, then finishes with the undisturbed labels (Ctrl-C of a
+    running one: test_workers_killed_until_the_retries_are_spent_then_all_gone_...)."""
     config_path = _write_hpc_config(tmp_path, nuclei_candidates)
     work_dir, label_path = tmp_path / "work", tmp_path / "label.h5"
     log_path = tmp_path / "first.log"
+    before = _sha256(nuclei_candidates)
     with _started(_command("hpc_prediction.py", config_path), log_path) as first:
         _wait_for(lambda: _round0_tiles(work_dir), first, "NMS checkpoint")
         started = time.monotonic()
@@ -199,16 +200,13 @@ def test_a_second_hpc_run_on_the_same_outputs_stops_at_once_and_ctrl_c_is_one_li
                               f"output.work_dir={tmp_path / 'other_work'}"))
         assert time.monotonic() - started < WAIT_SECONDS / 10
         assert (work_dir / WORK_DIR_LOCK).exists() and lock_path_of(label_path).exists()
-        os.killpg(first.pid, signal.SIGINT)
-        assert first.wait(WAIT_SECONDS) == EXIT_INTERRUPTED, log_path.read_text()[-3000:]
-    stderr = log_path.read_text()
-    assert "Traceback" not in stderr, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1].endswith(
-        "ERROR interrupted; rerun the same command to resume")
-    assert not (tmp_path / "other.h5").exists() and not label_path.exists()
-    monkeypatch.delenv("HDF5_USE_FILE_LOCKING")
-    assert segment_main([str(config_path)]) == 0
+        assert first.wait(WAIT_SECONDS) == 0, log_path.read_text()[-3000:]
+    # the refused runs left nothing: no label file, no lock, no checkpoint
+    assert not (tmp_path / "other.h5").exists()
+    assert not any(p.is_file() for p in (tmp_path / "other_work").rglob("*"))
+    assert not (work_dir / WORK_DIR_LOCK).exists() and not lock_path_of(label_path).exists()
     _assert_same_result(label_path, undisturbed[0])
+    assert _sha256(nuclei_candidates) == before
 
 
 @pytest.fixture(scope="module")
@@ -353,3 +351,78 @@ def test_a_full_filesystem_under_the_gpu_step_is_one_line_and_a_rerun_continues(
     assert main([str(config_path), "--set", f"output.path={output}"]) == 0
     _assert_same_hdf5(_datasets(output), gpu_uninterrupted)
     assert _sha256(image) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# workers that keep dying, in real runs of hpc_prediction.py on a local cluster
+
+#: the rendering task that the faults of ``worker_faults`` hit (a chunk with objects).
+FAULT_CHUNK = 1
+#: the no-worker watchdog's wait in the run whose workers all leave.
+NO_WORKER_SECONDS = 1
+
+
+def _run_with_fault(config_path, log_path, fault, mark, *overrides):
+    """Run hpc_prediction.py with the worker fault ``fault`` of ``worker_faults``; returns
+    its exit code and its last stderr line."""
+    env = {**os.environ, "FAULT": fault, "FAULT_CHUNK": str(FAULT_CHUNK),
+           "FAULT_MARK": str(mark),
+           "DASK_DISTRIBUTED__WORKER__PRELOAD": str([str(Path(__file__).parent
+                                                         / "worker_faults.py")]),
+           # each death fails the task at once: only the client's retries are spent; and
+           # a worker holds only the task it runs, which alone fails when it dies
+           "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0",
+           "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0"}
+    command = _command("hpc_prediction.py", config_path)
+    for override in overrides:
+        command += ["--set", override]
+    with open(log_path, "w") as log:
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=log, env=env,
+                              timeout=WAIT_SECONDS, start_new_session=True)
+    stderr = log_path.read_text()
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return done.returncode, stderr.strip().splitlines()[-1]
+
+
+def test_workers_killed_until_the_retries_are_spent_then_all_gone_are_one_line_each(
+        tmp_path, nuclei_candidates, undisturbed, caplog, tasks_in_process):
+    """Three runs of one config: stopped by Ctrl-C during NMS (exit 130, #13), its task
+    ``render_chunk 1`` then kills every worker that runs it, then every worker leaves
+    (the watchdog); each leaves no label file, and the run after them (in process) gives
+    the undisturbed labels from the inputs, which no run changed."""
+    config_path = _write_config(tmp_path, nuclei_candidates)
+    raw = yaml.safe_load(config_path.read_text())
+    raw["output"]["report"] = None   # not needed here: a few seconds less per run
+    config_path.write_text(yaml.safe_dump(raw))
+    work_dir, label_path, mark = tmp_path / "work", tmp_path / "label.h5", tmp_path / "left"
+    before = _sha256(nuclei_candidates)
+
+    log_path = tmp_path / "interrupted.log"
+    with _started(_command("hpc_prediction.py", config_path), log_path) as first:
+        _wait_for(lambda: _round0_tiles(work_dir), first, "NMS checkpoint")
+        os.killpg(first.pid, signal.SIGINT)   # the terminal's Ctrl-C: the whole group
+        assert first.wait(WAIT_SECONDS) == EXIT_INTERRUPTED, log_path.read_text()[-3000:]
+    stderr = log_path.read_text()
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].endswith(
+        "ERROR interrupted; rerun the same command to resume")
+
+    code, last = _run_with_fault(config_path, tmp_path / "killed.log", "kill", mark)
+    assert code == 2, last
+    for text in (f"ERROR task render_chunk {FAULT_CHUNK} (labeling) killed its worker every "
+                 "time it ran", "memory limit of ", "cluster.slurm.memory", "rerun to resume"):
+        assert text in last, last
+    assert not label_path.exists()
+
+    code, last = _run_with_fault(config_path, tmp_path / "left.log", "leave", mark,
+                                 f"cluster.no_worker_timeout={NO_WORKER_SECONDS}")
+    assert code == 2, last
+    assert mark.exists()
+    for text in (f"ERROR no Dask worker left for {NO_WORKER_SECONDS} s during labeling",
+                 "rerun to resume", "cluster.no_worker_timeout"):
+        assert text in last, last
+    assert not label_path.exists()
+
+    assert segment_main([str(config_path)]) == 0
+    _assert_same_result(label_path, undisturbed[0])
+    assert _sha256(nuclei_candidates) == before
