@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -62,11 +63,13 @@ TILE_SHAPE, CHUNK_SHAPE = (None, 24, 24), (8, 32, 32)
 
 
 def _write_config(directory, candidate_path, **output):
-    """test_interruptions' HPC config with fewer, larger tasks (and other outputs if given)."""
+    """test_interruptions' HPC config with fewer, larger tasks (and other outputs if given,
+    None: not written)."""
     path = _write_hpc_config(directory, candidate_path)
     raw = yaml.safe_load(path.read_text())
     raw["nms"]["tile_shape"], raw["labeling"]["chunk_shape"] = TILE_SHAPE, CHUNK_SHAPE
-    raw["output"].update({key: str(value) for key, value in output.items()})
+    raw["output"].update({key: None if value is None else str(value)
+                          for key, value in output.items()})
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -390,10 +393,8 @@ def test_workers_killed_until_the_retries_are_spent_then_all_gone_are_one_line_e
     ``render_chunk 1`` then kills every worker that runs it, then every worker leaves
     (the watchdog); each leaves no label file, and the run after them (in process) gives
     the undisturbed labels from the inputs, which no run changed."""
-    config_path = _write_config(tmp_path, nuclei_candidates)
-    raw = yaml.safe_load(config_path.read_text())
-    raw["output"]["report"] = None   # not needed here: a few seconds less per run
-    config_path.write_text(yaml.safe_dump(raw))
+    # no report: not needed here, and a few seconds less per run
+    config_path = _write_config(tmp_path, nuclei_candidates, report=None)
     work_dir, label_path, mark = tmp_path / "work", tmp_path / "label.h5", tmp_path / "left"
     before = _sha256(nuclei_candidates)
 
@@ -426,3 +427,100 @@ def test_workers_killed_until_the_retries_are_spent_then_all_gone_are_one_line_e
     assert segment_main([str(config_path)]) == 0
     _assert_same_result(label_path, undisturbed[0])
     assert _sha256(nuclei_candidates) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# a disk that fills up during a write (a quota the free-space check cannot see)
+
+#: the work_dir of an undisturbed run up to its label chunks.
+UP_TO_LABELS = (NMS_DIR, "run.json", SURVIVORS, CHUNK_DIR)
+#: stage -> (the write before which the disk fills, see full_disk_child; what the work_dir
+#: already holds; the file written there, named by the message, relative to the stage's
+#: directory on the small filesystem; the config key of that output, if it has one).
+FULL_DURING = {
+    "survivors.h5": ("dataset:dist", (NMS_DIR, "run.json"), f"work/{SURVIVORS}", None),
+    "label.h5 chunks": ("dataset:labels", UP_TO_LABELS, "label.h5", None),
+    "label.h5 objects": ("dataset:objects", UP_TO_LABELS, "label.h5", None),
+    # measured: the chunks are rendered again with their intensities
+    "label.h5 intensities": ("dataset:intensities", (NMS_DIR, "run.json", SURVIVORS),
+                             "label.h5", None),
+    "label.ome.zarr": ("call:stardist_hpc.io.ome_zarr:_write_chunks", UP_TO_LABELS,
+                       "label.ome.zarr", "ome_zarr"),
+    "objects.tsv": ("call:stardist_hpc.segment.outputs:write_tsv", UP_TO_LABELS, "objects.tsv",
+                    "objects_tsv"),
+    "objects.parquet": ("call:stardist_hpc.segment.outputs:write_parquet", UP_TO_LABELS,
+                        "objects.parquet", "objects_parquet"),
+}
+
+
+def _stage_config(tmp_path, mount, stage, candidates, complete_work_dir):
+    """The config of one stage of FULL_DURING (its work_dir and outputs on ``mount``), the
+    file the stage writes and the label file."""
+    _, done_before, named, key = FULL_DURING[stage]
+    directory = tmp_path / stage.replace(" ", "_")
+    on_small = mount / stage.replace(" ", "_")
+    (on_small / "work").mkdir(parents=True)
+    for entry in done_before:
+        source = complete_work_dir / entry
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, on_small / "work" / entry)
+    directory.mkdir()
+    outputs = {"work_dir": on_small / "work", "labels": on_small / "label.h5", "report": None}
+    if key is not None:
+        outputs[key] = on_small / named
+    path = _write_config(directory, candidates, **outputs)
+    if stage == "label.h5 intensities":
+        import tifffile
+        image = directory / "image.tif"
+        tifffile.imwrite(image, np.random.default_rng(5).random(NUCLEI_SHAPE, np.float32))
+        raw = yaml.safe_load(path.read_text())
+        raw["measure"] = {"image": str(image)}
+        path.write_text(yaml.safe_dump(raw))
+    return path, on_small / named, outputs["labels"]
+
+
+def test_a_disk_that_fills_during_a_write_is_one_line_at_every_stage(
+        tmp_path, small_filesystem, undisturbed, nuclei_candidates, tasks_in_process, caplog):
+    """The writes fail in a child process (a native crash would be its return code); each
+    run is one line, exit 2, and the run after it, with space, gives the undisturbed
+    results."""
+    reference, complete_work_dir = undisturbed
+    before = _sha256(nuclei_candidates)
+    configs = {stage: _stage_config(tmp_path, small_filesystem, stage, nuclei_candidates,
+                                    complete_work_dir) for stage in FULL_DURING}
+    arguments = [str(small_filesystem)]
+    for stage, (config_path, _, _) in configs.items():
+        arguments += [FULL_DURING[stage][0], str(config_path)]
+    child = subprocess.run([sys.executable, str(Path(__file__).parent / "full_disk_child.py"),
+                            *arguments], capture_output=True, text=True, timeout=WAIT_SECONDS,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert child.returncode == 0, f"exit code {child.returncode}: {child.stderr[-3000:]}"
+    runs = [json.loads(line) for line in child.stdout.splitlines()]
+    assert len(runs) == len(FULL_DURING), child.stderr[-3000:]
+
+    for (stage, (config_path, output, labels)), run in zip(configs.items(), runs):
+        errors = run["errors"]
+        assert run["code"] == 2 and len(errors) == 1, (stage, run)
+        for text in (f"no space left on {small_filesystem} while writing", str(output),
+                     "; free space and rerun to resume"):
+            assert text in errors[0], (stage, errors[0])
+        assert not output.exists(), stage
+        assert segment_main([str(config_path)]) == 0, stage
+        _assert_same_result(labels, reference)
+        _assert_complete_output(output, complete_work_dir.parent, reference)
+    assert _sha256(nuclei_candidates) == before
+
+
+def _assert_complete_output(output, undisturbed_dir, reference):
+    """The OME-Zarr or table ``output`` of a rerun is the undisturbed run's (label.h5 and
+    survivors.h5: checked by the labels)."""
+    if output.name == "label.ome.zarr":
+        import zarr
+        level0 = zarr.open_group(str(output), mode="r")["labels/nuclei/0"][()]
+        assert np.array_equal(level0, reference.labels)
+        assert not list(output.parent.glob("label.ome.zarr.*"))
+    elif output.suffix == ".tsv":
+        assert output.read_bytes() == (undisturbed_dir / "output" / "objects.tsv").read_bytes()
+    elif output.suffix == ".parquet":
+        import pyarrow.parquet
+        rows = (undisturbed_dir / "output" / "objects.tsv").read_text().count("\n") - 1
+        assert pyarrow.parquet.read_table(output).num_rows == rows
