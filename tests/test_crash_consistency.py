@@ -44,6 +44,7 @@ from stardist_hpc.cli import EXIT_INTERRUPTED, predict_main, segment_main
 from stardist_hpc.config import HpcConfig, load
 from stardist_hpc.io.candidates import CandidateFile
 from stardist_hpc.io.checkpoint import resume_or_start_afresh
+from stardist_hpc.io.ome_zarr import temporary_store
 from stardist_hpc.io.run_lock import WORK_DIR_LOCK, lock_path_of, run_lock
 from stardist_hpc.segment import step as hpc
 from stardist_hpc.segment.cluster import run_in_process
@@ -56,6 +57,8 @@ pytestmark = pytest.mark.usefixtures("single_openmp_thread")
 WAIT_SECONDS = 300
 #: size of the small filesystem the disk-full tests write to.
 SMALL_FS = "4m"
+#: a PID above any pid_max: of no process (a killed writer's).
+DEAD_PID = 999999999
 
 
 #: tiles and chunks of the in-process runs: few tasks (the labels do not depend on them).
@@ -326,7 +329,7 @@ def test_a_full_filesystem_is_one_line_and_a_rerun_with_space_resumes(
     assert not (small_filesystem / "label.h5").exists()
     filler.unlink()
     # a killed worker's temporary, cleaned up by the next run
-    stale = work_dir / CHUNK_DIR / "0.npz.999999999.tmp"
+    stale = work_dir / CHUNK_DIR / f"0.npz.{DEAD_PID}.tmp"
     stale.parent.mkdir(exist_ok=True)
     stale.write_bytes(b"partial")
     assert segment_main([str(config_path)]) == 0
@@ -504,10 +507,28 @@ def test_a_disk_that_fills_during_a_write_is_one_line_at_every_stage(
                      "; free space and rerun to resume"):
             assert text in errors[0], (stage, errors[0])
         assert not output.exists(), stage
+        stale = _leave_killed_writers_files(output)
         assert segment_main([str(config_path)]) == 0, stage
+        assert not any(path.exists() for path in stale), stage
         _assert_same_result(labels, reference)
         _assert_complete_output(output, complete_work_dir.parent, reference)
     assert _sha256(nuclei_candidates) == before
+
+
+def _leave_killed_writers_files(output):
+    """What killed processes (of a PID no process has) leave beside and in the OME-Zarr
+    store ``output``: a chunk's temporary in the temporary store and an older store that
+    a rename was replacing. Returns them (nothing for other outputs)."""
+    if output.name != "label.ome.zarr":
+        return []
+    level0 = temporary_store(output) / "labels" / "nuclei" / "0"
+    assert level0.is_dir()   # kept for the rerun, which continues it
+    chunk_temporary = level0 / "0" / "0" / f"0.{DEAD_PID}.tmp"
+    chunk_temporary.parent.mkdir(parents=True, exist_ok=True)
+    chunk_temporary.write_bytes(b"partial")
+    old_store = output.with_name(f"{output.name}.{DEAD_PID}.old")
+    (old_store / "labels").mkdir(parents=True)
+    return [chunk_temporary, old_store]
 
 
 def _assert_complete_output(output, undisturbed_dir, reference):
@@ -518,6 +539,7 @@ def _assert_complete_output(output, undisturbed_dir, reference):
         level0 = zarr.open_group(str(output), mode="r")["labels/nuclei/0"][()]
         assert np.array_equal(level0, reference.labels)
         assert not list(output.parent.glob("label.ome.zarr.*"))
+        assert not list(output.rglob("*.tmp"))
     elif output.suffix == ".tsv":
         assert output.read_bytes() == (undisturbed_dir / "output" / "objects.tsv").read_bytes()
     elif output.suffix == ".parquet":
