@@ -492,13 +492,17 @@ def test_a_disk_that_fills_during_a_write_is_one_line_at_every_stage(
                                     complete_work_dir) for stage in FULL_DURING}
     arguments = [str(small_filesystem)]
     for stage, (config_path, _, _) in configs.items():
-        arguments += [FULL_DURING[stage][0], str(config_path)]
+        arguments += ["hpc", FULL_DURING[stage][0], str(config_path)]
+    candidates = small_filesystem / "prediction.h5"
+    arguments += ["candidates", "call:stardist_hpc.io.candidates:CandidateWriter.append",
+                  str(candidates)]
     child = subprocess.run([sys.executable, str(Path(__file__).parent / "full_disk_child.py"),
                             *arguments], capture_output=True, text=True, timeout=WAIT_SECONDS,
                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert child.returncode == 0, f"exit code {child.returncode}: {child.stderr[-3000:]}"
     runs = [json.loads(line) for line in child.stdout.splitlines()]
-    assert len(runs) == len(FULL_DURING), child.stderr[-3000:]
+    assert len(runs) == len(FULL_DURING) + 1, child.stderr[-3000:]
+    *runs, candidates_run = runs
 
     for (stage, (config_path, output, labels)), run in zip(configs.items(), runs):
         errors = run["errors"]
@@ -512,7 +516,17 @@ def test_a_disk_that_fills_during_a_write_is_one_line_at_every_stage(
         assert not any(path.exists() for path in stale), stage
         _assert_same_result(labels, reference)
         _assert_complete_output(output, complete_work_dir.parent, reference)
+        shutil.rmtree(labels.parent)   # space for the next
     assert _sha256(nuclei_candidates) == before
+
+    # prediction.h5 (the GPU step's writer): its first block's write fails; the file, not
+    # to be continued, is removed
+    assert candidates_run["code"] == 2 and candidates_run["errors"] == [
+        f"no space left on {small_filesystem} while writing {candidates}; free space and "
+        "rerun to resume"], candidates_run
+    assert not list(small_filesystem.glob("prediction.h5*"))
+    _nuclei_file(candidates)
+    _assert_same_hdf5(_datasets(candidates), _datasets(nuclei_candidates))
 
 
 def _leave_killed_writers_files(output):
