@@ -141,9 +141,9 @@ class CandidateWriter:
 
     Use as a context manager; the file appears at ``path`` only when the ``with`` block ends
     without an exception (it is written as ``path.tmp`` and renamed). The temporary file is
-    flushed after every block; it is kept when the run is interrupted (KeyboardInterrupt, or a
-    kill) and continued by the next writer with the same ``resume_key``, deleted on any other
-    error.
+    flushed after every block; it is kept when the run is interrupted (KeyboardInterrupt, a
+    kill, or the free-space check refusing a block) and continued by the next writer with the
+    same ``resume_key``, deleted on any other error (a write that failed, too).
 
     Attributes
     ----------
@@ -243,7 +243,8 @@ class CandidateWriter:
 
     def _append(self, core_lo, core_hi, prob, dist, points, prob_class):
         n = len(prob)
-        # before writing: HDF5 may crash the process later when a write of it fails
+        # before writing: a block refused here leaves the file to be continued, one whose
+        # write failed is discarded (its HDF5 metadata may be half-written)
         check_free_space(self.path, self._bytes_to_append(n))
         start, stop = self.n_rows, self.n_rows + n
         columns = {"prob": prob, "dist": dist, "points": points, PROB_CLASS: prob_class}
