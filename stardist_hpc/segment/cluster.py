@@ -293,6 +293,21 @@ def _wait_for_slurm_workers(client, slurm: SlurmSection, refused=()):
         ) from None
 
 
+class _InterruptedSyncFilter(logging.Filter):
+    """Drop the traceback tornado logs when Ctrl-C interrupts distributed's ``sync`` before
+    its coroutine has started: ``sync.<locals>.cancel`` then reads a variable not yet
+    assigned (a NameError in distributed, harmless: the run is stopping), and the traceback
+    would precede the driver's one-line message."""
+
+    def filter(self, record):
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, NameError)
+                    and "sync.<locals>.cancel" in record.getMessage())
+
+
+_INTERRUPTED_SYNC = _InterruptedSyncFilter()
+
+
 def _quiet_distributed_logs():
     """Keep Dask's INFO chatter out of the progress unless debug logging is on.
 
@@ -300,6 +315,9 @@ def _quiet_distributed_logs():
     """
     if not log.isEnabledFor(logging.DEBUG):
         logging.getLogger("distributed").setLevel(logging.WARNING)
+    tornado_log = logging.getLogger("tornado.application")
+    if _INTERRUPTED_SYNC not in tornado_log.filters:
+        tornado_log.addFilter(_INTERRUPTED_SYNC)
 
 
 @contextlib.contextmanager
