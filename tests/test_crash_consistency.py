@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -43,6 +45,7 @@ from stardist_hpc.cli import EXIT_INTERRUPTED, predict_main, segment_main
 from stardist_hpc.config import HpcConfig, load
 from stardist_hpc.io.candidates import CandidateFile
 from stardist_hpc.io.checkpoint import resume_or_start_afresh
+from stardist_hpc.io.ome_zarr import temporary_store
 from stardist_hpc.io.run_lock import WORK_DIR_LOCK, lock_path_of, run_lock
 from stardist_hpc.segment import step as hpc
 from stardist_hpc.segment.cluster import run_in_process
@@ -55,6 +58,8 @@ pytestmark = pytest.mark.usefixtures("single_openmp_thread")
 WAIT_SECONDS = 300
 #: size of the small filesystem the disk-full tests write to.
 SMALL_FS = "4m"
+#: a PID above any pid_max: of no process (a killed writer's).
+DEAD_PID = 999999999
 
 
 #: tiles and chunks of the in-process runs: few tasks (the labels do not depend on them).
@@ -62,11 +67,13 @@ TILE_SHAPE, CHUNK_SHAPE = (None, 24, 24), (8, 32, 32)
 
 
 def _write_config(directory, candidate_path, **output):
-    """test_interruptions' HPC config with fewer, larger tasks (and other outputs if given)."""
+    """test_interruptions' HPC config with fewer, larger tasks (and other outputs if given,
+    None: not written)."""
     path = _write_hpc_config(directory, candidate_path)
     raw = yaml.safe_load(path.read_text())
     raw["nms"]["tile_shape"], raw["labeling"]["chunk_shape"] = TILE_SHAPE, CHUNK_SHAPE
-    raw["output"].update({key: str(value) for key, value in output.items()})
+    raw["output"].update({key: None if value is None else str(value)
+                          for key, value in output.items()})
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -183,13 +190,14 @@ def _second_runs_refused(main, config_path, first, caplog, monkeypatch, override
     assert first.poll() is None, "the first run ended before the second ones were refused"
 
 
-def test_a_second_hpc_run_on_the_same_outputs_stops_at_once_and_ctrl_c_is_one_line(
+def test_a_second_hpc_run_on_the_same_outputs_stops_at_once(
         tmp_path, nuclei_candidates, undisturbed, caplog, monkeypatch, tasks_in_process):
-    """The first run is then stopped by Ctrl-C (SIGINT to its process group, workers
-    included): one line, no worker traceback; the run after it resumes its checkpoints."""
+    """The first run, left alone, then finishes with the undisturbed labels (Ctrl-C of a
+    running one: test_workers_killed_until_the_retries_are_spent_then_all_gone_...)."""
     config_path = _write_hpc_config(tmp_path, nuclei_candidates)
     work_dir, label_path = tmp_path / "work", tmp_path / "label.h5"
     log_path = tmp_path / "first.log"
+    before = _sha256(nuclei_candidates)
     with _started(_command("hpc_prediction.py", config_path), log_path) as first:
         _wait_for(lambda: _round0_checkpoints(work_dir), first, "NMS checkpoint")
         started = time.monotonic()
@@ -199,16 +207,13 @@ def test_a_second_hpc_run_on_the_same_outputs_stops_at_once_and_ctrl_c_is_one_li
                               f"output.work_dir={tmp_path / 'other_work'}"))
         assert time.monotonic() - started < WAIT_SECONDS / 10
         assert (work_dir / WORK_DIR_LOCK).exists() and lock_path_of(label_path).exists()
-        os.killpg(first.pid, signal.SIGINT)
-        assert first.wait(WAIT_SECONDS) == EXIT_INTERRUPTED, log_path.read_text()[-3000:]
-    stderr = log_path.read_text()
-    assert "Traceback" not in stderr, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1].endswith(
-        "ERROR interrupted; rerun the same command to resume")
-    assert not (tmp_path / "other.h5").exists() and not label_path.exists()
-    monkeypatch.delenv("HDF5_USE_FILE_LOCKING")
-    assert segment_main([str(config_path)]) == 0
+        assert first.wait(WAIT_SECONDS) == 0, log_path.read_text()[-3000:]
+    # the refused runs left nothing: no label file, no lock, no checkpoint
+    assert not (tmp_path / "other.h5").exists()
+    assert not any(p.is_file() for p in (tmp_path / "other_work").rglob("*"))
+    assert not (work_dir / WORK_DIR_LOCK).exists() and not lock_path_of(label_path).exists()
     _assert_same_result(label_path, undisturbed[0])
+    assert _sha256(nuclei_candidates) == before
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +330,7 @@ def test_a_full_filesystem_is_one_line_and_a_rerun_with_space_resumes(
     assert not (small_filesystem / "label.h5").exists()
     filler.unlink()
     # a killed worker's temporary, cleaned up by the next run
-    stale = work_dir / CHUNK_DIR / "0.npz.999999999.tmp"
+    stale = work_dir / CHUNK_DIR / f"0.npz.{DEAD_PID}.tmp"
     stale.parent.mkdir(exist_ok=True)
     stale.write_bytes(b"partial")
     assert segment_main([str(config_path)]) == 0
@@ -353,3 +358,211 @@ def test_a_full_filesystem_under_the_gpu_step_is_one_line_and_a_rerun_continues(
     assert main([str(config_path), "--set", f"output.path={output}"]) == 0
     _assert_same_hdf5(_datasets(output), gpu_uninterrupted)
     assert _sha256(image) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# workers that keep dying, in real runs of hpc_prediction.py on a local cluster
+
+#: the rendering task that the faults of ``worker_faults`` hit (a chunk with objects).
+FAULT_CHUNK = 1
+#: the no-worker watchdog's wait in the run whose workers all leave.
+NO_WORKER_SECONDS = 1
+
+
+def _run_with_fault(config_path, log_path, fault, mark, *overrides):
+    """Run hpc_prediction.py with the worker fault ``fault`` of ``worker_faults``; returns
+    its exit code and its last stderr line."""
+    env = {**os.environ, "FAULT": fault, "FAULT_CHUNK": str(FAULT_CHUNK),
+           "FAULT_MARK": str(mark),
+           "DASK_DISTRIBUTED__WORKER__PRELOAD": str([str(Path(__file__).parent
+                                                         / "worker_faults.py")]),
+           # each death fails the task at once: only the client's retries are spent; and
+           # a worker holds only the task it runs, which alone fails when it dies
+           "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0",
+           "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0"}
+    command = _command("hpc_prediction.py", config_path)
+    for override in overrides:
+        command += ["--set", override]
+    with open(log_path, "w") as log:
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=log, env=env,
+                              timeout=WAIT_SECONDS, start_new_session=True)
+    stderr = log_path.read_text()
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return done.returncode, stderr.strip().splitlines()[-1]
+
+
+def test_workers_killed_until_the_retries_are_spent_then_all_gone_are_one_line_each(
+        tmp_path, nuclei_candidates, undisturbed, caplog, tasks_in_process):
+    """Three runs of one config: stopped by Ctrl-C during NMS (exit 130, #13), its task
+    rendering chunk 1 then kills every worker that runs it, then every worker leaves
+    (the watchdog); each leaves no label file, and the run after them (in process) gives
+    the undisturbed labels from the inputs, which no run changed."""
+    # no report: not needed here, and a few seconds less per run
+    config_path = _write_config(tmp_path, nuclei_candidates, report=None)
+    label_path, mark = tmp_path / "label.h5", tmp_path / "left"
+    before = _sha256(nuclei_candidates)
+
+    log_path = tmp_path / "interrupted.log"
+    with _started(_command("hpc_prediction.py", config_path), log_path) as first:
+        # as soon as the tasks are submitted (not at the first checkpoint: a worker's first
+        # task compiles the NMS kernels, seconds on a busy machine)
+        _wait_for(lambda: "INFO NMS round 0: 0 of" in log_path.read_text(), first,
+                  "NMS tasks")
+        os.killpg(first.pid, signal.SIGINT)   # the terminal's Ctrl-C: the whole group
+        assert first.wait(WAIT_SECONDS) == EXIT_INTERRUPTED, log_path.read_text()[-3000:]
+    stderr = log_path.read_text()
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].endswith(
+        "ERROR interrupted; rerun the same command to resume")
+
+    code, last = _run_with_fault(config_path, tmp_path / "killed.log", "kill", mark)
+    assert code == 2, last
+    # the task renders a batch of chunks, chunk FAULT_CHUNK among them
+    assert re.search(rf"ERROR task render_chunks (\d+, )*{FAULT_CHUNK}(, \d+)*( and \d+ more)? "
+                     r"\(labeling\) killed its worker every time it ran", last), last
+    for text in ("memory limit of ", "cluster.slurm.memory", "rerun to resume"):
+        assert text in last, last
+    assert not label_path.exists()
+
+    code, last = _run_with_fault(config_path, tmp_path / "left.log", "leave", mark,
+                                 f"cluster.no_worker_timeout={NO_WORKER_SECONDS}")
+    assert code == 2, last
+    assert mark.exists()
+    for text in (f"ERROR no Dask worker left for {NO_WORKER_SECONDS} s during labeling",
+                 "rerun to resume", "cluster.no_worker_timeout"):
+        assert text in last, last
+    assert not label_path.exists()
+
+    assert segment_main([str(config_path)]) == 0
+    _assert_same_result(label_path, undisturbed[0])
+    assert _sha256(nuclei_candidates) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# a disk that fills up during a write (a quota the free-space check cannot see)
+
+#: the work_dir of an undisturbed run up to its label chunks.
+UP_TO_LABELS = (NMS_DIR, "run.json", SURVIVORS, CHUNK_DIR)
+#: stage -> (the write before which the disk fills, see full_disk_child; what the work_dir
+#: already holds; the file written there, named by the message, relative to the stage's
+#: directory on the small filesystem; the config key of that output, if it has one).
+FULL_DURING = {
+    "survivors.h5": ("dataset:dist", (NMS_DIR, "run.json"), f"work/{SURVIVORS}", None),
+    "label.h5 chunks": ("dataset:labels", UP_TO_LABELS, "label.h5", None),
+    "label.h5 objects": ("dataset:objects", UP_TO_LABELS, "label.h5", None),
+    # measured: the chunks are rendered again with their intensities
+    "label.h5 intensities": ("dataset:intensities", (NMS_DIR, "run.json", SURVIVORS),
+                             "label.h5", None),
+    "label.ome.zarr": ("call:stardist_hpc.io.ome_zarr:_write_chunks", UP_TO_LABELS,
+                       "label.ome.zarr", "ome_zarr"),
+    "objects.tsv": ("call:stardist_hpc.segment.outputs:write_tsv", UP_TO_LABELS, "objects.tsv",
+                    "objects_tsv"),
+    "objects.parquet": ("call:stardist_hpc.segment.outputs:write_parquet", UP_TO_LABELS,
+                        "objects.parquet", "objects_parquet"),
+}
+
+
+def _stage_config(tmp_path, mount, stage, candidates, complete_work_dir):
+    """The config of one stage of FULL_DURING (its work_dir and outputs on ``mount``), the
+    file the stage writes and the label file."""
+    _, done_before, named, key = FULL_DURING[stage]
+    directory = tmp_path / stage.replace(" ", "_")
+    on_small = mount / stage.replace(" ", "_")
+    (on_small / "work").mkdir(parents=True)
+    for entry in done_before:
+        source = complete_work_dir / entry
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, on_small / "work" / entry)
+    directory.mkdir()
+    outputs = {"work_dir": on_small / "work", "labels": on_small / "label.h5", "report": None}
+    if key is not None:
+        outputs[key] = on_small / named
+    path = _write_config(directory, candidates, **outputs)
+    if stage == "label.h5 intensities":
+        import tifffile
+        image = directory / "image.tif"
+        tifffile.imwrite(image, np.random.default_rng(5).random(NUCLEI_SHAPE, np.float32))
+        raw = yaml.safe_load(path.read_text())
+        raw["measure"] = {"image": str(image)}
+        path.write_text(yaml.safe_dump(raw))
+    return path, on_small / named, outputs["labels"]
+
+
+def test_a_disk_that_fills_during_a_write_is_one_line_at_every_stage(
+        tmp_path, small_filesystem, undisturbed, nuclei_candidates, tasks_in_process, caplog):
+    """The writes fail in a child process (a native crash would be its return code); each
+    run is one line, exit 2, and the run after it, with space, gives the undisturbed
+    results."""
+    reference, complete_work_dir = undisturbed
+    before = _sha256(nuclei_candidates)
+    configs = {stage: _stage_config(tmp_path, small_filesystem, stage, nuclei_candidates,
+                                    complete_work_dir) for stage in FULL_DURING}
+    arguments = [str(small_filesystem)]
+    for stage, (config_path, _, _) in configs.items():
+        arguments += ["hpc", FULL_DURING[stage][0], str(config_path)]
+    candidates = small_filesystem / "prediction.h5"
+    arguments += ["candidates", "call:stardist_hpc.io.candidates:CandidateWriter.append",
+                  str(candidates)]
+    child = subprocess.run([sys.executable, str(Path(__file__).parent / "full_disk_child.py"),
+                            *arguments], capture_output=True, text=True, timeout=WAIT_SECONDS,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert child.returncode == 0, f"exit code {child.returncode}: {child.stderr[-3000:]}"
+    runs = [json.loads(line) for line in child.stdout.splitlines()]
+    assert len(runs) == len(FULL_DURING) + 1, child.stderr[-3000:]
+    *runs, candidates_run = runs
+
+    for (stage, (config_path, output, labels)), run in zip(configs.items(), runs):
+        errors = run["errors"]
+        assert run["code"] == 2 and len(errors) == 1, (stage, run)
+        for text in (f"no space left on {small_filesystem} while writing", str(output),
+                     "; free space and rerun to resume"):
+            assert text in errors[0], (stage, errors[0])
+        assert not output.exists(), stage
+        stale = _leave_killed_writers_files(output)
+        assert segment_main([str(config_path)]) == 0, stage
+        assert not any(path.exists() for path in stale), stage
+        _assert_same_result(labels, reference)
+        _assert_complete_output(output, complete_work_dir.parent, reference)
+        shutil.rmtree(labels.parent)   # space for the next
+    assert _sha256(nuclei_candidates) == before
+
+    # prediction.h5 (the GPU step's writer): its first block's write fails; the file, not
+    # to be continued, is removed
+    assert candidates_run["code"] == 2 and candidates_run["errors"] == [
+        f"no space left on {small_filesystem} while writing {candidates}; free space and "
+        "rerun to resume"], candidates_run
+    assert not list(small_filesystem.glob("prediction.h5*"))
+    _nuclei_file(candidates)
+    _assert_same_hdf5(_datasets(candidates), _datasets(nuclei_candidates))
+
+
+def _leave_killed_writers_files(output):
+    """What killed processes (of a PID no process has) leave beside and in the OME-Zarr
+    store ``output``: a chunk's temporary in the temporary store and an older store that
+    a rename was replacing. Returns them (nothing for other outputs)."""
+    if output.name != "label.ome.zarr":
+        return []
+    level0 = temporary_store(output) / "labels" / "nuclei" / "0"
+    assert level0.is_dir()   # kept for the rerun, which continues it
+    chunk_temporary = level0 / "0" / "0" / f"0.{DEAD_PID}.tmp"
+    chunk_temporary.parent.mkdir(parents=True, exist_ok=True)
+    chunk_temporary.write_bytes(b"partial")
+    old_store = output.with_name(f"{output.name}.{DEAD_PID}.old")
+    (old_store / "labels").mkdir(parents=True)
+    return [chunk_temporary, old_store]
+
+
+def _assert_complete_output(output, undisturbed_dir, reference):
+    """The OME-Zarr or table ``output`` of a rerun is the undisturbed run's (label.h5 and
+    survivors.h5: checked by the labels)."""
+    if output.name == "label.ome.zarr":
+        import zarr
+        level0 = zarr.open_group(str(output), mode="r")["labels/nuclei/0"][()]
+        assert np.array_equal(level0, reference.labels)
+        assert not list(output.parent.glob("label.ome.zarr.*"))
+        assert not list(output.rglob("*.tmp"))
+    elif output.suffix == ".tsv":
+        assert output.read_bytes() == (undisturbed_dir / "output" / "objects.tsv").read_bytes()
+    elif output.suffix == ".parquet":
+        import pyarrow.parquet
+        rows = (undisturbed_dir / "output" / "objects.tsv").read_text().count("\n") - 1
+        assert pyarrow.parquet.read_table(output).num_rows == rows

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from .disk_space import reporting_disk_full
@@ -61,19 +62,24 @@ def _process_alive(pid):
     return True
 
 
-def remove_stale_temporaries(path):
+def remove_stale_temporaries(path, suffix=TEMPORARY_SUFFIX):
     """Delete the temporaries of ``path`` that killed processes of this host left behind.
 
-    :func:`atomic_path` names a temporary after the writing process, which removes it unless it
-    is killed. Only for files that processes of this host write (the driver's outputs): a
-    worker on another node may be writing a temporary whose PID means nothing here.
+    :func:`atomic_path` names a temporary after the writing process (``<name>.<pid>.tmp``),
+    which removes it unless it is killed; so does the rename that replaces a directory
+    (``<name>.<pid>.old``: give that ``suffix``; directories are removed whole). Only for
+    files that processes of this host write (the driver's outputs): a worker on another node
+    may be writing a temporary whose PID means nothing here.
     """
     path = Path(path)
-    for temporary in path.parent.glob(f"{path.name}.*.tmp"):
-        pid = temporary.name[len(path.name) + 1:-len(".tmp")]
+    for temporary in path.parent.glob(f"{path.name}.*{suffix}"):
+        pid = temporary.name[len(path.name) + 1:-len(suffix)]
         if pid.isdigit() and not _process_alive(int(pid)):
             log.info("removing %s, left by an interrupted run", temporary)
-            temporary.unlink(missing_ok=True)
+            if temporary.is_dir():
+                shutil.rmtree(temporary, ignore_errors=True)
+            else:
+                temporary.unlink(missing_ok=True)
 
 
 def remove_temporaries_below(directory):

@@ -28,6 +28,7 @@ interrupted run left behind is continued after its last complete block when the 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -35,7 +36,6 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ..errors import UserError
@@ -57,7 +57,7 @@ from .candidate_checks import (
 )
 from .checkpoint import changed_keys
 from .disk_space import METADATA_BYTES, DiskFullError, check_free_space, reporting_disk_full
-from .hdf5 import open_hdf5
+from .hdf5 import open_hdf5, writing_hdf5
 from .voxel_size import UNKNOWN, voxel_size_attributes
 
 log = logging.getLogger(__name__)
@@ -166,9 +166,9 @@ class CandidateWriter:
 
     Use as a context manager; the file appears at ``path`` only when the ``with`` block ends
     without an exception (it is written as ``path.tmp`` and renamed). The temporary file is
-    flushed after every block; it is kept when the run is interrupted (KeyboardInterrupt, or a
-    kill) and continued by the next writer with the same ``resume_key``, deleted on any other
-    error.
+    flushed after every block; it is kept when the run is interrupted (KeyboardInterrupt, a
+    kill, or the free-space check refusing a block) and continued by the next writer with the
+    same ``resume_key``, deleted on any other error (a write that failed, too).
 
     Attributes
     ----------
@@ -195,7 +195,7 @@ class CandidateWriter:
         if not self._continue_interrupted():
             # never "w" over an existing file: another process may have it open
             self.tmp_path.unlink(missing_ok=True)
-            self._file = h5py.File(self.tmp_path, "x")
+            self._file = self._open("x")
             self._dsets = create_candidate_datasets(self._file, self.meta, 0)
             self._blocks = create_block_table(self._file)
             self._cells = self._file.create_dataset(CELL_ROWS, (0,), np.int64, maxshape=(None,),
@@ -203,6 +203,15 @@ class CandidateWriter:
             self._file.attrs[INDEX_CELL_SHAPE_ATTR] = INDEX_CELL_SHAPE
             self._file.attrs[RESUME_KEY] = self.resume_key
         return self
+
+    def _open(self, mode):
+        """The temporary file opened by :func:`~.hdf5.writing_hdf5`, closed by `_close`."""
+        self._closing = contextlib.ExitStack()
+        return self._closing.enter_context(writing_hdf5(self.tmp_path, mode))
+
+    def _close(self):
+        """Close the temporary file (raising the error of a write that failed)."""
+        self._closing.close()
 
     def _same_run(self, stored_key):
         """Whether the interrupted run's key is this run's; if not, log what changed."""
@@ -221,7 +230,7 @@ class CandidateWriter:
         if not (self.resume_key and self.tmp_path.exists()):
             return False
         try:
-            f = h5py.File(self.tmp_path, "r+")
+            f = self._open("r+")
         except BlockingIOError:   # HDF5's file lock: another process is writing it
             raise UserError(f"{self.tmp_path} is open in another process (HDF5 could not lock "
                             "it): wait for that run to finish, then rerun") from None
@@ -239,7 +248,7 @@ class CandidateWriter:
                    if blocks is not None else 0)
         if (blocks is None or any(len(d) < n_rows for d in dsets.values())
                 or len(cells) < n_cells):
-            f.close()
+            self._close()
             return False
         # rows and cells of a block whose index entry never came
         for dset in dsets.values():
@@ -273,7 +282,8 @@ class CandidateWriter:
     def _append(self, core_lo, core_hi, prob, dist, points, prob_class):
         n = len(prob)
         cells = block_cells(core_lo, core_hi, INDEX_CELL_SHAPE)
-        # before writing: HDF5 may crash the process later when a write of it fails
+        # before writing: a block refused here leaves the file to be continued, one whose
+        # write failed is discarded (its HDF5 metadata may be half-written)
         check_free_space(self.path, self._bytes_to_append(n, len(cells)))
         start, stop = self.n_rows, self.n_rows + n
         cell_of = cells.index_of(np.asarray(points).reshape(-1, 3) - np.asarray(core_lo))
@@ -292,24 +302,27 @@ class CandidateWriter:
         self._blocks.resize(self.n_blocks + 1, axis=0)
         self._blocks[self.n_blocks] = row[0]
         self._file.flush()
+        self._file.raise_failed_write()
         self.n_rows = stop
         self.completed_cores.append((tuple(int(v) for v in core_lo),
                                      tuple(int(v) for v in core_hi)))
 
     def __exit__(self, exc_type, exc, tb):
         # kept for the next run to continue: after Ctrl-C, or once the disk has space again
-        keep = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, DiskFullError))
+        # (refused by the free-space check; a write that failed left a file to discard)
+        keep = (exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, DiskFullError))
+                and not self._file.write_failed)
         try:
             with reporting_disk_full(self.path):
                 if exc_type is None:
                     del self._file.attrs[RESUME_KEY]
                     # sealed again: whatever attribute was added since the datasets were created
                     self._file.attrs[HEADER_CHECKSUM] = header_checksum(self._file.attrs)
-                self._file.close()
+                self._close()
                 if exc_type is None:
                     publish(self.tmp_path, self.path)
         except DiskFullError:
-            keep = True
+            keep = False   # the write that failed was the last one
             raise
         finally:
             if exc_type is not None and not keep:

@@ -69,8 +69,9 @@ def check_free_space(path, n_bytes):
     """Refuse to start writing ``n_bytes`` to ``path`` when its filesystem has less free.
 
     Cheap (one ``statvfs``) and only a first check: a quota, or other writers, can still fill
-    the disk during the write, which :func:`is_disk_full` then recognises. It matters for
-    HDF5 files: after a write of one fails, HDF5 may crash the process when it closes it.
+    the disk during the write, which :func:`is_disk_full` then recognises (HDF5 files are
+    written by :func:`~.hdf5.writing_hdf5`, for which a failed write is an exception too).
+    It stops a long write before it starts rather than after it has filled the disk.
     """
     if shutil.disk_usage(mount_point(path)).free < n_bytes:
         raise disk_full_error(path)

@@ -29,7 +29,7 @@ from ..progress import progress
 from .atomic import atomic_path
 from .checkpoint import load_record
 from .chunks import ChunkStats, StoredChunks, chunk_files, split_stored
-from .hdf5 import open_hdf5
+from .hdf5 import open_hdf5, writing_hdf5
 
 FORMAT_VERSION = 1
 LABELS = "labels"
@@ -100,8 +100,9 @@ class ObjectStatistics:
         return table
 
 
-def _write_chunks(dset, chunk_dir, chunk_indices, statistics, show_progress):
-    """Copy the compressed storage chunks into ``dset`` and sum their statistics."""
+def _write_chunks(f, dset, chunk_dir, chunk_indices, statistics, show_progress):
+    """Copy the compressed storage chunks into ``dset`` of the file ``f`` (a
+    :class:`~.hdf5.GuardedFile`) and sum their statistics."""
     for index in progress(chunk_indices, len(chunk_indices), "write label.h5", "chunk",
                           show_progress=show_progress):
         files = chunk_files(chunk_dir, index)
@@ -110,6 +111,7 @@ def _write_chunks(dset, chunk_dir, chunk_indices, statistics, show_progress):
             data = files.labels.read_bytes()
             for lo, piece in split_stored(data, load_record(files.stats, StoredChunks)):
                 dset.id.write_direct_chunk(lo, piece)
+            f.raise_failed_write()   # a full disk stops the copy at once
             statistics.add(stats)
 
 
@@ -144,10 +146,10 @@ def write_label_file(path, image_shape, storage_shape, chunk_dir, chunk_indices,
         The ``objects`` table written (as :func:`read_objects` returns it).
     """
     statistics = ObjectStatistics(len(prob))
-    with atomic_path(Path(path)) as tmp_path, h5py.File(tmp_path, "w") as f:
+    with atomic_path(Path(path)) as tmp_path, writing_hdf5(tmp_path) as f:
         dset = f.create_dataset(LABELS, image_shape, np.uint32, chunks=storage_shape,
                                 compression="gzip", fillvalue=0)
-        _write_chunks(dset, chunk_dir, chunk_indices, statistics, show_progress)
+        _write_chunks(f, dset, chunk_dir, chunk_indices, statistics, show_progress)
         f[ORIGINAL_LABELS] = h5py.SoftLink(f"/{LABELS}")
         table = statistics.table(prob, prob_class)
         f.create_dataset(OBJECTS, data=table)

@@ -45,6 +45,8 @@ HALVING = 2
 ANISOTROPY_LIMIT = 2.0
 #: suffix of the store while it is written.
 TEMPORARY_SUFFIX = ".tmp"
+#: suffix (after the PID of the run) of an older store while a new one replaces it.
+OLD_SUFFIX = ".old"
 #: the zarr v2 array metadata of every level (shape and chunks are filled in).
 _ZARRAY = {"zarr_format": 2, "dtype": "<u4", "compressor": {"id": "zlib",
                                                             "level": DEFLATE_LEVEL},
@@ -149,7 +151,7 @@ def create_store(store, levels, voxel_size: VoxelSize):
 def publish_store(tmp_store, store):
     """Rename the complete ``tmp_store`` to ``store``, replacing an older one."""
     store = Path(store)
-    old = store.with_name(f"{store.name}.{os.getpid()}.old")
+    old = store.with_name(f"{store.name}.{os.getpid()}{OLD_SUFFIX}")
     if store.exists():
         os.replace(store, old)
     os.replace(tmp_store, store)

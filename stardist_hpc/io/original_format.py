@@ -40,7 +40,7 @@ from .candidates import (
     create_block_table,
     create_candidate_datasets,
 )
-from .hdf5 import open_hdf5
+from .hdf5 import open_hdf5, writing_hdf5
 from .model_files import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ def _meta_for(model, image_shape):
 def _write_destination(f, tmp_path, grid, counts, model, rows_per_read):
     """Write the whole indexed candidate file at ``tmp_path`` (pass 2 and the index)."""
     starts = np.cumsum(counts) - counts
-    with h5py.File(tmp_path, "w") as h5:
+    with writing_hdf5(tmp_path) as h5:
         dsets = create_candidate_datasets(h5, _meta_for(model, grid.image_shape),
                                           int(counts.sum()))
         extents = _scatter_rows(f, dsets, grid, starts, ray_vectors(model.rays_json),

@@ -16,6 +16,7 @@ import numpy as np
 from ..geometry.order import total_order
 from .atomic import atomic_path
 from .disk_space import METADATA_BYTES, check_free_space
+from .hdf5 import writing_hdf5
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def write_survivor_table(path, n_survivors, n_rays, parts, n_classes=0):
     row_bytes = sum(np.dtype(dtype).itemsize * math.prod(tail) for _, dtype, tail in columns)
     check_free_space(path, -(-n_survivors // rows_per_chunk) * rows_per_chunk * row_bytes
                      + METADATA_BYTES)
-    with atomic_path(path) as tmp_path, h5py.File(tmp_path, "w") as f:
+    with atomic_path(path) as tmp_path, writing_hdf5(tmp_path) as f:
         for name, dtype, tail in columns:
             # resizable, so that an empty table may still have its chunk shape
             f.create_dataset(name, (n_survivors, *tail), dtype, chunks=(rows_per_chunk, *tail),
@@ -79,6 +80,9 @@ def write_survivor_table(path, n_survivors, n_rays, parts, n_classes=0):
         for start, survivors in parts:
             for name in written:
                 f[name][start:start + len(survivors.rows)] = getattr(survivors, name)
+            f.raise_failed_write()
+        f.flush()   # before the columns are read back
+        f.raise_failed_write()
         f["ids"][()] = _ids_in_total_order(f["prob"][()], f["points"][()], f["rows"][()])
 
 

@@ -53,13 +53,16 @@ WORKER_SETUP = "stardist_hpc.segment.worker_setup"
 
 def local_cluster_kwargs(local: LocalClusterSection):
     """Keyword arguments of ``distributed.LocalCluster`` for the ``cluster.local`` section."""
+    import dask
     # the workers' own log lines (connections closing when a run stops on bad input or Ctrl-C)
     # would follow the driver's one-line error: shown only with -v
     worker_logs = logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
+    # an explicit preload replaces Dask's config key: the site's (or user's) preloads are kept
+    site_preloads = list(dask.config.get("distributed.worker.preload", None) or ())
     return dict(n_workers=local.n_workers or available_cpus(),
                 threads_per_worker=local.threads_per_worker, processes=True, host=LOCALHOST,
                 dashboard_address=f"{LOCALHOST}:0", silence_logs=worker_logs,
-                preload=[WORKER_SETUP])
+                preload=[WORKER_SETUP, *site_preloads])
 
 
 #: ``cluster.slurm`` keys that are ``SLURMCluster`` arguments of the same name: passed only when
@@ -290,6 +293,21 @@ def _wait_for_slurm_workers(client, slurm: SlurmSection, refused=()):
         ) from None
 
 
+class _InterruptedSyncFilter(logging.Filter):
+    """Drop the traceback tornado logs when Ctrl-C interrupts distributed's ``sync`` before
+    its coroutine has started: ``sync.<locals>.cancel`` then reads a variable not yet
+    assigned (a NameError in distributed, harmless: the run is stopping), and the traceback
+    would precede the driver's one-line message."""
+
+    def filter(self, record):
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, NameError)
+                    and "sync.<locals>.cancel" in record.getMessage())
+
+
+_INTERRUPTED_SYNC = _InterruptedSyncFilter()
+
+
 def _quiet_distributed_logs():
     """Keep Dask's INFO chatter out of the progress unless debug logging is on.
 
@@ -297,6 +315,9 @@ def _quiet_distributed_logs():
     """
     if not log.isEnabledFor(logging.DEBUG):
         logging.getLogger("distributed").setLevel(logging.WARNING)
+    tornado_log = logging.getLogger("tornado.application")
+    if _INTERRUPTED_SYNC not in tornado_log.filters:
+        tornado_log.addFilter(_INTERRUPTED_SYNC)
 
 
 @contextlib.contextmanager
@@ -366,11 +387,13 @@ def _task_name(function, arguments):
             + (f" and {more} more" if more > 0 else ""))
 
 
-def _killed_error(function, arguments, description):
+def _killed_error(function, arguments, description, memory_limit=None):
+    from dask.utils import format_bytes
+    limit = "" if memory_limit is None else f" of {format_bytes(memory_limit)}"
     return UserError(
         f"task {_task_name(function, arguments)} ({description}) killed its worker every time "
-        f"it ran ({TASK_RETRIES} retries spent); the likely cause is the worker's memory limit "
-        "(the OOM killer or Dask's nanny stops a worker that exceeds it): raise "
+        f"it ran ({TASK_RETRIES} retries spent); the likely cause is the worker's memory limit"
+        f"{limit} (the OOM killer or Dask's nanny stops a worker that exceeds it): raise "
         "cluster.slurm.memory (or use fewer cluster.local.n_workers, which gives each more), or "
         "make the tasks smaller (nms.tile_shape, labeling.chunk_shape); rerun to resume")
 
@@ -438,9 +461,10 @@ def run_tasks(client, function, argument_tuples, description, *, show_progress=T
         for future in progress(finished, len(futures), description, "task",
                                show_progress=show_progress):
             try:
-                result = future.result()
+                result = _result(client, future, no_worker_timeout, description)
             except distributed.KilledWorker:
-                raise _killed_error(function, arguments_of[future.key], description) from None
+                raise _killed_error(function, arguments_of[future.key], description,
+                                    _memory_limit(client)) from None
             if isinstance(result, _BadInput):
                 raise result.error
             yield result
@@ -456,6 +480,24 @@ def _finished(client, futures, no_worker_timeout, description):
     while pending:
         done, pending = _completed(client, pending, no_worker_timeout, description)
         yield from done
+
+
+def _result(client, future, no_worker_timeout, description):
+    """``future.result()`` under the watchdog of `_completed`: the result of a finished task
+    is lost with its worker when that dies before the result is fetched, and then waits for
+    the task to run again (forever, with no worker left)."""
+    while True:
+        _completed(client, {future}, no_worker_timeout, description)
+        with contextlib.suppress(TimeoutError):   # lost again since: wait again
+            return future.result(timeout=WATCH_SECONDS)
+
+
+def _memory_limit(client):
+    """The memory limit of the cluster's workers in bytes (the largest; None: unknown or
+    no limit, or no worker left)."""
+    limits = [worker.get("memory_limit") or 0
+              for worker in client.scheduler_info()["workers"].values()]
+    return max(limits, default=0) or None
 
 
 def run_in_process(function, argument_tuples, description):

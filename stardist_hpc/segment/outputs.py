@@ -13,7 +13,9 @@ import shutil
 
 import numpy as np
 
+from ..io.atomic import remove_stale_temporaries, remove_temporaries_below
 from ..io.ome_zarr import (
+    OLD_SUFFIX,
     block_shape_of,
     blocks_to_downsample,
     copy_base_chunks,
@@ -35,13 +37,20 @@ def voxel_size_of(params: SegmentParams) -> VoxelSize:
 
 
 def _prepare_store(params, levels):
-    """The temporary store, emptied first unless this run's markers say it is resumable."""
+    """The temporary store, emptied first unless this run's markers say it is resumable
+    (then cleared of the temporaries of killed writers); an older store that a killed run
+    was replacing is removed."""
+    remove_stale_temporaries(params.ome_zarr_path, OLD_SUFFIX)
     tmp_store = temporary_store(params.ome_zarr_path)
     markers = params.ome_zarr_marker_dir
     if not markers.exists() and tmp_store.exists():
         # markers are removed whenever the run's settings change: the store is another run's
         log.info("removing %s, left by another run", tmp_store)
         shutil.rmtree(tmp_store)
+    elif tmp_store.exists():
+        # the markers are in work_dir, whose run lock this run holds: no other run writes
+        # this store, and each chunk's temporary there is a killed worker's
+        remove_temporaries_below(tmp_store)
     create_store(tmp_store, levels, voxel_size_of(params))
     markers.mkdir(parents=True, exist_ok=True)
     return tmp_store
