@@ -308,6 +308,20 @@ class _InterruptedSyncFilter(logging.Filter):
 _INTERRUPTED_SYNC = _InterruptedSyncFilter()
 
 
+class _AbandonedGatherFilter(logging.Filter):
+    """Drop asyncio's "Task exception was never retrieved" for a gather that `_result` gave
+    up on (its result was lost with its worker): when the client closes, that gather ends in
+    distributed's ``AllExit``, which nobody awaits any more (harmless: the run is stopping),
+    and the traceback would follow the driver's one-line message."""
+
+    def filter(self, record):
+        return not ("never retrieved" in record.getMessage()
+                    and "AllExit" in str(getattr(record, "future", "")) + record.getMessage())
+
+
+_ABANDONED_GATHER = _AbandonedGatherFilter()
+
+
 def _quiet_distributed_logs():
     """Keep Dask's INFO chatter out of the progress unless debug logging is on.
 
@@ -318,6 +332,9 @@ def _quiet_distributed_logs():
     tornado_log = logging.getLogger("tornado.application")
     if _INTERRUPTED_SYNC not in tornado_log.filters:
         tornado_log.addFilter(_INTERRUPTED_SYNC)
+    asyncio_log = logging.getLogger("asyncio")
+    if _ABANDONED_GATHER not in asyncio_log.filters:
+        asyncio_log.addFilter(_ABANDONED_GATHER)
 
 
 @contextlib.contextmanager
