@@ -496,8 +496,8 @@ def _execute_round(params, round_, plans, versions, batches, execute):
         located = {t: ResultAt(versions[t], int(batches[t]))
                    for plan in members for t in (plan.index, *plan.neighbours)}
         arguments.append((params, batch, members, round_, located))
-    for batch_outcomes_ in execute(nms_tiles, arguments, f"NMS round {round_}"):
-        outcomes.extend(batch_outcomes_)
+    for outcomes_of_batch in execute(nms_tiles, arguments, f"NMS round {round_}"):
+        outcomes.extend(outcomes_of_batch)
     return outcomes
 
 

@@ -360,19 +360,19 @@ def _outputs_stage(params, chunk_indices, objects, execute):
 def _outputs_and_report(params, report, chunk_indices, objects, execute, seconds):
     """The outputs stage, with the QC report (``report``: the arguments of
     :func:`.outputs.report_task`, or None) written beside it by one more task."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        written = (pool.submit(lambda: list(execute(report_task, [report], "QC report")))
-                   if report is not None else None)
-        try:
-            with _timed(seconds, "outputs"):
-                _outputs_stage(params, chunk_indices, objects, execute)
-            with _timed(seconds, "report"):
-                if written is not None:
-                    written.result()
-        except BaseException:
-            # Ctrl-C or an error: do not wait for the report (closing the cluster ends it)
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    written = (pool.submit(lambda: list(execute(report_task, [report], "QC report")))
+               if report is not None else None)
+    try:
+        with _timed(seconds, "outputs"):
+            _outputs_stage(params, chunk_indices, objects, execute)
+        with _timed(seconds, "report"):
+            if written is not None:
+                written.result()
+    finally:
+        # after Ctrl-C or an error, do not wait for the report (closing the cluster ends it);
+        # a pool's "with" block would wait for it on the way out
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _class_probabilities_by_id(params, survivors, ids):
