@@ -19,6 +19,7 @@ from stardist_hpc.config import (
 from stardist_hpc.errors import UserError
 from stardist_hpc.segment.cluster import (
     _wait_for_slurm_workers,
+    check_cluster,
     job_script,
     run_tasks,
     slurm_cluster_kwargs,
@@ -172,6 +173,24 @@ def test_processes_default_to_one_per_core_unless_set(site_config, tmp_path):
                   present=("--nworkers 2", "--nthreads 2"))
     site_config({**SITE, "processes": 3})
     _assert_lines(_script(tmp_path), present=("--nworkers 3", "--nthreads 2"))
+
+
+@pytest.mark.parametrize("cluster, backend, warned", [
+    (ClusterSection(mode="slurm", slurm=SlurmSection(cores=4, processes=2, memory="8GB")),
+     "stardist", "cluster.slurm.processes: null"),
+    (ClusterSection(mode="slurm", slurm=SlurmSection(cores=4, memory="8GB")), "stardist", None),
+    (ClusterSection(mode="slurm", slurm=SlurmSection(cores=4, processes=2, memory="8GB")),
+     "fast", None),
+    (ClusterSection(mode="local", local=LocalClusterSection(threads_per_worker=2)), "stardist",
+     "cluster.local.threads_per_worker: 1"),
+])
+def test_stardist_backend_on_threads_warns_with_the_fix(site_config, caplog, cluster, backend,
+                                                       warned):
+    """StarDist's NMS holds the GIL: threads of one worker would wait for each other."""
+    check_cluster(cluster, backend)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w for w in warnings if warned and warned in w and "2 threads" in w] or \
+        (warned is None and not warnings), warnings
 
 
 def _die_once(marker, value):

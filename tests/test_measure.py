@@ -271,3 +271,21 @@ def test_measure_section_is_checked_at_start_up(tmp_path, nuclei_candidates, mea
 def test_intensity_columns_are_documented():
     text = (Path(__file__).parents[1] / "doc" / "file_formats.md").read_text()
     assert [s for s in STATISTICS if f"`{column_name(s, '{c}')}`" not in text] == []
+
+
+def test_report_process_errors_reach_the_driver_and_stop_ends_it():
+    """The report's own process: a bug comes back with its traceback, a process that dies is
+    one line with its exit code, and stop() ends a process still at work."""
+    from stardist_hpc.segment.outputs import ReportProcess
+    broken = ReportProcess(("too", "few"))   # write_report takes five arguments
+    with pytest.raises(RuntimeError, match="(?s)the QC report failed:.*TypeError"):
+        broken.result()
+    broken.stop()
+    killed = ReportProcess(("too", "few"))
+    killed._process.kill()   # as the kernel's OOM killer would
+    with pytest.raises(UserError, match="report's process ended with exit code -9"):
+        killed.result()
+    killed.stop()
+    stopped = ReportProcess(("too", "few"))
+    stopped.stop()
+    assert stopped._process.exitcode is not None

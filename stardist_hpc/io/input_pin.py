@@ -9,6 +9,7 @@ file's identity at start-up (:func:`pin`); every task checks it when it opens th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -67,13 +68,28 @@ def check_pinned(pinned: InputPin):
     check_unchanged(pinned.path, pinned.size, pinned.mtime_ns)
 
 
-def open_pinned(pinned: InputPin) -> CandidateFile:
-    """Open the pinned candidate file, checking its size, modification time and fingerprint."""
+def verify_pinned(pinned: InputPin) -> CandidateFile:
+    """Open the pinned candidate file afresh, checking its size, modification time and
+    fingerprint (the header and block index read again): the last look before an output
+    appears at its final path."""
     check_pinned(pinned)
     candidates = CandidateFile(Path(pinned.path))
     if fingerprint(candidates) != pinned.fingerprint:
         raise _changed(pinned.path, "attributes or block index")
     return candidates
+
+
+#: pinned files whose header and index this process has read and checked. A cache: tasks reopen
+#: the file many times, and reading and checking them again costs milliseconds of held GIL
+#: per task that a worker's other threads wait for.
+_verified = functools.lru_cache(maxsize=4)(verify_pinned)
+
+
+def open_pinned(pinned: InputPin) -> CandidateFile:
+    """Open the pinned candidate file, checking its size and modification time (and, the first
+    time in this process, its fingerprint)."""
+    check_pinned(pinned)
+    return _verified(pinned)
 
 
 def read_pinned_box(pinned: InputPin, lo, hi):

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import NamedTuple
 
-from ..config import ClusterSection, LocalClusterSection, SlurmSection
+from ..config import NMS_BACKEND_STARDIST, ClusterSection, LocalClusterSection, SlurmSection
 from ..errors import UserError
 from ..progress import progress
 
@@ -155,8 +155,17 @@ def slurm_cluster_kwargs(slurm: SlurmSection):
     return kwargs
 
 
-def check_cluster(cluster: ClusterSection):
-    """Refuse SLURM settings that could not start a job, before any work is done.
+def threads_per_worker(cluster: ClusterSection) -> int:
+    """Threads of each Dask worker process that ``cluster`` starts (site settings included)."""
+    if cluster.mode == "slurm":
+        cores = cluster.slurm.cores or site_setting("cores")
+        return max(1, cores // processes_per_job(cluster.slurm))
+    return cluster.local.threads_per_worker
+
+
+def check_cluster(cluster: ClusterSection, nms_backend: str | None = None):
+    """Refuse SLURM settings that could not start a job, before any work is done; warn when
+    ``nms_backend`` would leave a worker's threads waiting for the GIL.
 
     Raises
     ------
@@ -165,6 +174,13 @@ def check_cluster(cluster: ClusterSection):
     """
     if cluster.mode == "slurm":
         slurm_cluster_kwargs(cluster.slurm)
+    threads = threads_per_worker(cluster)
+    if nms_backend == NMS_BACKEND_STARDIST and threads > 1:
+        fix = ("cluster.slurm.processes: null (one process per core)" if cluster.mode == "slurm"
+               else "cluster.local.threads_per_worker: 1 (and more n_workers)")
+        log.warning("nms.backend stardist holds the GIL: each worker process runs its NMS on "
+                    "one of its %d threads at a time; to keep every core busy set %s",
+                    threads, fix)
 
 
 @contextlib.contextmanager

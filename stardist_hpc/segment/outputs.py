@@ -1,5 +1,5 @@
 """The HPC step's outputs beside label.h5: the OME-Zarr pyramid (tasks), the tables and the
-QC report (a task that runs while the pyramid is written).
+QC report (a process of its own that runs while the pyramid is written).
 
 The OME-Zarr store is written by tasks on the cluster, level by level (level 0 from the
 rendered chunks' own bytes, every coarser level from the finer one, block by block), into
@@ -9,10 +9,14 @@ written. The driver holds only the coordinates of the chunks written.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import shutil
+import signal
+import traceback
 
 import numpy as np
 
+from ..errors import UserError
 from ..io.atomic import remove_stale_temporaries, remove_temporaries_below
 from ..io.ome_zarr import (
     OLD_SUFFIX,
@@ -95,11 +99,67 @@ def write_tables(params: SegmentParams, objects):
         write_parquet(params.objects_parquet, columns)
 
 
-def report_task(path, params: SegmentParams, plans, summary, extras):
-    """Task: write the QC report (see :func:`.report.write_report`), beside the other outputs;
-    matplotlib is imported where it runs, not in the driver."""
+class ReportProcess:
+    """The QC report (:func:`.report.write_report`), written by a process of its own while the
+    other outputs are written.
+
+    Not a task: matplotlib holds the GIL for seconds, which would stall the other tasks of a
+    worker that runs threads. Not a thread of the driver: its import would stay in the
+    driver's memory. The process ignores Ctrl-C; the driver stops it (:meth:`stop`).
+
+    Parameters
+    ----------
+    arguments : tuple
+        The arguments of :func:`.report.write_report`.
+    """
+
+    def __init__(self, arguments):
+        # spawned, not forked: the driver runs a Dask client's threads
+        context = multiprocessing.get_context("spawn")
+        self._outcome, sending = context.Pipe(duplex=False)
+        self._process = context.Process(target=_write_report, args=(sending, arguments),
+                                        name="QC report", daemon=True)
+        self._process.start()
+        sending.close()
+
+    def result(self):
+        """Wait for the report; raise what stopped it."""
+        try:
+            failure = self._outcome.recv()
+        except EOFError:   # the process ended without a word: killed, or out of memory
+            self._process.join()
+            failure = UserError(f"the QC report's process ended with exit code "
+                                f"{self._process.exitcode} before writing the report")
+        self._process.join()
+        if failure is not None:
+            raise failure
+
+    def stop(self):
+        """End the process, whether or not it is done (after Ctrl-C or another stage's error)."""
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join()
+        self._outcome.close()
+
+
+class _ReportFailed(RuntimeError):
+    """A report process's unexpected error, with the traceback it had there."""
+
+
+def _write_report(sending, arguments):
+    """The report process: write the report, send back None or what stopped it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the driver's to handle
     from .report import write_report
-    write_report(path, params, plans, summary, extras)
+    try:
+        write_report(*arguments)
+    except UserError as error:
+        sending.send(error)
+    except Exception:   # a bug: the driver shows its traceback
+        sending.send(_ReportFailed(f"the QC report failed:\n{traceback.format_exc()}"))
+    else:
+        sending.send(None)
+    finally:
+        sending.close()
 
 
 def publish_outputs(params: SegmentParams):

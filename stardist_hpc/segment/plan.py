@@ -170,7 +170,7 @@ def make_plan(config: HpcConfig) -> Plan:
     UserError
         As a run would for its input and model; also for an original-format input.
     """
-    check_cluster(config.cluster)
+    check_cluster(config.cluster, config.nms.backend)
     candidates = _candidate_file(config)
     params = resolve_params(config, candidates, configured_model(config))
     tiles = plan_tiles(params.image_shape, params.tile_shape, params.halo)

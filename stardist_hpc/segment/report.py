@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import logging
 import math
 import time
 from pathlib import Path
@@ -42,8 +41,6 @@ from ..io.image import open_volume
 from ..io.label_file import read_objects
 from .nms import BatchCheckpoint, batch_outcomes
 from .preview import preview_steps
-
-log = logging.getLogger(__name__)
 
 #: figure ids, always present / present with ``measure.image``.
 FIGURES = ("projections", "objects", "tiles", "seams", "times")
@@ -427,4 +424,3 @@ def write_report(path, params, plans, summary, extras):
                 f"</section>{body}</body></html>\n")
     with atomic_path(Path(path)) as tmp_path:
         tmp_path.write_text(document)
-    log.info("wrote the QC report %s", path)

@@ -23,7 +23,6 @@ The result equals StarDist's single-process ``non_maximum_suppression_3d_inds`` 
 """
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import functools
 import json
@@ -47,7 +46,7 @@ from ..io.candidates import CandidateFile
 from ..io.checkpoint import resume_or_start_afresh
 from ..io.chunks import chunk_done, chunk_files
 from ..io.disk_space import METADATA_BYTES, check_free_space
-from ..io.input_pin import check_unchanged, open_pinned, pin
+from ..io.input_pin import check_unchanged, pin, verify_pinned
 from ..io.intensities import INTENSITIES, write_tsv
 from ..io.label_file import object_dtype, write_label_file
 from ..io.model_files import read_model_info
@@ -60,7 +59,7 @@ from .chunk_extras import collect_extras, extras_done, intensity_tables
 from .cluster import check_cluster, run_tasks, start_cluster
 from .measure import resolve_measure
 from .nms import final_results, gather_tiles, plan_tiles, resolve_halo, run_rounds
-from .outputs import ome_zarr_stage, publish_outputs, report_task, write_tables
+from .outputs import ReportProcess, ome_zarr_stage, publish_outputs, write_tables
 from .params import CHECKPOINTS, INDEXED_INPUT, SETTING_CHECKPOINTS, SegmentParams
 from .render import batch_chunks, chunk_tasks, render_chunks
 
@@ -359,20 +358,18 @@ def _outputs_stage(params, chunk_indices, objects, execute):
 
 def _outputs_and_report(params, report, chunk_indices, objects, execute, seconds):
     """The outputs stage, with the QC report (``report``: the arguments of
-    :func:`.outputs.report_task`, or None) written beside it by one more task."""
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    written = (pool.submit(lambda: list(execute(report_task, [report], "QC report")))
-               if report is not None else None)
+    :func:`.report.write_report`, or None) written beside it by a process of its own."""
+    writing = None if report is None else ReportProcess(report)
     try:
         with _timed(seconds, "outputs"):
             _outputs_stage(params, chunk_indices, objects, execute)
         with _timed(seconds, "report"):
-            if written is not None:
-                written.result()
+            if writing is not None:
+                writing.result()
+                log.info("wrote the QC report %s", report[0])
     finally:
-        # after Ctrl-C or an error, do not wait for the report (closing the cluster ends it);
-        # a pool's "with" block would wait for it on the way out
-        pool.shutdown(wait=False, cancel_futures=True)
+        if writing is not None:   # after Ctrl-C or an error, do not wait for the report
+            writing.stop()
 
 
 def _class_probabilities_by_id(params, survivors, ids):
@@ -415,7 +412,7 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
     with _timed(seconds, "labeling"):
         chunk_indices = _labeling_stage(params, survivors, execute)
     # the last look at the inputs before a file appears at the final path
-    n_candidates = open_pinned(params.candidate_pin).n_candidates
+    n_candidates = verify_pinned(params.candidate_pin).n_candidates
     _check_source_unchanged(params)
     with _timed(seconds, "write"):
         objects, extras = _write_stage(params, survivors, chunk_indices, show_progress)
@@ -455,7 +452,7 @@ def segment_config(config: HpcConfig, *, client=None, show_progress=True) -> Run
     _check_outputs_apart(config)
     check_parquet(config.output.objects_parquet)
     if client is None:
-        check_cluster(config.cluster)
+        check_cluster(config.cluster, config.nms.backend)
     work_dir = config.output.work_dir
     with run_lock((work_dir / WORK_DIR_LOCK, work_dir),
                   (lock_path_of(config.output.labels), config.output.labels)):
