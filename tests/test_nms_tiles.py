@@ -119,9 +119,10 @@ def test_resume_redoes_only_missing_batches(tmp_path, nuclei_candidates):
     assert [w[:2] for w in second[4:6]] == [w[:2] for w in first[4:6]]
 
 
+@pytest.mark.parametrize("backend", ["stardist", "fast"])
 def test_reruns_decide_again_only_what_can_change(tmp_path, nuclei_candidates,
-                                                  nuclei_references):
-    job, plans = _nms_job(nuclei_candidates, tmp_path, (5, 10, 12), "fast")
+                                                  nuclei_references, backend):
+    job, plans = _nms_job(nuclei_candidates, tmp_path, (5, 10, 12), backend)
     outcomes = []
 
     def recording_executor(function, argument_tuples, description):
@@ -139,4 +140,4 @@ def test_reruns_decide_again_only_what_can_change(tmp_path, nuclei_candidates,
     assert summary.reruns.decided == sum(o.decided for o in reruns)
     assert summary.reruns.decided < summary.first_pass.decided
     survivors = _survivor_rows(job, plans, summary)
-    np.testing.assert_array_equal(survivors, np.sort(nuclei_references["stardist"].rows))
+    np.testing.assert_array_equal(survivors, np.sort(nuclei_references[backend].rows))

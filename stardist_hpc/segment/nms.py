@@ -40,7 +40,12 @@ from ..io.candidates import CandidateFile
 from ..io.checkpoint import load_checkpoint, load_record, save_record
 from ..io.input_pin import check_pinned, open_pinned, read_pinned_box
 from ..io.survivors import Survivors
-from .nms_fast import meets_core, resuppress_counting_pairs, suppress_counting_pairs
+from .nms_fast import (
+    fates_that_can_change,
+    meets_core,
+    resuppress_counting_pairs,
+    suppress_counting_pairs,
+)
 from .params import MIN_TASKS
 
 log = logging.getLogger(__name__)
@@ -241,9 +246,9 @@ def suppress(prob, dist, points, rows, rays_json, thresh, backend, allowed=None,
     allowed : ndarray of bool (N,), optional
         The candidates taking part (the others count as suppressed); None: all.
     previous : tuple of 2 ndarray of bool (N,), optional
-        ``(kept, allowed_before)``, the result over the candidates ``allowed_before``: the
-        fast backend then updates it, deciding again only what can change; StarDist's runs
-        the NMS over ``allowed`` again.
+        ``(kept, allowed_before)``, the result over the candidates ``allowed_before``: only
+        what can change is decided again (the fast backend updates the result; StarDist's
+        runs its NMS over the candidates whose fate can change and the kept ones that stay).
 
     Returns
     -------
@@ -258,17 +263,47 @@ def suppress(prob, dist, points, rows, rays_json, thresh, backend, allowed=None,
         kept[order], counts = resuppress_counting_pairs(
             dist[order], points[order], ray_geometry(rays_json), thresh,
             *(a[order] for a in (*previous, allowed)))
+        decided, pairs = counts.decided, counts.tested
     elif backend == NMS_BACKEND_FAST:
         order = total_order(prob[allowed], points[allowed], rows[allowed])
         kept_in_order, counts = suppress_counting_pairs(
             dist[allowed][order], points[allowed][order], ray_geometry(rays_json), thresh)
         kept[np.flatnonzero(allowed)[order]] = kept_in_order
+        decided, pairs = counts.decided, counts.tested
+    elif previous is not None:
+        kept, decided = _stardist_resuppress(prob, dist, points, rows, rays_json, thresh,
+                                             allowed, *previous)
+        pairs = 0   # StarDist's NMS does not tell
     else:
         kept[allowed] = _stardist_suppress(prob[allowed], dist[allowed], points[allowed],
                                            rows[allowed], rays_json, thresh)
-        counts = None
-    decided, pairs = (allowed.sum(), 0) if counts is None else (counts.decided, counts.tested)
+        decided, pairs = allowed.sum(), 0
     return kept, NmsWork(int(decided), int(pairs), time.perf_counter() - started)
+
+
+def _stardist_resuppress(prob, dist, points, rows, rays_json, thresh, allowed, kept_before,
+                         allowed_before):
+    """StarDist's NMS updating ``kept_before`` (over ``allowed_before``) to ``allowed``.
+
+    Candidates whose fate cannot change keep it. The others are decided by StarDist's NMS over
+    them and the candidates kept before that stay kept: the suppressed ones suppress nothing,
+    so the greedy order decides them as a full run would.
+
+    Returns
+    -------
+    kept : ndarray of bool (N,)
+    decided : int
+    """
+    order = total_order(prob, points, rows)
+    redo = np.zeros(len(prob), bool)
+    redo[order] = fates_that_can_change(dist[order], points[order], ray_geometry(rays_json),
+                                        thresh, (allowed != allowed_before)[order])
+    kept = kept_before & ~redo
+    taking_part = (redo & allowed) | kept
+    kept[taking_part] = _stardist_suppress(prob[taking_part], dist[taking_part],
+                                           points[taking_part], rows[taking_part], rays_json,
+                                           thresh)
+    return kept, int(np.sum(redo & allowed))
 
 
 def _stardist_suppress(prob, dist, points, rows, rays_json, thresh):

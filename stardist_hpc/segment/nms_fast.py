@@ -457,6 +457,17 @@ def _resuppress_loop(polyhedra, dist, vertices, grid, table, thresh, kept, allow
 
 
 @numba.njit(cache=True, nogil=True)
+def _close_dependents(polyhedra, grid, thresh, dirty):
+    """Mark, in rank order, every candidate that a marked one could suppress (transitively)."""
+    box_lo, box_hi = np.empty(3, np.int64), np.empty(3, np.int64)
+    found = np.empty(dirty.shape[0], np.int64)
+    for i in range(dirty.shape[0]):
+        if dirty[i]:
+            _mark_dependents(i, dirty, polyhedra, grid, thresh, box_lo, box_hi, found)
+    return dirty
+
+
+@numba.njit(cache=True, nogil=True)
 def _meets_owned(h, owned, polyhedra, grid, thresh, box_lo, box_hi, found):
     """Whether ``h`` could suppress or be suppressed by an owned candidate."""
     _, _, volumes, lo, hi = polyhedra
@@ -570,6 +581,31 @@ def resuppress_counting_pairs(dist, points, geometry, thresh, kept, allowed_befo
         kept = _resuppress_loop(*_loop_inputs(dist, points, geometry, thresh), kept,
                                 np.asarray(allowed, bool), dirty, counters)
     return kept, PairCounts(*(int(c) for c in counters))
+
+
+def fates_that_can_change(dist, points, geometry, thresh, changed):
+    """The candidates whose fate can change when those ``changed`` may: these and,
+    transitively, every candidate ranked below one of them that it could suppress.
+
+    For a backend that cannot update a result (StarDist's): it decides these again. Whether
+    a pair could suppress is decided by boxes alone (``_boxes_keep``), which holds for
+    StarDist's rule as for this backend's.
+
+    Parameters
+    ----------
+    dist, points, geometry, thresh
+        As for :func:`suppress_counting_pairs` (in rank order).
+    changed : ndarray of bool (N,)
+
+    Returns
+    -------
+    ndarray of bool (N,)
+    """
+    dirty = np.array(changed, bool)
+    if not dirty.any():
+        return dirty
+    polyhedra, _, _, grid, _, thresh = _loop_inputs(dist, points, geometry, thresh, table=False)
+    return _close_dependents(polyhedra, grid, thresh, dirty)
 
 
 def _loop_inputs(dist, points, geometry, thresh, table=True):
