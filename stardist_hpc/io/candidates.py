@@ -35,6 +35,7 @@ import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -337,6 +338,15 @@ def _attr(attrs, name, path):
     return value.decode() if isinstance(value, bytes) else value
 
 
+class BlockCells(NamedTuple):
+    """The index cells of one prediction block: their grid (relative to the block's core),
+    the core's first voxel and each cell's first and end row."""
+    grid: Grid
+    core_lo: np.ndarray
+    starts: np.ndarray
+    stops: np.ndarray
+
+
 class CandidateFile:
     """Read access to a candidate file: attributes, block index and spatial queries.
 
@@ -384,8 +394,9 @@ class CandidateFile:
         return shape, np.concatenate([[0], np.cumsum(counts)])
 
     def _cell_ranges(self, f, index, lo, hi):
-        """Row ranges ``[(start, stop), ...]`` of the index cells of block ``index`` that
-        meet ``[lo, hi)``, adjacent cells merged, checked against the block's rows."""
+        """The index cells of block ``index`` (:class:`BlockCells`) and the row ranges
+        ``[(start, stop), ...]`` of those that meet ``[lo, hi)``, adjacent cells merged,
+        checked against the block's rows."""
         b = self.blocks[index]
         core_lo = np.array([b[f"{a}0"] for a in "zyx"])
         cells = block_cells(core_lo, [b[f"{a}1"] for a in "zyx"], self.cell_shape)
@@ -407,7 +418,7 @@ class CandidateFile:
                 ranges[-1] = (ranges[-1][0], int(stops[c]))
             else:
                 ranges.append((int(starts[c]), int(stops[c])))
-        return ranges, cells, core_lo, starts, stops
+        return ranges, BlockCells(cells, core_lo, starts, stops)
 
     def _read_block(self, f, index, lo, hi):
         """Rows, prob, dist and points of block ``index`` that may lie in ``[lo, hi)``: the
@@ -417,7 +428,7 @@ class CandidateFile:
         if self.cell_shape is None or inside:
             ranges, cells = [(int(b["row_start"]), int(b["row_stop"]))], None
         else:
-            ranges, cells, core_lo, starts, stops = self._cell_ranges(f, index, lo, hi)
+            ranges, cells = self._cell_ranges(f, index, lo, hi)
         parts = []
         for start, stop in ranges:
             if stop > start:
@@ -425,15 +436,15 @@ class CandidateFile:
                              for name in ("prob", "dist", "points"))
                 check_block_rows(self.path, b, *part, start=start)
                 if cells is not None:
-                    self._check_cells(index, part[-1], cells, core_lo, start, starts, stops)
+                    self._check_cells(index, part[-1], cells, start)
                 parts.append((np.arange(start, stop), *part))
         return parts
 
-    def _check_cells(self, index, points, cells, core_lo, start, starts, stops):
+    def _check_cells(self, index, points, cells: BlockCells, start):
         """Points read from row ``start`` on lie in the index cells their rows belong to."""
         rows = start + np.arange(len(points))
-        expected = np.searchsorted(stops, rows, side="right")
-        found = cells.index_of(points - core_lo)
+        expected = np.searchsorted(cells.stops, rows, side="right")
+        found = cells.grid.index_of(points - cells.core_lo)
         wrong = np.flatnonzero(found != expected)
         if len(wrong):
             raise UserError(f"candidate file {self.path}: dataset 'points': expected the point "
