@@ -160,6 +160,10 @@ class BatchCheckpoint(NamedTuple):
 
 #: the columns of a BatchCheckpoint that hold TileOutcome fields.
 _OUTCOME_COLUMNS = tuple(f for f in TileOutcome._fields if f != "round")
+#: a BatchCheckpoint's round and outcome columns alone: loading them leaves its results unread
+#: (an ``.npz`` member is read when asked for).
+BatchOutcomes = NamedTuple("BatchOutcomes", [("round", int)]
+                           + [(name, np.ndarray) for name in _OUTCOME_COLUMNS])
 
 
 def batch_path(nms_dir, round_, batch):
@@ -178,7 +182,7 @@ def save_batch(params, batch, round_, outcomes, results):
                 BatchCheckpoint(batch, round_, **columns, starts=starts, **arrays))
 
 
-def batch_outcomes(checkpoint: BatchCheckpoint):
+def batch_outcomes(checkpoint: BatchCheckpoint | BatchOutcomes):
     """The TileOutcome of every tile in a checkpoint."""
     columns = [getattr(checkpoint, name) for name in _OUTCOME_COLUMNS]
     return [TileOutcome(**{name: value.item() for name, value in zip(_OUTCOME_COLUMNS, row)},

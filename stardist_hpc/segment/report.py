@@ -39,7 +39,7 @@ from ..io.atomic import atomic_path
 from ..io.checkpoint import load_record
 from ..io.image import open_volume
 from ..io.label_file import read_objects
-from .nms import BatchCheckpoint, batch_outcomes
+from .nms import BatchOutcomes, batch_outcomes
 from .preview import preview_steps
 
 #: figure ids, always present / present with ``measure.image``.
@@ -172,7 +172,7 @@ def nms_per_tile(nms_dir, n_rounds):
     reruns, seconds = {}, {}
     for round_ in range(n_rounds):
         for path in (Path(nms_dir) / f"round{round_}").glob("batch*.npz"):
-            for outcome in batch_outcomes(load_record(path, BatchCheckpoint)):
+            for outcome in batch_outcomes(load_record(path, BatchOutcomes)):
                 if round_:
                     reruns[outcome.index] = reruns.get(outcome.index, 0) + int(outcome.rerun)
                 seconds[outcome.index] = seconds.get(outcome.index, 0.0) + outcome.nms_seconds
