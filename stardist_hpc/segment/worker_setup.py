@@ -1,9 +1,14 @@
-"""Preloaded into every local Dask worker process: Ctrl-C is the driver's to handle, and the
-NMS kernels are loaded before the first task needs them.
+"""Preloaded into every local Dask worker process: Ctrl-C is the driver's to handle, threads
+hand the GIL over sooner, and the NMS kernels are loaded before the first task needs them.
 
 A Ctrl-C in the terminal reaches the whole foreground process group, so the local cluster's
 worker processes would each print a KeyboardInterrupt traceback under the driver's one-line
 message. The driver stops the cluster itself; the workers ignore SIGINT.
+
+A numba kernel that releases the GIL takes it again for each borderline pair it hands to
+SciPy's Qhull; while another thread of the worker runs Python, that wait lasts up to Python's
+switch interval (5 ms by default), thousands of times per task. A shorter interval keeps the
+threads of one worker busy (``benchmarks/hpc_step.py``, 1 worker x 2 threads).
 
 Loading the numba kernels from their on-disk cache takes each worker process about 0.8 s;
 a thread does it while the worker starts and the driver opens its input, and a task that
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 
 import numpy as np
@@ -40,8 +46,13 @@ def warm_up_nms_kernels():
     meets_core(dist, points, geometry, WARM_UP_THRESH, np.arange(len(points)) == 0)
 
 
+#: Python's GIL switch interval in the workers (see above).
+GIL_SWITCH_SECONDS = 0.0005
+
+
 def dask_setup(worker):
     """Dask's preload hook: runs in the worker's main thread before it takes tasks."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     threading.Thread(target=warm_up_nms_kernels, name="warm-up NMS kernels",
                      daemon=True).start()
