@@ -275,17 +275,18 @@ def test_intensity_columns_are_documented():
 
 def test_report_process_errors_reach_the_driver_and_stop_ends_it():
     """The report's own process: a bug comes back with its traceback, a process that dies is
-    one line with its exit code, and stop() ends a process still at work."""
+    one line with its exit code, and stop() ends a process still waiting or at work."""
     from stardist_hpc.segment.outputs import ReportProcess
-    broken = ReportProcess(("too", "few"))   # write_report takes five arguments
+    broken = ReportProcess()
+    broken.write(("too", "few"))   # write_report takes five arguments
     with pytest.raises(RuntimeError, match="(?s)the QC report failed:.*TypeError"):
         broken.result()
     broken.stop()
-    killed = ReportProcess(("too", "few"))
+    killed = ReportProcess()
     killed._process.kill()   # as the kernel's OOM killer would
     with pytest.raises(UserError, match="report's process ended with exit code -9"):
         killed.result()
     killed.stop()
-    stopped = ReportProcess(("too", "few"))
-    stopped.stop()
-    assert stopped._process.exitcode is not None
+    waiting = ReportProcess()
+    waiting.stop()
+    assert waiting._process.exitcode is not None

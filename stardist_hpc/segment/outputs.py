@@ -1,5 +1,5 @@
 """The HPC step's outputs beside label.h5: the OME-Zarr pyramid (tasks), the tables and the
-QC report (a process of its own that runs while the pyramid is written).
+QC report (a process of its own that writes it while the pyramid is written).
 
 The OME-Zarr store is written by tasks on the cluster, level by level (level 0 from the
 rendered chunks' own bytes, every coarser level from the finer one, block by block), into
@@ -100,27 +100,29 @@ def write_tables(params: SegmentParams, objects):
 
 
 class ReportProcess:
-    """The QC report (:func:`.report.write_report`), written by a process of its own while the
-    other outputs are written.
+    """The QC report (:func:`.report.write_report`), written by a process of its own.
 
     Not a task: matplotlib holds the GIL for seconds, which would stall the other tasks of a
     worker that runs threads. Not a thread of the driver: its import would stay in the
-    driver's memory. The process ignores Ctrl-C; the driver stops it (:meth:`stop`).
-
-    Parameters
-    ----------
-    arguments : tuple
-        The arguments of :func:`.report.write_report`.
+    driver's memory. The process starts (and imports matplotlib) when the run starts, and
+    writes the report when :meth:`write` hands it the run's results, while the other outputs
+    are written. It ignores Ctrl-C; the driver stops it (:meth:`stop`).
     """
 
-    def __init__(self, arguments):
+    def __init__(self):
         # spawned, not forked: the driver runs a Dask client's threads
         context = multiprocessing.get_context("spawn")
         self._outcome, sending = context.Pipe(duplex=False)
-        self._process = context.Process(target=_write_report, args=(sending, arguments),
+        receiving, self._arguments = context.Pipe(duplex=False)
+        self._process = context.Process(target=_write_report, args=(receiving, sending),
                                         name="QC report", daemon=True)
         self._process.start()
         sending.close()
+        receiving.close()
+
+    def write(self, arguments):
+        """Start writing the report of ``arguments`` (those of :func:`.report.write_report`)."""
+        self._arguments.send(arguments)
 
     def result(self):
         """Wait for the report; raise what stopped it."""
@@ -140,16 +142,22 @@ class ReportProcess:
             self._process.terminate()
         self._process.join()
         self._outcome.close()
+        self._arguments.close()
 
 
 class _ReportFailed(RuntimeError):
     """A report process's unexpected error, with the traceback it had there."""
 
 
-def _write_report(sending, arguments):
-    """The report process: write the report, send back None or what stopped it."""
+def _write_report(receiving, sending):
+    """The report process: import, wait for the arguments, write the report, send back None
+    or what stopped it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the driver's to handle
     from .report import write_report
+    try:
+        arguments = receiving.recv()
+    except EOFError:   # the run ended before its report
+        return
     try:
         write_report(*arguments)
     except UserError as error:

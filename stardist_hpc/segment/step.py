@@ -356,20 +356,17 @@ def _outputs_stage(params, chunk_indices, objects, execute):
     publish_outputs(params)
 
 
-def _outputs_and_report(params, report, chunk_indices, objects, execute, seconds):
+def _outputs_and_report(params, report, writing, chunk_indices, objects, execute, seconds):
     """The outputs stage, with the QC report (``report``: the arguments of
-    :func:`.report.write_report`, or None) written beside it by a process of its own."""
-    writing = None if report is None else ReportProcess(report)
-    try:
-        with _timed(seconds, "outputs"):
-            _outputs_stage(params, chunk_indices, objects, execute)
-        with _timed(seconds, "report"):
-            if writing is not None:
-                writing.result()
-                log.info("wrote the QC report %s", report[0])
-    finally:
-        if writing is not None:   # after Ctrl-C or an error, do not wait for the report
-            writing.stop()
+    :func:`.report.write_report`, or None) written beside it by ``writing``."""
+    if writing is not None:
+        writing.write(report)
+    with _timed(seconds, "outputs"):
+        _outputs_stage(params, chunk_indices, objects, execute)
+    with _timed(seconds, "report"):
+        if writing is not None:
+            writing.result()
+            log.info("wrote the QC report %s", report[0])
 
 
 def _class_probabilities_by_id(params, survivors, ids):
@@ -404,6 +401,25 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
     RunSummary
     """
     seconds = StageSeconds() if seconds is None else seconds
+    with _report_process(report_path) as writing:
+        return _stages(params, execute, seconds, show_progress, report_path, writing)
+
+
+@contextlib.contextmanager
+def _report_process(report_path):
+    """The process that will write the QC report (None without one), started now so that its
+    imports are done by the time the report is written; stopped in the end, whatever
+    happened (after Ctrl-C or an error, the report is not waited for)."""
+    writing = None if report_path is None else ReportProcess()
+    try:
+        yield writing
+    finally:
+        if writing is not None:
+            writing.stop()
+
+
+def _stages(params, execute, seconds, show_progress, report_path, writing):
+    """The stages of :func:`segment`."""
     plans = plan_tiles(params.image_shape, params.tile_shape, params.halo)
     with _timed(seconds, "nms"):
         nms_summary = _nms_stage(params, plans, execute)
@@ -421,7 +437,7 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
                          (nms_summary.first_pass, nms_summary.reruns))
     report = (None if report_path is None else
               (report_path, params, plans, summary._replace(seconds=replace(seconds)), extras))
-    _outputs_and_report(params, report, chunk_indices, objects, execute, seconds)
+    _outputs_and_report(params, report, writing, chunk_indices, objects, execute, seconds)
     return summary
 
 
