@@ -28,29 +28,29 @@ log = logging.getLogger(__name__)
 
 MIB = 2 ** 20
 SECONDS_PER_HOUR = 3600.0
-# Rates and memory measured by benchmarks/scale.py (started at commit d408b33, 2026-12-01, one run
-# of 1x/4x/16x: 180,224 / 720,896 / 2,883,584 candidates, 96 rays, defaults, 2 local workers,
-# numba cache warm); worker CPU seconds from getrusage inside the workers, per task function.
-# The machine (2 cores) ran three other engineers' tests and benchmarks at the same time
-# (1-min load 5-7), which slows CPU-bound code too (shared caches): the rates are on the safe
-# side. The first run of a fresh installation also compiles the kernels (~25 CPU-s per worker).
-#: candidates per core-second of one NMS pass (fast backend): 9,128 on the 1x set (one tile);
-#: 4,486 and 4,737 on the 4x and 16x sets counting both passes.
-NMS_CANDIDATES_PER_CORE_SECOND = 9_000.0
+# Rates measured by benchmarks/scale.py (session 6, 2026-12-02, commit f32b78e plus the report
+# process: one run of 1x/4x/16x, 180,224 / 720,896 / 2,883,584 candidates, 96 rays, defaults,
+# 2 local workers of 1 thread, numba cache warm, idle machine: 1-min load 1-2.4 from the run
+# itself); worker CPU seconds from getrusage inside the workers, per task function. The first
+# run of a fresh installation also compiles the kernels (~40 CPU-s per worker).
+#: candidates per core-second of one NMS pass (fast backend, after the borderline-band fix that
+#: made it equal StarDist's on small polyhedra): 4,903 on the 1x set (one tile); 6,352 and
+#: 6,345 on the 4x and 16x sets counting both passes (1.001 and 1.026 decisions per candidate).
+NMS_CANDIDATES_PER_CORE_SECOND = 5_000.0
 #: NMS work over each candidate when there are several tiles, relative to one untiled run:
-#: candidates decided (first pass + reruns) per candidate, 1.02 with 2 tiles of 256x256 and
-#: 1.10 with 8 tiles of 128x128 on the 1x set (2026-12-02, NMS stage alone on one worker):
-#: reruns re-decide only what can change and the halo holds only candidates that meet the core.
-#: (Before, every tile reran once from 4x up: 2 passes.)
+#: candidates decided (first pass + reruns) per candidate: 1.026 on the 16x set with the
+#: default tiles, 1.10 with 8 tiles of 128x128 on the 1x set: reruns re-decide only what can
+#: change and the halo holds only candidates that meet the core.
 NMS_PASSES_WITH_TILES = 1.1
-#: StarDist's own NMS is about this many times slower than the fast one (README: a few hundred
-#: candidates per second against tens of thousands).
-STARDIST_NMS_SLOWDOWN = 100.0
-#: candidates per core-second of gathering the survivors: 928,000-980,000 on the 4x and 16x
-#: sets (158,000 at 1x, where one task's fixed cost dominates).
-GATHER_CANDIDATES_PER_CORE_SECOND = 900_000.0
-#: candidates per core-second of rendering the label chunks, stardist renderer (49,640-53,821).
-RENDER_CANDIDATES_PER_CORE_SECOND = 50_000.0
+#: StarDist's own NMS is about this many times slower than the fast one on realistic sets: 84-208x
+#: on smooth sets before the borderline-band fix, which costs the fast backend about 3x.
+STARDIST_NMS_SLOWDOWN = 30.0
+#: candidates per core-second of gathering the survivors: 404,000-418,000 on the 4x and 16x
+#: sets (288,000 at 1x, where one task's fixed cost dominates).
+GATHER_CANDIDATES_PER_CORE_SECOND = 400_000.0
+#: candidates per core-second of rendering the label chunks, stardist renderer (56,419-57,496
+#: on the 4x and 16x sets; 44,120 at 1x).
+RENDER_CANDIDATES_PER_CORE_SECOND = 55_000.0
 #: RSS of a worker process after its imports (measured: 224 MiB).
 WORKER_BASE_MIB = 224.0
 #: NMS task memory per candidate of its context and per ray, (worker peak - 224 MiB) /
@@ -60,9 +60,10 @@ NMS_BYTES_PER_CANDIDATE_RAY = 28.0
 #: labeling task memory per chunk voxel: the uint32 chunk, its mask and the compressed copy
 #: (an estimate, not measured: the 1x set's labeling never set a worker's peak).
 RENDER_BYTES_PER_VOXEL = 12.0
-#: driver peak RSS (imports, scheduler, per-tile and per-object arrays; VmHWM): 251, 255 and
-#: 260 MiB on the 1x, 4x and 16x sets; it barely grows with the volume.
-DRIVER_BASE_MIB = 260.0
+#: driver peak RSS (imports, scheduler, per-tile and per-object arrays; VmHWM): 209, 263 and
+#: 479 MiB on the 1x, 4x and 16x sets (session 6; 251-260 MiB in session 4): it grew with the
+#: volume in session 6, not yet explained (issue #10); the largest is taken.
+DRIVER_BASE_MIB = 480.0
 #: cores a worker process keeps busy: StarDist's NMS, the fast backend's Qhull checks and h5py
 #: hold the GIL (the numba kernels release it), so a process's extra threads mostly wait
 #: (issue #10, item 1; benchmarks/hpc_step.py compares threads with processes).
