@@ -219,3 +219,18 @@ def test_tables_carry_every_field_generically(tmp_path, n_objects):
     header = (tmp_path / "objects.tsv").read_text().splitlines()[0].split("\t")
     assert header[-3:] == ["class_id", "class_prob_0", "class_prob_1"]
     assert [(r["class_prob_0"], r["class_prob_1"]) for r in rows] == [("0.25", "0.75")] * n_objects
+
+
+def test_tsv_blocks_join_into_the_same_table(tmp_path, monkeypatch):
+    """The TSV is formatted ROWS_PER_BLOCK rows at a time (the driver's memory): block
+    boundaries change nothing in the file."""
+    from stardist_hpc.io import tables
+    rng = np.random.default_rng(0)
+    columns = {"label_id": np.arange(1, 8, dtype=np.uint32), "volume": rng.random(7) * 100,
+               "voxel_count": rng.integers(0, 1000, 7)}
+    tables.write_tsv(tmp_path / "whole.tsv", columns)
+    monkeypatch.setattr(tables, "ROWS_PER_BLOCK", 3)
+    tables.write_tsv(tmp_path / "blocks.tsv", columns)
+    text = (tmp_path / "blocks.tsv").read_text()
+    assert text == (tmp_path / "whole.tsv").read_text()
+    assert len(text.splitlines()) == 1 + 7
