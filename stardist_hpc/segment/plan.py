@@ -60,10 +60,11 @@ NMS_BYTES_PER_CANDIDATE_RAY = 28.0
 #: labeling task memory per chunk voxel: the uint32 chunk, its mask and the compressed copy
 #: (an estimate, not measured: the 1x set's labeling never set a worker's peak).
 RENDER_BYTES_PER_VOXEL = 12.0
-#: driver peak RSS (imports, scheduler, per-tile and per-object arrays; VmHWM): 209, 263 and
-#: 479 MiB on the 1x, 4x and 16x sets (session 6; 251-260 MiB in session 4): it grew with the
-#: volume in session 6, not yet explained (issue #10); the largest is taken.
-DRIVER_BASE_MIB = 480.0
+#: driver peak RSS (imports, scheduler, per-tile and per-object arrays; VmHWM): 197, 212 and
+#: 238 MiB on the 1x, 4x and 16x sets (session 7, after objects.tsv stopped formatting 100,000
+#: rows at once with numpy's string functions, which had raised session 6's 16x peak to 479
+#: MiB); the largest, rounded up.
+DRIVER_BASE_MIB = 240.0
 #: cores a worker process keeps busy: StarDist's NMS, the fast backend's Qhull checks and h5py
 #: hold the GIL (the numba kernels release it), so a process's extra threads mostly wait
 #: (issue #10, item 1; benchmarks/hpc_step.py compares threads with processes).
