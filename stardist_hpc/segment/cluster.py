@@ -109,8 +109,8 @@ def processes_per_job(slurm: SlurmSection):
     """Worker processes per job: ours, else the site's, else one per core (ours or the site's).
 
     One single-threaded process per core keeps every core busy with either backend:
-    StarDist's C NMS holds the GIL, the fast backend's borderline pairs go through SciPy's
-    Qhull from Python, and h5py runs one HDF5 call at a time per process. The numba kernels
+    StarDist's C NMS holds the GIL, the fast backend's borderline pairs take it for SciPy's
+    convex hulls, and h5py runs one HDF5 call at a time per process. The numba kernels
     release the GIL, so threads (``processes`` < ``cores``) still share the voxel work.
     """
     for value in (slurm.processes, site_setting("processes")):

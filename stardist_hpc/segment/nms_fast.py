@@ -14,7 +14,9 @@ intersection costs milliseconds. This backend counts voxels first, with the O(1)
 * only a count within the *band* around the limit (see :func:`_band`), where the count's
   discretisation error could make StarDist's continuous bounds decide otherwise, is handed to
   StarDist's own checks: its voxel count where ours lies within ``RECOUNT_VOXELS`` of the limit,
-  then one Qhull check (the kernels for a count at or below the limit, the hulls above it).
+  then one intersection check (the kernels for a count at or below the limit, the hulls
+  above it), its volume clipped in numba without the GIL (:mod:`..geometry.clipping`; the
+  hulls' equations come from Qhull), by Qhull itself where the clipping is unsure.
 
 A count differs from the continuous overlap by about the voxels its surface cuts, so relatively
 more on small polyhedra: on ones of ~100 voxels (4-7 voxels across, z half that), counts
@@ -32,6 +34,7 @@ import numba
 import numpy as np
 from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError
 
+from ..geometry.clipping import OUTSIDE, UNSURE, clipped_volume
 from ..geometry.cone_table import (
     cone_table,
     inside_held,
@@ -258,15 +261,85 @@ def _stardist_exceeds(overlap, a_min, thresh):
     return np.float32(np.float32(overlap) / (np.float64(a_min) + VOLUME_EPS)) > thresh
 
 
-# without nogil: its object-mode block (Qhull) takes the GIL itself, and numba warns about a
-# nogil flag on a function with such a block
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _borderline_suppresses(i, j, dist, centres, vertices, faces, a_min, thresh, counted_above):
+    """:func:`_qhull_suppresses` of the pair, its half-space intersection clipped in numba
+    (no GIL; the hulls' equations still come from Qhull), Qhull itself where the clipping is
+    unsure."""
+    tips = _pair_tips(i, j, dist, centres, vertices)
+    interior = (centres[i].astype(np.float64) + centres[j].astype(np.float64)) / 2
+    lo, hi = np.empty(3), np.empty(3)
+    for k in range(3):
+        lo[k] = max(tips[0, :, k].min(), tips[1, :, k].min())
+        hi[k] = max(min(tips[0, :, k].max(), tips[1, :, k].max()), lo[k])
+    if counted_above:
+        planes, on_error = _hull_planes(tips), HULL_ERROR
+        if len(planes) == 0:
+            return True   # StarDist's error value: an overlap too large to keep on
+    else:
+        planes, on_error = _kernel_planes(tips, faces), 0.0
+    volume = clipped_volume(planes, interior, lo, hi)
+    if volume == UNSURE:
+        return _qhull_decides(i, j, dist, centres, vertices, faces, a_min, thresh,
+                              counted_above)
+    return _stardist_exceeds(on_error if volume == OUTSIDE else volume, a_min, thresh)
+
+
+# the two functions below take the GIL in their object-mode blocks (Qhull): without nogil, as
+# numba warns about a nogil flag on a function with such a block
+@numba.njit(cache=True)
+def _hull_planes(tips):
+    with numba.objmode(planes="float64[:, :]"):
+        planes = _hull_equations(tips)
+    return planes
+
+
+@numba.njit(cache=True)
+def _qhull_decides(i, j, dist, centres, vertices, faces, a_min, thresh, counted_above):
     pair_dist, pair_centres = dist[np.array([i, j])], centres[np.array([i, j])]
     with numba.objmode(suppresses="boolean"):
         suppresses = _qhull_suppresses(pair_dist, pair_centres, vertices, faces, a_min, thresh,
                                        counted_above)
     return suppresses
+
+
+def _hull_equations(tips):
+    """The convex hulls' half-spaces of both polyhedra (Qhull), none where Qhull fails."""
+    try:
+        return np.concatenate([ConvexHull(t.astype(np.float64)).equations for t in tips])
+    except QhullError:
+        return np.zeros((0, 4))
+
+
+@numba.njit(cache=True, nogil=True)
+def _pair_tips(i, j, dist, centres, vertices):
+    """The float32 ray tips (2, n_rays, 3) of ``i`` and ``j``, as StarDist computes them."""
+    tips = np.empty((2, dist.shape[1], 3), np.float32)
+    for side, k in enumerate((i, j)):
+        for r in range(dist.shape[1]):
+            for axis in range(3):
+                tips[side, r, axis] = np.float32(centres[k, axis]) + dist[k, r] * vertices[r, axis]
+    return tips
+
+
+@numba.njit(cache=True, nogil=True)
+def _kernel_planes(tips, faces):
+    """:func:`.render.kernel_halfspaces` of both polyhedra (2 * n_faces, 4), in the same float32
+    steps, so that both give the same planes to the last bit."""
+    planes = np.empty((2 * len(faces), 4))
+    for side in range(2):
+        t = tips[side]
+        for f in range(len(faces)):
+            a, b, c = faces[f, 0], faces[f, 1], faces[f, 2]
+            p0, p1, p2 = t[b, 0] - t[a, 0], t[b, 1] - t[a, 1], t[b, 2] - t[a, 2]
+            q0, q1, q2 = t[c, 0] - t[a, 0], t[c, 1] - t[a, 1], t[c, 2] - t[a, 2]
+            n0 = -(p1 * q2 - p2 * q1)
+            n1 = -(p2 * q0 - p0 * q2)
+            n2 = -(p0 * q1 - p1 * q0)
+            row = side * len(faces) + f
+            planes[row, 0], planes[row, 1], planes[row, 2] = n0, n1, n2
+            planes[row, 3] = -(t[a, 0] * n0 + t[a, 1] * n1 + t[a, 2] * n2)
+    return planes
 
 
 @numba.njit(cache=True, nogil=True)
@@ -320,11 +393,7 @@ def _band(a_min):
 def _stardist_count(i, j, dist, centres, vertices, faces, box_lo, box_hi):
     """StarDist's voxel count of the overlap of ``i`` and ``j``: the voxels of the shared box
     inside both by its own float32 test, on its float32 vertices."""
-    tips = np.empty((2, dist.shape[1], 3), np.float32)
-    for side, k in enumerate((i, j)):
-        for r in range(dist.shape[1]):
-            for axis in range(3):
-                tips[side, r, axis] = np.float32(centres[k, axis]) + dist[k, r] * vertices[r, axis]
+    tips = _pair_tips(i, j, dist, centres, vertices)
     centre_i, centre_j = centres[i].astype(np.float32), centres[j].astype(np.float32)
     count = 0
     for z in range(box_lo[0], box_hi[0] + 1):

@@ -65,8 +65,8 @@ RENDER_BYTES_PER_VOXEL = 12.0
 #: rows at once with numpy's string functions, which had raised session 6's 16x peak to 479
 #: MiB); the largest, rounded up.
 DRIVER_BASE_MIB = 240.0
-#: cores a worker process keeps busy: StarDist's NMS, the fast backend's Qhull checks and h5py
-#: hold the GIL (the numba kernels release it), so a process's extra threads mostly wait
+#: cores a worker process keeps busy: StarDist's NMS, the fast backend's convex hulls (Qhull)
+#: and h5py hold the GIL (the numba kernels release it), so a process's extra threads wait
 #: (issue #10, item 1; benchmarks/hpc_step.py compares threads with processes).
 CORES_PER_PROCESS = 1
 

@@ -5,9 +5,10 @@ A Ctrl-C in the terminal reaches the whole foreground process group, so the loca
 worker processes would each print a KeyboardInterrupt traceback under the driver's one-line
 message. The driver stops the cluster itself; the workers ignore SIGINT.
 
-A numba kernel that releases the GIL takes it again for each borderline pair it hands to
-SciPy's Qhull; while another thread of the worker runs Python, that wait lasts up to Python's
-switch interval (5 ms by default), thousands of times per task. A shorter interval keeps the
+A numba kernel that releases the GIL takes it again for the convex hulls (SciPy's Qhull) of
+each borderline pair it counted above the limit; while another thread of the worker runs
+Python, that wait lasts up to Python's switch interval (5 ms by default), thousands of times
+per task. A shorter interval keeps the
 threads of one worker busy (``benchmarks/hpc_step.py``, 1 worker x 2 threads).
 
 Loading the numba kernels from their on-disk cache takes each worker process about 0.8 s;
