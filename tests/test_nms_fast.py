@@ -248,3 +248,38 @@ def test_cone_tables_agree_whatever_their_size():
     window = tuple(slice(o, o + s) for o, s in zip(offset, small.face.shape))
     np.testing.assert_array_equal(large.face[window], small.face)
     np.testing.assert_array_equal(large.coords[window], small.coords)
+
+
+#: overlapping pairs of the hpc_step set whose intersection checks are compared.
+CHECKED_PAIRS = 150
+
+
+@pytest.mark.parametrize("counted_above", [False, True], ids=["kernels", "hulls"])
+def test_clipped_intersection_checks_decide_as_qhull(hpc_step_candidates, counted_above):
+    """The borderline check with its volume clipped in numba decides as the one through
+    SciPy's Qhull, on overlapping pairs of crowded 32-ray candidates (whether or not their
+    counts were borderline: many more pairs than a run sends there)."""
+    from stardist_hpc.segment import nms_fast
+    rays, dist, points = hpc_step_candidates
+    geometry = _geometry(rays)
+    vertices = np.ascontiguousarray(geometry.vertices, np.float32)
+    faces = np.ascontiguousarray(geometry.faces, np.int32)
+    volumes = prepare_polyhedra(dist, points, geometry).volumes
+    rng = np.random.default_rng(0)
+    pairs = 0
+    for i in rng.permutation(len(points)):
+        near = np.flatnonzero((np.abs(points - points[i]).max(axis=1) <= 4)
+                              & (np.arange(len(points)) > i))
+        if len(near) == 0:
+            continue
+        j = int(rng.choice(near))
+        a_min = min(volumes[i], volumes[j])
+        clipped = nms_fast._borderline_suppresses(int(i), j, dist, points, vertices, faces, a_min,
+                                                  np.float32(THRESH), counted_above)
+        by_qhull = nms_fast._qhull_suppresses(dist[[i, j]], points[[i, j]], vertices, faces,
+                                              a_min, THRESH, counted_above)
+        assert clipped == by_qhull, (i, j)
+        pairs += 1
+        if pairs == CHECKED_PAIRS:
+            break
+    assert pairs == CHECKED_PAIRS
