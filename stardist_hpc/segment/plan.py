@@ -42,8 +42,9 @@ NMS_CANDIDATES_PER_CORE_SECOND = 5_000.0
 #: default tiles, 1.10 with 8 tiles of 128x128 on the 1x set: reruns re-decide only what can
 #: change and the halo holds only candidates that meet the core.
 NMS_PASSES_WITH_TILES = 1.1
-#: StarDist's own NMS is about this many times slower than the fast one on realistic sets: 84-208x
-#: on smooth sets before the borderline-band fix, which costs the fast backend about 3x.
+#: StarDist's own NMS is about this many times slower than the fast one: 433-696x on smooth
+#: sets, 49.5-458x on noisy ones and 16.8x for the whole step on a noisy file (nms_speed.py,
+#: session 7); a round figure below most of them, so StarDist runs are not underestimated.
 STARDIST_NMS_SLOWDOWN = 30.0
 #: candidates per core-second of gathering the survivors: 404,000-418,000 on the 4x and 16x
 #: sets (288,000 at 1x, where one task's fixed cost dominates).
