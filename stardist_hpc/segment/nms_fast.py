@@ -43,7 +43,7 @@ from ..geometry.cone_table import (
     reach,
     table_holds,
 )
-from .render import inside_star, kernel_halfspaces
+from .render import inside_star
 
 #: StarDist's guard against dividing by a zero volume (``A_min + 1e-10``).
 VOLUME_EPS = 1e-10
@@ -236,28 +236,6 @@ def _fan_volume(corners, corner_of, plane_of, normals, interior):
     return volume / 6
 
 
-def _qhull_suppresses(dist, centres, vertices, faces, a_min, thresh, counted_above):
-    """StarDist's decision on a pair whose voxel count is borderline, from its Qhull checks.
-
-    StarDist suppresses when the kernels' intersection (a lower bound of the overlap) exceeds
-    the threshold, keeps when the convex hulls' intersection (an upper bound) does not, and
-    counts voxels otherwise. So a count at or below the limit stands unless the kernels
-    suppress, and a count above it stands unless the hulls keep: one check decides.
-    """
-    tips = np.asarray(centres, np.float32)[:, None, :] + dist[:, :, None] * vertices
-    interior = np.mean(np.asarray(centres, np.float64), axis=0)
-    if not counted_above:
-        kernels = kernel_halfspaces(tips, faces).reshape(-1, 4)
-        return bool(_stardist_exceeds(_intersection_volume(kernels, interior, 0.0), a_min,
-                                      thresh))
-    try:
-        hulls = np.concatenate([ConvexHull(t.astype(np.float64)).equations for t in tips])
-    except QhullError:
-        return True   # StarDist's error value: an overlap too large to keep on
-    return bool(_stardist_exceeds(_intersection_volume(hulls, interior, HULL_ERROR), a_min,
-                                  thresh))
-
-
 @numba.njit(cache=True, nogil=True)
 def _stardist_exceeds(overlap, a_min, thresh):
     """StarDist's test ``overlap / (A_min + 1e-10) > thresh``, in its float32 steps."""
@@ -266,9 +244,15 @@ def _stardist_exceeds(overlap, a_min, thresh):
 
 @numba.njit(cache=True, nogil=True)
 def _borderline_suppresses(i, j, dist, centres, vertices, faces, a_min, thresh, counted_above):
-    """:func:`_qhull_suppresses` of the pair, its half-space intersection clipped in numba
-    (no GIL; the hulls' equations still come from Qhull), Qhull itself where the clipping is
-    unsure."""
+    """StarDist's decision on a pair whose voxel count is borderline, from one intersection check.
+
+    StarDist suppresses when the kernels' intersection (a lower bound of the overlap) exceeds
+    the threshold, keeps when the convex hulls' intersection (an upper bound) does not, and
+    counts voxels otherwise. So a count at or below the limit stands unless the kernels
+    suppress, and a count above it stands unless the hulls keep: one check decides. Its volume
+    is clipped in numba without the GIL (the hulls' equations come from Qhull), by Qhull
+    where the clipping is unsure.
+    """
     tips = _pair_tips(i, j, dist, centres, vertices)
     interior = (centres[i].astype(np.float64) + centres[j].astype(np.float64)) / 2
     lo, hi = np.empty(3), np.empty(3)
@@ -283,9 +267,10 @@ def _borderline_suppresses(i, j, dist, centres, vertices, faces, a_min, thresh, 
         planes, on_error = _kernel_planes(tips, faces), 0.0
     volume = clipped_volume(planes, interior, lo, hi)
     if volume == UNSURE:
-        return _qhull_decides(i, j, dist, centres, vertices, faces, a_min, thresh,
-                              counted_above)
-    return _stardist_exceeds(on_error if volume == OUTSIDE else volume, a_min, thresh)
+        volume = _qhull_volume(planes, interior, on_error)
+    elif volume == OUTSIDE:
+        volume = on_error
+    return _stardist_exceeds(volume, a_min, thresh)
 
 
 # the two functions below take the GIL in their object-mode blocks (Qhull): without nogil, as
@@ -298,12 +283,10 @@ def _hull_planes(tips):
 
 
 @numba.njit(cache=True)
-def _qhull_decides(i, j, dist, centres, vertices, faces, a_min, thresh, counted_above):
-    pair_dist, pair_centres = dist[np.array([i, j])], centres[np.array([i, j])]
-    with numba.objmode(suppresses="boolean"):
-        suppresses = _qhull_suppresses(pair_dist, pair_centres, vertices, faces, a_min, thresh,
-                                       counted_above)
-    return suppresses
+def _qhull_volume(planes, interior, on_error):
+    with numba.objmode(volume="float64"):
+        volume = _intersection_volume(planes, interior, on_error)
+    return volume
 
 
 def _hull_equations(tips):

@@ -8,8 +8,8 @@ message. The driver stops the cluster itself; the workers ignore SIGINT.
 A numba kernel that releases the GIL takes it again for the convex hulls (SciPy's Qhull) of
 each borderline pair it counted above the limit; while another thread of the worker runs
 Python, that wait lasts up to Python's switch interval (5 ms by default), thousands of times
-per task. A shorter interval keeps the
-threads of one worker busy (``benchmarks/hpc_step.py``, 1 worker x 2 threads).
+per task. A shorter interval keeps the threads of one worker busy (``benchmarks/hpc_step.py``,
+1 worker x 2 threads).
 
 Loading the numba kernels from their on-disk cache takes each worker process about 0.8 s;
 a thread does it while the worker starts and the driver opens its input, and a task that
