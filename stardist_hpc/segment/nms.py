@@ -160,10 +160,6 @@ class BatchCheckpoint(NamedTuple):
 
 #: the columns of a BatchCheckpoint that hold TileOutcome fields.
 _OUTCOME_COLUMNS = tuple(f for f in TileOutcome._fields if f != "round")
-#: a BatchCheckpoint's round and outcome columns alone: loading them leaves its results unread
-#: (an ``.npz`` member is read when asked for).
-BatchOutcomes = NamedTuple("BatchOutcomes", [("round", int)]
-                           + [(name, np.ndarray) for name in _OUTCOME_COLUMNS])
 
 
 def batch_path(nms_dir, round_, batch):
@@ -182,7 +178,7 @@ def save_batch(params, batch, round_, outcomes, results):
                 BatchCheckpoint(batch, round_, **columns, starts=starts, **arrays))
 
 
-def batch_outcomes(checkpoint: BatchCheckpoint | BatchOutcomes):
+def batch_outcomes(checkpoint: BatchCheckpoint):
     """The TileOutcome of every tile in a checkpoint."""
     columns = [getattr(checkpoint, name) for name in _OUTCOME_COLUMNS]
     return [TileOutcome(**{name: value.item() for name, value in zip(_OUTCOME_COLUMNS, row)},
@@ -505,6 +501,8 @@ class NmsSummary(NamedTuple):
     first_pass: NmsWork   # the NMS work of round 0
     reruns: NmsWork       # and of every later round
     batches: tuple        # the batch of each tile (tiles of a batch run in one task)
+    tile_reruns: tuple    # rounds after the first in which each tile ran NMS again
+    tile_seconds: tuple   # each tile's seconds in the NMS kernel over all rounds
 
 
 def batch_tiles(image_shape, tile_shape, n_candidates):
@@ -559,26 +557,28 @@ def run_rounds(params, plans, execute):
     NmsSummary
     """
     versions, n_owned_kept = [0] * len(plans), [0] * len(plans)
+    tile_reruns, tile_seconds = [0] * len(plans), [0.0] * len(plans)
     batches = batch_tiles(params.image_shape, params.tile_shape,
                           CandidateFile(params.candidate_path).n_candidates)
-    round_, n_reruns, to_process = 0, 0, plans
+    round_, to_process = 0, plans
     work = [NmsWork(), NmsWork()]   # round 0, later rounds
     while to_process:
         outcomes = _execute_round(params, round_, to_process, versions, batches, execute)
         for outcome in outcomes:
             n_owned_kept[outcome.index] = outcome.n_owned_kept
             work[round_ > 0] += NmsWork(outcome.decided, outcome.pairs, outcome.nms_seconds)
+            tile_seconds[outcome.index] += outcome.nms_seconds
             if outcome.rerun:
                 versions[outcome.index] = outcome.round
-        if round_ > 0:
-            n_reruns += sum(outcome.rerun for outcome in outcomes)
+                tile_reruns[outcome.index] += int(outcome.round > 0)
         changed = [outcome.index for outcome in outcomes if outcome.core_changed]
         to_process = [plans[t] for t in tiles_to_check(plans, changed)]
         round_ += 1
+    n_reruns = sum(tile_reruns)
     log.info("NMS converged after %d round(s) with %d tile rerun(s); candidates decided: "
              "%d, again in reruns: %d", round_, n_reruns, work[0].decided, work[1].decided)
     return NmsSummary(tuple(versions), tuple(n_owned_kept), round_, n_reruns, *work,
-                      tuple(int(b) for b in batches))
+                      tuple(int(b) for b in batches), tuple(tile_reruns), tuple(tile_seconds))
 
 
 # ---------------------------------------------------------------------------------------------

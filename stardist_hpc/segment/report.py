@@ -36,10 +36,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 from .. import __version__
 from ..geometry.tiling import Grid
 from ..io.atomic import atomic_path
-from ..io.checkpoint import load_record
-from ..io.image import open_volume
 from ..io.label_file import read_objects
-from .nms import BatchOutcomes, batch_outcomes
 from .preview import preview_steps
 
 #: figure ids, always present / present with ``measure.image``.
@@ -166,24 +163,13 @@ def objects_per_tile(objects, grid):
     return dict(enumerate(counts))
 
 
-def nms_per_tile(nms_dir, n_rounds):
-    """NMS reruns of each tile (rounds after the first in which it ran NMS again) and its
-    seconds in the NMS kernel over all rounds, from the outcomes the rounds checkpointed."""
-    reruns, seconds = {}, {}
-    for round_ in range(n_rounds):
-        for path in (Path(nms_dir) / f"round{round_}").glob("batch*.npz"):
-            for outcome in batch_outcomes(load_record(path, BatchOutcomes)):
-                if round_:
-                    reruns[outcome.index] = reruns.get(outcome.index, 0) + int(outcome.rerun)
-                seconds[outcome.index] = seconds.get(outcome.index, 0.0) + outcome.nms_seconds
-    return reruns, seconds
-
-
 def image_planes(spec, image_shape, positions):
     """The first measured channel at the z ``positions``, sampled as the previews are."""
     steps = preview_steps(image_shape)
     _, ny, nx = image_shape
     band = max(steps[1], PLANE_BAND_VOXELS // nx // steps[1] * steps[1])
+    # the image reader (zarr: a fifth of this module's imports) only for a report that shows it
+    from ..io.image import open_volume
     planes = {}
     with open_volume(spec.image_section(spec.channels[0])) as volume:
         for z in positions:
@@ -267,12 +253,13 @@ MAX_ANNOTATED = 64
 BRIGHT = 0.6
 
 
-def tiles_figure(objects, grid, reruns, tile_seconds):
+def tiles_figure(objects, grid, nms):
     figure, axes = _figure(3, 3.8)
     depth = f" (summed over {grid.counts[0]} tiles along z)" if grid.counts[0] > 1 else ""
     _map(axes[0], _per_tile(objects_per_tile(objects, grid), grid), "objects per tile" + depth)
-    _map(axes[1], _per_tile(reruns, grid), "NMS reruns per tile")
-    _map(axes[2], _per_tile(tile_seconds, grid), "NMS kernel seconds per tile")
+    _map(axes[1], _per_tile(dict(enumerate(nms.tile_reruns)), grid), "NMS reruns per tile")
+    _map(axes[2], _per_tile(dict(enumerate(nms.tile_seconds)), grid),
+         "NMS kernel seconds per tile")
     return figure
 
 
@@ -378,7 +365,7 @@ def _seam_text(rows):
         "at seams raise it, objects lost there lower it.</p>")
 
 
-def write_report(path, params, plans, summary, extras):
+def write_report(path, params, plans, summary, extras, nms):
     """Write the QC report of a run to ``path`` (atomically).
 
     Parameters
@@ -389,11 +376,12 @@ def write_report(path, params, plans, summary, extras):
     summary : RunSummary
     extras : ChunkSummary
         Previews, intensities and chunk seconds (:func:`.chunk_extras.collect_extras`).
+    nms : NmsSummary
+        The NMS rounds' reruns and seconds per tile.
     """
     objects = read_objects(params.label_path)
     tile_grid = Grid(params.image_shape, params.tile_shape)
     chunk_grid = Grid(params.image_shape, params.chunk_shape)
-    reruns, tile_seconds = nms_per_tile(params.nms_dir, summary.n_rounds)
     chunk_seconds = {i: extras.render_seconds[i] + extras.measure_seconds[i]
                      for i in extras.render_seconds}
     seams = seam_table(objects, params.image_shape, params.tile_shape, params.chunk_shape)
@@ -402,7 +390,7 @@ def write_report(path, params, plans, summary, extras):
                  f"<p class=\"note\">Every {extras.previews.steps} voxels (z, y, x) sampled "
                  "across the projection; colours by object id.</p>"),
         _section("objects", "Objects", objects_figure(objects)),
-        _section("tiles", "NMS tiles", tiles_figure(objects, tile_grid, reruns, tile_seconds)),
+        _section("tiles", "NMS tiles", tiles_figure(objects, tile_grid, nms)),
         _section("seams", "Seam check", seams_figure(seams), _seam_text(seams)),
         _section("times", "Seconds", times_figure(summary.seconds, chunk_grid, chunk_seconds)),
     ]

@@ -436,7 +436,8 @@ def _stages(params, execute, seconds, show_progress, report_path, writing):
                          nms_summary.n_reruns, seconds, params.label_path,
                          (nms_summary.first_pass, nms_summary.reruns))
     report = (None if report_path is None else
-              (report_path, params, plans, summary._replace(seconds=replace(seconds)), extras))
+              (report_path, params, plans, summary._replace(seconds=replace(seconds)), extras,
+               nms_summary))
     _outputs_and_report(params, report, writing, chunk_indices, objects, execute, seconds)
     return summary
 
