@@ -47,7 +47,7 @@ def _survivor_rows(job, plans, summary, versions=None):
     if versions is not None:
         located = {t: ResultAt(v, at.batch) for (t, at), v in zip(located.items(), versions)}
     results = TileResults(job, located)
-    return np.sort(np.concatenate([gather_tile(job, plan, results).survivors.rows
+    return np.sort(np.concatenate([gather_tile(job, plan, results).rows
                                    for plan in plans]))
 
 

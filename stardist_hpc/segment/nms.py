@@ -39,7 +39,7 @@ from ..geometry.tiling import Box, Grid
 from ..io.candidates import CandidateFile
 from ..io.checkpoint import load_checkpoint, load_record, save_record
 from ..io.input_pin import check_pinned, open_pinned, read_pinned_box
-from ..io.survivors import Survivors
+from ..io.survivors import Survivors, join_survivors
 from .nms_fast import (
     fates_that_can_change,
     meets_core,
@@ -585,9 +585,9 @@ def run_rounds(params, plans, execute):
 # gathering the survivors
 
 
-class TileSurvivors(NamedTuple):
-    """The survivors owned by one tile."""
-    index: int
+class BatchSurvivors(NamedTuple):
+    """The survivors owned by the tiles of a batch, tile after tile."""
+    first_tile: int      # the index of the batch's first tile: names the batch
     survivors: Survivors
 
 
@@ -609,10 +609,12 @@ def gather_tiles(params, plans, located):
 
     Returns
     -------
-    list of TileSurvivors
+    BatchSurvivors
+        One part, so that the driver writes it into the survivor table at once.
     """
     reader, results = BatchReader(params, plans, cores=True), TileResults(params, located)
-    return [gather_tile(params, plan, results, reader) for plan in plans]
+    return BatchSurvivors(plans[0].index, join_survivors(
+        [gather_tile(params, plan, results, reader) for plan in plans]))
 
 
 def gather_tile(params, plan, results, reader=None):
@@ -629,7 +631,7 @@ def gather_tile(params, plan, results, reader=None):
 
     Returns
     -------
-    TileSurvivors
+    Survivors
     """
     result = results[plan.index]
     kept_rows = result.rows[result.owned & result.kept]
@@ -642,6 +644,5 @@ def gather_tile(params, plan, results, reader=None):
                   if params.n_classes else np.zeros((len(rows), 0), np.float32))
     check_pinned(params.candidate_pin)   # not replaced while its rows were read
     lo, hi = polyhedron_bboxes(dist, points, ray_geometry(params.rays_json), params.image_shape)
-    return TileSurvivors(plan.index, Survivors(
-        rows, prob, points, dist, lo.astype(np.int32), hi.astype(np.int32),
-        prob_class=prob_class))
+    return Survivors(rows, prob, points, dist, lo.astype(np.int32), hi.astype(np.int32),
+                     prob_class=prob_class)

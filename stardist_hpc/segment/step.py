@@ -261,15 +261,18 @@ def _gather_stage(params, plans, nms_summary, execute):
     if checkpointed is not None:
         return checkpointed
     remove_stale_temporaries(path)
-    starts = np.cumsum(counts) - counts
-    batches = {}
+    batches = {}   # the tiles with survivors of each batch
     for plan in plans:
         if counts[plan.index]:
             batches.setdefault(nms_summary.batches[plan.index], []).append(plan)
+    sizes = np.array([counts[[plan.index for plan in batch]].sum() for batch in batches.values()],
+                     np.int64)
+    # the table holds the batches one after the other (each task's part is written at once)
+    start_of = dict(zip((batch[0].index for batch in batches.values()), np.cumsum(sizes) - sizes))
     arguments = [(params, batch, final_results(nms_summary, [plan.index for plan in batch]))
                  for batch in batches.values()]
-    parts = ((starts[tile.index], tile.survivors)
-             for tiles in execute(gather_tiles, arguments, "gather survivors") for tile in tiles)
+    parts = ((start_of[part.first_tile], part.survivors)
+             for part in execute(gather_tiles, arguments, "gather survivors"))
     n_rays = len(ray_vectors(params.rays_json))
     write_survivor_table(path, int(counts.sum()), n_rays, parts, params.n_classes)
     return SurvivorFile(path)
