@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dask
 import pytest
 import yaml
 
@@ -18,6 +19,7 @@ from stardist_hpc.config import (
 )
 from stardist_hpc.errors import UserError
 from stardist_hpc.segment.cluster import (
+    WORKER_SETUP,
     _wait_for_slurm_workers,
     check_cluster,
     job_script,
@@ -97,6 +99,21 @@ def test_our_yaml_overrides_the_site_key_by_key(site_config, tmp_path):
         # the keys we leave null stay the site's
         "#SBATCH -t 05:00:00", "#SBATCH -A site-account", "#SBATCH --qos=site"),
         absent=("site-queue", "site-python", "--lifetime 23h", "--cpus-per-task=6"))
+
+
+def test_worker_jobs_preload_the_worker_setup_beside_the_sites_preloads(site_config, tmp_path):
+    """SLURM workers get the local workers' setup (GIL switch interval, kernel warm-up)."""
+    site_config(SITE)
+    preload = f"--preload {WORKER_SETUP}"
+    _assert_lines(_script(tmp_path), present=(preload, "--lifetime 23h"))
+    script = _script(tmp_path, worker_extra_args=["--preload", "our_setup"])
+    _assert_lines(script, present=("--preload our_setup", preload))
+    # the preloads of Dask's config, which an explicit --preload would drop, are passed on
+    with dask.config.set({"distributed.worker.preload": ["site_setup"]}):
+        _assert_lines(_script(tmp_path), present=(preload, "--preload site_setup"))
+    # named already: not twice
+    script = _script(tmp_path, worker_extra_args=["--preload", WORKER_SETUP])
+    assert script.count(WORKER_SETUP) == 1, script
 
 
 @pytest.mark.parametrize("ours, missing", [({}, "cores"), ({"cores": 4}, "memory"),

@@ -19,6 +19,7 @@ import yaml
 from conftest import random_centres, synthetic_candidates, write_candidate_file
 
 import hpc_prediction
+from stardist_hpc.segment.cluster import WORKER_SETUP
 
 pytestmark = pytest.mark.slurm
 
@@ -234,6 +235,8 @@ def _check_run(env, tmp_path, driver_id, reference):
             f"worker {job_id} used non-loopback addresses {set(addresses)}:\n{text[-2000:]}"
         if re.search(r"Registered to:\s+tcp://127\.0\.0\.1:\d+", text):
             joined.append(job_id)
+            # as local workers: a short GIL switch interval, the kernels loaded at the start
+            assert f"Run preload setup: {WORKER_SETUP}" in text, text[-2000:]
     assert joined, f"no worker log of jobs {sorted(workers)} shows a registration"
     return workers, joined
 

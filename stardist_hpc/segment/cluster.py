@@ -47,22 +47,26 @@ def available_cpus():
     return cpus
 
 
-#: module preloaded into each local worker (see its docstring).
+#: module preloaded into each worker, local or SLURM (see its docstring).
 WORKER_SETUP = "stardist_hpc.segment.worker_setup"
+
+
+def _config_preloads():
+    """The preloads of Dask's config (the site's or the user's): an explicit preload replaces
+    that key, so whoever passes one passes these too."""
+    import dask
+    return list(dask.config.get("distributed.worker.preload", None) or ())
 
 
 def local_cluster_kwargs(local: LocalClusterSection):
     """Keyword arguments of ``distributed.LocalCluster`` for the ``cluster.local`` section."""
-    import dask
     # the workers' own log lines (connections closing when a run stops on bad input or Ctrl-C)
     # would follow the driver's one-line error: shown only with -v
     worker_logs = logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
-    # an explicit preload replaces Dask's config key: the site's (or user's) preloads are kept
-    site_preloads = list(dask.config.get("distributed.worker.preload", None) or ())
     return dict(n_workers=local.n_workers or available_cpus(),
                 threads_per_worker=local.threads_per_worker, processes=True, host=LOCALHOST,
                 dashboard_address=f"{LOCALHOST}:0", silence_logs=worker_logs,
-                preload=[WORKER_SETUP, *site_preloads])
+                preload=[WORKER_SETUP, *_config_preloads()])
 
 
 #: ``cluster.slurm`` keys that are ``SLURMCluster`` arguments of the same name: passed only when
@@ -74,6 +78,8 @@ REQUIRED_KEYS = {"cores": "14", "memory": "32GB"}
 #: always added to the workers' arguments: workers open no port beyond the one the scheduler
 #: talks to.
 WORKER_ARGS = ("--no-dashboard",)
+#: the worker option that loads :data:`WORKER_SETUP` (added unless the arguments load it).
+PRELOAD_OPTION = "--preload"
 
 
 def site_setting(name):
@@ -120,10 +126,17 @@ def processes_per_job(slurm: SlurmSection):
 
 
 def _worker_args(slurm: SlurmSection):
-    """The workers' extra arguments (ours, else the site's) followed by :data:`WORKER_ARGS`."""
+    """The workers' extra arguments (ours, else the site's) followed by :data:`WORKER_ARGS`
+    and the preload of :data:`WORKER_SETUP`, as for local workers (a site's own preloads
+    stay: ``dask worker`` takes several)."""
     given = slurm.worker_extra_args
     args = list(site_setting("worker_extra_args") or () if given is None else given)
-    return args + [a for a in WORKER_ARGS if a not in args]
+    args += [a for a in WORKER_ARGS if a not in args]
+    if WORKER_SETUP in args:
+        return args
+    # without a --preload of theirs, the workers would run the config's preloads: keep them
+    preloads = [WORKER_SETUP] + ([] if PRELOAD_OPTION in args else _config_preloads())
+    return args + [a for module in preloads for a in (PRELOAD_OPTION, module)]
 
 
 def slurm_cluster_kwargs(slurm: SlurmSection):

@@ -1,5 +1,6 @@
-"""Preloaded into every local Dask worker process: Ctrl-C is the driver's to handle, threads
-hand the GIL over sooner, and the NMS kernels are loaded before the first task needs them.
+"""Preloaded into every Dask worker process (local ones, and those of SLURM jobs through
+``--preload``): Ctrl-C is the driver's to handle, threads hand the GIL over sooner, and the NMS
+kernels are loaded before the first task needs them.
 
 A Ctrl-C in the terminal reaches the whole foreground process group, so the local cluster's
 worker processes would each print a KeyboardInterrupt traceback under the driver's one-line
