@@ -278,7 +278,7 @@ def test_report_process_errors_reach_the_driver_and_stop_ends_it():
     one line with its exit code, and stop() ends a process still waiting or at work."""
     from stardist_hpc.segment.outputs import ReportProcess
     broken = ReportProcess()
-    broken.write(("too", "few"))   # write_report takes six arguments
+    broken.write(("too", "few"))   # write_report takes five arguments
     with pytest.raises(RuntimeError, match="(?s)the QC report failed:.*TypeError"):
         broken.result()
     broken.stop()

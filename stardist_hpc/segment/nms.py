@@ -47,6 +47,7 @@ from .nms_fast import (
     suppress_counting_pairs,
 )
 from .params import MIN_TASKS
+from .summary import NmsSummary, NmsWork
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +111,6 @@ class TileOutcome(NamedTuple):
     decided: int         # this task's NMS work (see NmsWork)
     pairs: int
     nms_seconds: float
-
-
-class NmsWork(NamedTuple):
-    """NMS work: candidates decided, candidate pairs tested and seconds in the NMS kernel."""
-    decided: int = 0
-    pairs: int = 0
-    seconds: float = 0.0
-
-    def __add__(self, other):
-        return NmsWork(*(a + b for a, b in zip(self, other)))
 
 
 class TileResult(NamedTuple):
@@ -490,19 +481,6 @@ def _settle_tile(params, plan, round_, reader, results):
 #: tuple (anywhere, in any order) and returns or yields the results as they complete; see
 #: ``cluster.run_tasks`` and ``cluster.run_in_process``.
 Executor = Callable[[Callable, list, str], Iterable]
-
-
-class NmsSummary(NamedTuple):
-    """Where the final tile results are and how the rounds went."""
-    versions: tuple       # round of the final result of each tile
-    n_owned_kept: tuple   # survivors owned by each tile
-    n_rounds: int
-    n_reruns: int
-    first_pass: NmsWork   # the NMS work of round 0
-    reruns: NmsWork       # and of every later round
-    batches: tuple        # the batch of each tile (tiles of a batch run in one task)
-    tile_reruns: tuple    # rounds after the first in which each tile ran NMS again
-    tile_seconds: tuple   # each tile's seconds in the NMS kernel over all rounds
 
 
 def batch_tiles(image_shape, tile_shape, n_candidates):

@@ -365,14 +365,13 @@ def _seam_text(rows):
         "at seams raise it, objects lost there lower it.</p>")
 
 
-def write_report(path, params, plans, summary, extras, nms):
+def write_report(path, params, summary, extras, nms):
     """Write the QC report of a run to ``path`` (atomically).
 
     Parameters
     ----------
     path : Path
     params : SegmentParams
-    plans : list of TilePlan
     summary : RunSummary
     extras : ChunkSummary
         Previews, intensities and chunk seconds (:func:`.chunk_extras.collect_extras`).
@@ -408,7 +407,7 @@ def write_report(path, params, plans, summary, extras, nms):
                 f"<title>StarDist HPC report: {html.escape(str(summary.labels))}</title>"
                 f"<style>{CSS}</style></head><body><h1>StarDist HPC run report</h1>"
                 f"<section id=\"summary\"><h2>Run</h2>"
-                f"{_summary(params, summary, len(plans), len(chunk_seconds), extras)}"
+                f"{_summary(params, summary, len(tile_grid), len(chunk_seconds), extras)}"
                 f"</section>{body}</body></html>\n")
     with atomic_path(Path(path)) as tmp_path:
         tmp_path.write_text(document)

@@ -30,9 +30,9 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -62,6 +62,7 @@ from .nms import final_results, gather_tiles, plan_tiles, resolve_halo, run_roun
 from .outputs import ReportProcess, ome_zarr_stage, publish_outputs, write_tables
 from .params import CHECKPOINTS, INDEXED_INPUT, SETTING_CHECKPOINTS, SegmentParams
 from .render import batch_chunks, chunk_tasks, render_chunks
+from .summary import RunSummary, StageSeconds
 
 log = logging.getLogger(__name__)
 
@@ -75,30 +76,6 @@ BESIDE_LABELS = "beside"
 OME_ZARR_SUFFIX = ".ome.zarr"
 DEFAULT_OBJECTS_TSV = "objects.tsv"
 DEFAULT_REPORT = "report.html"
-
-
-@dataclass
-class StageSeconds:
-    """Wall-clock seconds spent in each stage."""
-    index: float = 0.0
-    nms: float = 0.0
-    gather: float = 0.0
-    labeling: float = 0.0
-    write: float = 0.0
-    report: float = 0.0    # what the QC report added after the outputs (it runs beside them)
-    outputs: float = 0.0   # the OME-Zarr levels and the tables
-
-
-class RunSummary(NamedTuple):
-    """What a run did: counts, seconds per stage and the label file written."""
-    n_candidates: int
-    n_objects: int
-    n_rounds: int
-    n_reruns: int
-    seconds: StageSeconds
-    labels: Path
-    #: NMS work of the first pass and of the reruns (``nms.NmsWork``; empty if not run here)
-    nms_work: tuple = ()
 
 
 @contextlib.contextmanager
@@ -439,7 +416,7 @@ def _stages(params, execute, seconds, show_progress, report_path, writing):
                          nms_summary.n_reruns, seconds, params.label_path,
                          (nms_summary.first_pass, nms_summary.reruns))
     report = (None if report_path is None else
-              (report_path, params, plans, summary._replace(seconds=replace(seconds)), extras,
+              (report_path, params, summary._replace(seconds=replace(seconds)), extras,
                nms_summary))
     _outputs_and_report(params, report, writing, chunk_indices, objects, execute, seconds)
     return summary
