@@ -135,12 +135,6 @@ def own_cpu_seconds():
     return own.ru_utime + own.ru_stime, workers.ru_utime + workers.ru_stime
 
 
-def _reaped_cpu_seconds():
-    """CPU seconds of this process's children reaped so far."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return children.ru_utime + children.ru_stime
-
-
 def _timing_report(process_class, cpu):
     """Wrap the QC report process's ``result`` so that its CPU seconds land in ``cpu``.
 
@@ -149,11 +143,11 @@ def _timing_report(process_class, cpu):
     result = process_class.result
 
     def timed(self):
-        before = _reaped_cpu_seconds()
+        before = own_cpu_seconds()[1]
         try:
             return result(self)
         finally:
-            cpu.append(_reaped_cpu_seconds() - before)
+            cpu.append(own_cpu_seconds()[1] - before)
     process_class.result = timed
 
 
