@@ -22,9 +22,9 @@ What it measures
    * driver peak RSS large / small (2 workers each), target <= 1.25 (the driver holds only
      per-tile and per-object arrays, so its memory should not grow with the volume);
    * parallel efficiency t1 / (2 * t2) of ``hpc.run`` on the large file, target >= 0.9, and the
-     best this machine allows it: on 2 cores the driver, the QC report's process and the
-     workers of the 2-worker run share them, so its stages last at least their CPU seconds / 2
-     (the 1-worker run leaves the driver and the report a core of their own);
+     best this machine allows it: on 2 cores the driver (which also writes the QC report) and
+     the workers of the 2-worker run share them, so its stages last at least their CPU seconds
+     / 2 (the 1-worker run leaves the driver a core of its own);
    * per backend, throughput of 1 worker x 2 threads / 2 workers x 1 thread (the time of the
      latter over the time of the former), whole step and NMS stage, target >= 0.9 (StarDist's
      NMS holds the GIL: that is why SLURM jobs default to one process per core, and why a run
@@ -68,7 +68,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHAPE = (32, 256, 256)
 #: default nuclei in the small volume (the large one gets 8x: 1216 in 64x512x512). When it was
 #: chosen, that was about a minute on one worker; the fast NMS made it ~10 s, so fixed costs
-#: (the QC report, a second worker's start-up) now weigh on the parallel efficiency: the report
+#: (the driver's, a second worker's start-up) now weigh on the parallel efficiency: the report
 #: prints the bound they set. ``--rays 96 --candidates-per-nucleus 80 90`` is the realistic
 #: density of a trained model's output (~25 s on one worker).
 DEFAULT_NUCLEI = 152
@@ -135,22 +135,6 @@ def own_cpu_seconds():
     return own.ru_utime + own.ru_stime, workers.ru_utime + workers.ru_stime
 
 
-def _timing_report(process_class, cpu):
-    """Wrap the QC report process's ``result`` so that its CPU seconds land in ``cpu``.
-
-    It is joined there, long before the cluster closes: the children reaped until then are the
-    report process alone (the Dask workers are reaped at the cluster's close)."""
-    result = process_class.result
-
-    def timed(self):
-        before = own_cpu_seconds()[1]
-        try:
-            return result(self)
-        finally:
-            cpu.append(own_cpu_seconds()[1] - before)
-    process_class.result = timed
-
-
 def _recording(run, summaries):
     """Wrap ``hpc.run`` so that the ``RunSummary`` it returns (main drops it) is kept."""
     def wrapped(config):
@@ -166,9 +150,6 @@ def child_main(config_path, n_workers, n_threads, backend):
 
     import hpc_prediction
     from stardist_hpc.segment import step as hpc
-    from stardist_hpc.segment.outputs import ReportProcess
-    report_cpu = []
-    _timing_report(ReportProcess, report_cpu)
     baseline = current_rss_mib()
     load = os.getloadavg()[0]
     summaries = []
@@ -180,10 +161,8 @@ def child_main(config_path, n_workers, n_threads, backend):
                                 f"cluster.local.threads_per_worker={n_threads}", "--set",
                                 f"nms.backend={backend}"])
     wall = time.perf_counter() - start
-    # the worker processes are children of the driver, reaped when the cluster closes, as is
-    # the QC report's process (measured on its own)
-    driver_cpu, children_cpu = own_cpu_seconds()
-    worker_cpu = children_cpu - sum(report_cpu)
+    # the worker processes are children of the driver, reaped when the cluster closes
+    driver_cpu, worker_cpu = own_cpu_seconds()
     ours = driver_cpu - driver_before + worker_cpu
     other_cores = (system_busy_seconds() - busy_before - ours) / max(wall, EPSILON_SECONDS)
     if code != 0 or not summaries:
@@ -193,8 +172,7 @@ def child_main(config_path, n_workers, n_threads, backend):
                   n_rounds=summary.n_rounds, n_reruns=summary.n_reruns,
                   seconds=asdict(summary.seconds), wall_seconds=wall,
                   peak_rss_mib=peak_rss_mib(), baseline_rss_mib=baseline,
-                  cpu_seconds=driver_cpu, worker_cpu_seconds=worker_cpu,
-                  report_cpu_seconds=sum(report_cpu), load_1min=load,
+                  cpu_seconds=driver_cpu, worker_cpu_seconds=worker_cpu, load_1min=load,
                   other_cores=other_cores)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
@@ -271,7 +249,7 @@ def print_table(runs):
     header = (f"{'volume':<17}{'wk':>3}{'th':>3}{'nms':>9}{'cand':>7}{'obj':>6}{'wall':>6}"
               f"{'run':>6}"
               + "".join(f"{s[:5]:>6}" for s in STAGES)
-              + f"{'drvCPU':>7}{'wkCPU':>6}{'repCPU':>7}{'load':>5}{'oth':>5}{'base':>5}"
+              + f"{'drvCPU':>7}{'wkCPU':>6}{'load':>5}{'oth':>5}{'base':>5}"
               f"{'peak':>5}")
     print(header)
     print("-" * len(header))
@@ -287,11 +265,11 @@ def print_table(runs):
               f"{r['wall_seconds']:>6.1f}{sum(seconds.values()):>6.1f}"
               + "".join(f"{seconds[s]:>6.1f}" for s in STAGES)
               + f"{r['cpu_seconds']:>7.1f}{r['worker_cpu_seconds']:>6.1f}"
-              f"{r['report_cpu_seconds']:>7.1f}{r['load_1min']:>5.1f}"
+              f"{r['load_1min']:>5.1f}"
               f"{r['other_cores']:>5.1f}"
               f"{r['baseline_rss_mib']:>5.0f}{r['peak_rss_mib']:>5.0f}")
     print("wall: main() incl. cluster start/stop; run: sum of hpc.run's stages (s); drvCPU / "
-          "wkCPU / repCPU: CPU s of the driver / all workers / the QC report's process;\n"
+          "wkCPU: CPU s of the driver (with the QC report) / all workers;\n"
           "load: 1-min load average at the run's start; oth: cores other processes kept busy "
           "during it;\nbase/peak: driver RSS MiB after imports / peak (workers excluded)")
 
@@ -308,13 +286,13 @@ def print_ratios(small, large, serial):
     print(f"parallel efficiency t1/(2*t2), large: {efficiency:.2f} (hpc.run stages: "
           f"{t1:.1f} s vs {t2:.1f} s)  target >= {EFFICIENCY_TARGET}  "
           f"{verdict(efficiency >= EFFICIENCY_TARGET)}")
-    # every CPU-second of the 2-worker run (driver, workers, report) shares the same cores, so
-    # its stages last about cpu / cores at least (cpu includes the cluster's start and stop)
-    cpu = large["cpu_seconds"] + large["worker_cpu_seconds"] + large["report_cpu_seconds"]
+    # every CPU-second of the 2-worker run (driver, workers) shares the same cores, so its
+    # stages last about cpu / cores at least (cpu includes the cluster's start and stop)
+    cpu = large["cpu_seconds"] + large["worker_cpu_seconds"]
     bound = t1 * os.cpu_count() / (WORKERS_PARALLEL * max(cpu, EPSILON_SECONDS))
     print(f"  CPU of the 2-worker run: {cpu:.1f} s (driver {large['cpu_seconds']:.1f}, workers "
           f"{large['worker_cpu_seconds']:.1f} vs {serial['worker_cpu_seconds']:.1f} with 1 "
-          f"worker, report {large['report_cpu_seconds']:.1f}); on {os.cpu_count()} cores its "
+          f"worker); on {os.cpu_count()} cores its "
           f"efficiency can reach about {bound:.2f} at best")
     free = os.cpu_count() - large["other_cores"]
     print(f"  cores other processes left to the 2-worker run: {free:.1f} of {os.cpu_count()}, "

@@ -182,7 +182,8 @@ def test_seam_check_is_one_without_seams_and_shows_duplicates_at_tile_boundaries
 
 
 class _Figures(HTMLParser):
-    """Ids of figures and the images (src) inside each."""
+    """Ids of figures and the panels inside each: ``("svg", None)`` for an inline chart,
+    ``("img", src)`` for a picture."""
 
     def __init__(self):
         super().__init__()
@@ -193,8 +194,8 @@ class _Figures(HTMLParser):
         if tag == "figure":
             self.current = attrs["id"]
             self.figures[self.current] = []
-        elif tag == "img" and self.current is not None:
-            self.figures[self.current].append(attrs["src"])
+        elif tag in ("img", "svg") and self.current is not None:
+            self.figures[self.current].append((tag, attrs.get("src")))
         elif tag == "section":
             self.sections.append(attrs["id"])
 
@@ -221,7 +222,13 @@ def test_report_has_every_figure_embedded(measured_run):
     report = _parse(folder / "report.html")
     assert report.sections == ["summary", *FIGURES, *MEASURE_FIGURES]
     assert list(report.figures) == [f"fig-{name}" for name in (*FIGURES, *MEASURE_FIGURES)]
-    assert all(len(srcs) == 1 and _is_png(srcs[0]) for srcs in report.figures.values())
+    kinds = {name: [tag for tag, _ in panels] for name, panels in report.figures.items()}
+    assert kinds == {"fig-projections": ["img"] * 3, "fig-objects": ["svg"] * 2,
+                     "fig-tiles": ["svg"] * 3, "fig-seams": ["svg"], "fig-times": ["svg"] * 2,
+                     "fig-planes": ["img"] * len(kinds["fig-planes"]),
+                     "fig-intensities": ["svg"] * 2}
+    assert kinds["fig-planes"] and all(
+        _is_png(src) for panels in report.figures.values() for tag, src in panels if src)
     assert "http" not in (folder / "report.html").read_text().replace("http-equiv", "")
 
 
@@ -271,22 +278,3 @@ def test_measure_section_is_checked_at_start_up(tmp_path, nuclei_candidates, mea
 def test_intensity_columns_are_documented():
     text = (Path(__file__).parents[1] / "doc" / "file_formats.md").read_text()
     assert [s for s in STATISTICS if f"`{column_name(s, '{c}')}`" not in text] == []
-
-
-def test_report_process_errors_reach_the_driver_and_stop_ends_it():
-    """The report's own process: a bug comes back with its traceback, a process that dies is
-    one line with its exit code, and stop() ends a process still waiting or at work."""
-    from stardist_hpc.segment.outputs import ReportProcess
-    broken = ReportProcess()
-    broken.write(("too", "few"))   # write_report takes five arguments
-    with pytest.raises(RuntimeError, match="(?s)the QC report failed:.*TypeError"):
-        broken.result()
-    broken.stop()
-    killed = ReportProcess()
-    killed._process.kill()   # as the kernel's OOM killer would
-    with pytest.raises(UserError, match="report's process ended with exit code -9"):
-        killed.result()
-    killed.stop()
-    waiting = ReportProcess()
-    waiting.stop()
-    assert waiting._process.exitcode is not None

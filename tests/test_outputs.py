@@ -2,9 +2,6 @@
 chunks (issue #12, items 1-4)."""
 import csv
 import json
-import pickle
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -17,7 +14,6 @@ from stardist_hpc.io.candidate_checks import HEADER_CHECKSUM, header_checksum
 from stardist_hpc.io.candidates import CandidateFile
 from stardist_hpc.io.ome_zarr import plan_levels
 from stardist_hpc.io.voxel_size import UNKNOWN, VoxelSize, read_voxel_size
-from stardist_hpc.segment.outputs import ReportProcess
 from stardist_hpc.synthetic import demo_candidate_file
 
 VOXEL = (2.0, 0.5, 0.25)
@@ -156,26 +152,6 @@ def test_outputs_can_be_skipped(tmp_path, dask_client):
 
 
 VOLUME = np.zeros((4, 8, 8), np.uint8)
-
-
-def test_the_report_s_arguments_unpickle_without_the_nms(tmp_path, dask_client, monkeypatch):
-    """The report's process receives the run's records pickled; unpickling imports the module
-    of each: none may bring the NMS's numba and SciPy (~0.9 CPU-s at the end of every run)."""
-    sent = tmp_path / "report_arguments.pkl"
-    write = ReportProcess.write
-
-    def keeping(self, arguments):
-        sent.write_bytes(pickle.dumps(arguments))
-        write(self, arguments)
-    monkeypatch.setattr(ReportProcess, "write", keeping)
-    candidates = demo_candidate_file(tmp_path / "prediction.h5", n_nuclei=3)
-    segment_candidates(candidates, tmp_path / "label.h5", tile_shape=(None, 24, 24),
-                       client=dask_client, show_progress=False)
-    code = (f"import pickle, sys; pickle.loads(open({str(sent)!r}, 'rb').read()); "
-            "print(sorted(m for m in ('numba', 'scipy') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
-    assert result.stdout.strip() == "[]"
 
 
 def test_voxel_size_of_imagej_and_ome_tiff(tmp_path):

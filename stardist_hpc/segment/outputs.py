@@ -1,5 +1,4 @@
-"""The HPC step's outputs beside label.h5: the OME-Zarr pyramid (tasks), the tables and the
-QC report (a process of its own that writes it while the pyramid is written).
+"""The HPC step's outputs beside label.h5: the OME-Zarr pyramid (tasks) and the tables.
 
 The OME-Zarr store is written by tasks on the cluster, level by level (level 0 from the
 rendered chunks' own bytes, every coarser level from the finer one, block by block), into
@@ -9,15 +8,10 @@ written. The driver holds only the coordinates of the chunks written.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 import shutil
-import signal
-import traceback
 
 import numpy as np
 
-from ..errors import UserError
 from ..io.atomic import remove_stale_temporaries, remove_temporaries_below
 from ..io.ome_zarr import (
     OLD_SUFFIX,
@@ -100,88 +94,8 @@ def write_tables(params: SegmentParams, objects):
         write_parquet(params.objects_parquet, columns)
 
 
-class ReportProcess:
-    """The QC report (:func:`.report.write_report`), written by a process of its own.
-
-    Not a task: matplotlib holds the GIL for seconds, which would stall the other tasks of a
-    worker that runs threads. Not a thread of the driver: its import would stay in the
-    driver's memory. The process starts (and imports matplotlib) when the run starts, and
-    writes the report when :meth:`write` hands it the run's results, while the other outputs
-    are written. It runs at the lowest CPU priority (:data:`REPORT_NICENESS`), and it ignores
-    Ctrl-C; the driver stops it (:meth:`stop`).
-    """
-
-    def __init__(self):
-        # spawned, not forked: the driver runs a Dask client's threads
-        context = multiprocessing.get_context("spawn")
-        self._outcome, sending = context.Pipe(duplex=False)
-        receiving, self._arguments = context.Pipe(duplex=False)
-        self._process = context.Process(target=_write_report, args=(receiving, sending),
-                                        name="QC report", daemon=True)
-        self._process.start()
-        sending.close()
-        receiving.close()
-
-    def write(self, arguments):
-        """Start writing the report of ``arguments`` (those of :func:`.report.write_report`)."""
-        self._arguments.send(arguments)
-
-    def result(self):
-        """Wait for the report; raise what stopped it."""
-        try:
-            failure = self._outcome.recv()
-        except EOFError:   # the process ended without a word: killed, or out of memory
-            self._process.join()
-            failure = UserError(f"the QC report's process ended with exit code "
-                                f"{self._process.exitcode} before writing the report")
-        self._process.join()
-        if failure is not None:
-            raise failure
-
-    def stop(self):
-        """End the process, whether or not it is done (after Ctrl-C or another stage's error)."""
-        if self._process.is_alive():
-            self._process.terminate()
-        self._process.join()
-        self._outcome.close()
-        self._arguments.close()
-
-
-#: niceness of the report process. Its imports (matplotlib: about 1.5 CPU-seconds) overlap the
-#: NMS tasks; with local workers on every core they took that time from the workers (2 workers
-#: on 2 cores: the report process used 1.5 of the 5.1 CPU-seconds of a 2.7 s NMS stage). At the
-#: lowest priority it runs on what the workers leave idle, and the driver waits for it only
-#: at the end.
-REPORT_NICENESS = 19
-
-
-class _ReportFailed(RuntimeError):
-    """A report process's unexpected error, with the traceback it had there."""
-
-
-def _write_report(receiving, sending):
-    """The report process: import, wait for the arguments, write the report, send back None
-    or what stopped it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the driver's to handle
-    os.nice(REPORT_NICENESS)
-    from .report import write_report
-    try:
-        arguments = receiving.recv()
-    except EOFError:   # the run ended before its report
-        return
-    try:
-        write_report(*arguments)
-    except UserError as error:
-        sending.send(error)
-    except Exception:   # a bug: the driver shows its traceback
-        sending.send(_ReportFailed(f"the QC report failed:\n{traceback.format_exc()}"))
-    else:
-        sending.send(None)
-    finally:
-        sending.close()
-
-
 def publish_outputs(params: SegmentParams):
-    """Rename the complete OME-Zarr store into place: the run's last step."""
+    """Rename the complete OME-Zarr store into place, after label.h5 and the tables (only the
+    QC report follows)."""
     if params.ome_zarr_path is not None:
         publish_store(temporary_store(params.ome_zarr_path), params.ome_zarr_path)

@@ -1,4 +1,5 @@
-"""The QC report of an HPC-step run: one self-contained HTML file with embedded PNG figures.
+"""The QC report of an HPC-step run: one self-contained HTML file, its figures inline SVG charts
+and embedded PNG pictures (:mod:`.charts`).
 
 Written by the driver at the end of every run (``output.report``), from what it holds anyway:
 the objects table of ``label.h5``, the previews the labeling tasks made (:mod:`.preview`), the
@@ -21,42 +22,31 @@ in two at a seam show as an excess (> 1), objects lost at seams as a deficit.
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import math
 import time
 from pathlib import Path
 
 import numpy as np
-from matplotlib.colors import hsv_to_rgb
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from .. import __version__
 from ..geometry.tiling import Grid
 from ..io.atomic import atomic_path
 from ..io.label_file import read_objects
+from . import charts
 from .preview import preview_steps
 
 #: figure ids, always present / present with ``measure.image``.
 FIGURES = ("projections", "objects", "tiles", "seams", "times")
 MEASURE_FIGURES = ("planes", "intensities")
-#: resolution of the embedded PNGs: sharp on screen, ~100 kB per figure.
-DPI = 90
-#: zlib level of the figures' PNGs: level 1 writes the report's figures in about half the time
-#: of the default 6, for files about 20% larger.
-PNG_COMPRESSION = 1
-#: width of a figure in inches (at DPI, about the width of a laptop browser window).
-FIGURE_WIDTH = 12
-#: figure margins and the space between panels (fractions of the figure).
-MARGINS = dict(left=0.07, right=0.97, bottom=0.16, top=0.9, wspace=0.35)
 #: histogram bins.
 N_BINS = 50
 #: golden-ratio hue step: consecutive ids get well separated colours.
 HUE_STEP = (math.sqrt(5) - 1) / 2
 #: saturation and value of label colours (background stays black).
 LABEL_SATURATION, LABEL_VALUE = 0.75, 1.0
+#: colour of label outlines drawn on image planes.
+OUTLINE_COLOUR = (1.0, 0.2, 0.2)
 #: percentiles of an image plane mapped to black and white.
 DISPLAY_PERCENTILES = (1.0, 99.8)
 #: image voxels read at once when sampling a plane (bounds the driver's memory).
@@ -68,7 +58,7 @@ CSS = """body{font-family:sans-serif;max-width:1120px;margin:1em auto;color:#222
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:1.5em}
 table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:2px 8px;
 text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
-figure{margin:.5em 0}img{max-width:100%}figcaption,p.note{font-size:.85em;color:#555}"""
+figure{margin:.5em 0}figcaption,p.note{font-size:.85em;color:#555}""" + charts.CSS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,11 +66,14 @@ figure{margin:.5em 0}img{max-width:100%}figcaption,p.note{font-size:.85em;color:
 
 
 def label_colours(labels):
-    """RGB image of a label array: black background, a distinct colour per id."""
-    hue = (labels.astype(np.float64) * HUE_STEP) % 1.0
-    hsv = np.stack([hue, np.full(hue.shape, LABEL_SATURATION),
-                    np.where(labels > 0, LABEL_VALUE, 0.0)], axis=-1)
-    return hsv_to_rgb(hsv)
+    """RGB image (uint8) of a label array: black background, a distinct colour per id."""
+    # the colours of the ids present, then one look-up per pixel: a few bytes per pixel
+    ids, pixel_ids = np.unique(labels, return_inverse=True)
+    hsv = np.stack([(ids.astype(np.float64) * HUE_STEP) % 1.0,
+                    np.full(len(ids), LABEL_SATURATION),
+                    np.where(ids > 0, LABEL_VALUE, 0.0)], axis=-1)
+    palette = charts.to_bytes(charts.hsv_to_rgb(hsv))
+    return palette[pixel_ids.reshape(labels.shape)]
 
 
 def outlines(labels):
@@ -181,21 +174,7 @@ def image_planes(spec, image_shape, positions):
 
 
 # ---------------------------------------------------------------------------------------------
-# figures
-
-
-def _png(figure):
-    """The figure as a base64 PNG."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, pil_kwargs={"compress_level": PNG_COMPRESSION})
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _figure(n_panels, height):
-    figure = Figure(figsize=(FIGURE_WIDTH, height))
-    # fixed margins: a tight layout would draw every figure twice more
-    figure.subplots_adjust(**MARGINS)
-    return figure, figure.subplots(1, n_panels, squeeze=False)[0]
+# figures: each a list of panels (:mod:`.charts`)
 
 
 def _aspect(steps, vertical, horizontal):
@@ -205,110 +184,70 @@ def _aspect(steps, vertical, horizontal):
 
 def projections_figure(previews):
     steps = previews.steps
-    figure, axes = _figure(3, 4.5)
     views = (("z", "max over z (y down, x across)", 1, 2),
              ("y", "max over y (z down, x across)", 0, 2),
              ("x", "max over x (z down, y across)", 0, 1))
-    for ax, (along, title, vertical, horizontal) in zip(axes, views):
-        ax.imshow(label_colours(previews.projections[along]), interpolation="nearest",
-                  aspect=_aspect(steps, vertical, horizontal))
-        ax.set_title(title, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return figure
+    return [charts.picture(label_colours(previews.projections[along]), title,
+                           _aspect(steps, vertical, horizontal), len(views))
+            for along, title, vertical, horizontal in views]
 
 
 def objects_figure(objects):
-    figure, (volume_ax, prob_ax) = _figure(2, 3.5)
     counts = objects["voxel_count"][objects["voxel_count"] > 0]
-    if len(counts):
-        bins = np.geomspace(max(1, counts.min()), max(2, counts.max()), N_BINS)
-        volume_ax.hist(counts, bins=bins, color="tab:blue")
-        volume_ax.set_xscale("log")
-        volume_ax.xaxis.set_minor_formatter(NullFormatter())
-    volume_ax.set(xlabel="voxels per object", ylabel="objects",
-                  title=f"object volume ({len(objects) - len(counts)} without voxels)")
-    prob_ax.hist(objects["prob"], bins=N_BINS, color="tab:orange")
-    prob_ax.set(xlabel="prob", ylabel="objects", title="object probability")
-    return figure
+    return [charts.histogram(counts, f"object volume ({len(objects) - len(counts)} without "
+                                     "voxels)", "voxels per object", bins=N_BINS, log_x=True,
+                             n_panels=2),
+            charts.histogram(objects["prob"], "object probability", "prob", bins=N_BINS,
+                             colour="orange", n_panels=2)]
 
 
-def _map(ax, values, title, kind="tile"):
-    image = ax.imshow(values, cmap="viridis", interpolation="nearest")
-    ax.set_title(title, fontsize=10)
-    ax.set(xlabel=f"{kind} x", ylabel=f"{kind} y")
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_locator(MaxNLocator(integer=True))
-    if values.size <= MAX_ANNOTATED:
-        bright = image.norm(values) > BRIGHT
-        for (y, x), value in np.ndenumerate(values):
-            ax.text(x, y, f"{value:.3g}", ha="center", va="center", fontsize=8,
-                    color="k" if bright[y, x] else "w")
-    ax.figure.colorbar(image, ax=ax, shrink=0.8)
-
-
-#: tile maps with at most this many cells have their values written in, in black on cells
-#: brighter than this fraction of the colour scale (viridis turns yellow), else in white.
-MAX_ANNOTATED = 64
-BRIGHT = 0.6
+def _map(values, title, kind="tile", n_panels=3):
+    return charts.heat_map(values, title, f"{kind} x", f"{kind} y", n_panels)
 
 
 def tiles_figure(objects, grid, nms):
-    figure, axes = _figure(3, 3.8)
-    depth = f" (summed over {grid.counts[0]} tiles along z)" if grid.counts[0] > 1 else ""
-    _map(axes[0], _per_tile(objects_per_tile(objects, grid), grid), "objects per tile" + depth)
-    _map(axes[1], _per_tile(dict(enumerate(nms.tile_reruns)), grid), "NMS reruns per tile")
-    _map(axes[2], _per_tile(dict(enumerate(nms.tile_seconds)), grid),
-         "NMS kernel seconds per tile")
-    return figure
+    depth = f" (summed over {grid.counts[0]} along z)" if grid.counts[0] > 1 else ""
+    return [_map(_per_tile(objects_per_tile(objects, grid), grid), "objects per tile" + depth),
+            _map(_per_tile(dict(enumerate(nms.tile_reruns)), grid), "NMS reruns per tile"),
+            _map(_per_tile(dict(enumerate(nms.tile_seconds)), grid),
+                 "NMS kernel seconds per tile")]
 
 
 def seams_figure(rows):
-    figure, (ax,) = _figure(1, 3.2)
-    if rows:
-        names = [f"{r['family']} {r['axis']}\n(every {r['period']})" for r in rows]
-        excess = [r["excess"] for r in rows]
-        error = [0 if np.isnan(r["error"]) else r["error"] for r in rows]
-        ax.bar(names, excess, yerr=error, capsize=4,
-               color=["tab:blue" if r["family"] == "tile" else "tab:green" for r in rows])
-    ax.axhline(1.0, color="k", lw=1, ls="--")
-    ax.set(ylabel="objects meeting boundaries /\nobjects meeting controls",
-           title="seam check (1 = no seam effect; > 1 excess at boundaries)")
-    return figure
+    return [charts.bars([f"{r['family']} {r['axis']}\n(every {r['period']})" for r in rows],
+                        [r["excess"] for r in rows],
+                        "seam check (1 = no seam effect; > 1 excess at boundaries)",
+                        "boundary / control objects",
+                        errors=[0 if np.isnan(r["error"]) else r["error"] for r in rows],
+                        colours=["blue" if r["family"] == "tile" else "green" for r in rows],
+                        reference=1.0)]
 
 
 def times_figure(seconds, chunk_grid, chunk_seconds):
-    figure, (stage_ax, chunk_ax) = _figure(2, 3.5)
     stages = {name: getattr(seconds, name) for name in ("index", "nms", "gather", "labeling",
                                                          "write")}
-    stage_ax.bar(list(stages), list(stages.values()), color="tab:purple")
-    stage_ax.set(ylabel="seconds (wall clock)", title="seconds per stage")
-    _map(chunk_ax, _per_tile(chunk_seconds, chunk_grid),
-         "labeling task seconds per chunk (render + measure)", "chunk")
-    return figure
+    return [charts.bars(list(stages), list(stages.values()), "seconds per stage",
+                        "seconds (wall clock)", colours=["purple"] * len(stages), n_panels=2),
+            _map(_per_tile(chunk_seconds, chunk_grid),
+                 "labeling task seconds per chunk (render + measure)", "chunk", n_panels=2)]
 
 
 def planes_figure(planes, label_planes, steps):
-    figure, axes = _figure(len(planes), 4.0)
-    for ax, (z, image) in zip(axes, planes.items()):
+    panels = []
+    for z, image in planes.items():
         lo, hi = np.percentile(image, DISPLAY_PERCENTILES)
-        grey = np.clip((image - lo) / max(hi - lo, np.finfo(float).tiny), 0, 1)
+        grey = charts.to_bytes((image - lo) / max(hi - lo, np.finfo(float).tiny))
         rgb = np.repeat(grey[..., None], 3, axis=-1)
-        rgb[outlines(label_planes[z])] = (1.0, 0.2, 0.2)
-        ax.imshow(rgb, interpolation="nearest", aspect=_aspect(steps, 1, 2))
-        ax.set_title(f"plane z = {z}", fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return figure
+        rgb[outlines(label_planes[z])] = charts.to_bytes(OUTLINE_COLOUR)
+        panels.append(charts.picture(rgb, f"plane z = {z}", _aspect(steps, 1, 2),
+                                     len(planes)))
+    return panels
 
 
 def intensities_figure(columns):
-    figure, axes = _figure(len(columns), 3.2)
-    for ax, (channel, stats) in zip(axes, columns.items()):
-        mean = stats["mean"][np.isfinite(stats["mean"])]
-        ax.hist(mean, bins=N_BINS, color="tab:red")
-        ax.set(xlabel="mean intensity", ylabel="objects", title=f"channel {channel}")
-    return figure
+    return [charts.histogram(stats["mean"], f"channel {channel}", "mean intensity",
+                             bins=N_BINS, colour="red", n_panels=len(columns))
+            for channel, stats in columns.items()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,11 +262,9 @@ def _table(rows, header=None):
     return f"<table>{''.join(cells)}</table>"
 
 
-def _section(name, title, figure, text=""):
-    png = _png(figure)
+def _section(name, title, panels, text=""):
     return (f'<section id="{name}"><h2>{html.escape(title)}</h2>{text}'
-            f'<figure id="fig-{name}"><img alt="{html.escape(title)}" '
-            f'src="data:image/png;base64,{png}"></figure></section>')
+            f'<figure id="fig-{name}">{charts.row(panels)}</figure></section>')
 
 
 def _summary(params, summary, n_tiles, n_chunks, extras):

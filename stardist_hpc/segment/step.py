@@ -59,9 +59,10 @@ from .chunk_extras import collect_extras, extras_done, intensity_tables
 from .cluster import check_cluster, run_tasks, start_cluster
 from .measure import resolve_measure
 from .nms import final_results, gather_tiles, plan_tiles, resolve_halo, run_rounds
-from .outputs import ReportProcess, ome_zarr_stage, publish_outputs, write_tables
+from .outputs import ome_zarr_stage, publish_outputs, write_tables
 from .params import CHECKPOINTS, INDEXED_INPUT, SETTING_CHECKPOINTS, SegmentParams
 from .render import batch_chunks, chunk_tasks, render_chunks
+from .report import write_report
 from .summary import RunSummary, StageSeconds
 
 log = logging.getLogger(__name__)
@@ -336,17 +337,10 @@ def _outputs_stage(params, chunk_indices, objects, execute):
     publish_outputs(params)
 
 
-def _outputs_and_report(params, report, writing, chunk_indices, objects, execute, seconds):
-    """The outputs stage, with the QC report (``report``: the arguments of
-    :func:`.report.write_report`, or None) written beside it by ``writing``."""
-    if writing is not None:
-        writing.write(report)
-    with _timed(seconds, "outputs"):
-        _outputs_stage(params, chunk_indices, objects, execute)
-    with _timed(seconds, "report"):
-        if writing is not None:
-            writing.result()
-            log.info("wrote the QC report %s", report[0])
+def _report_stage(report_path, params, summary, extras, nms_summary):
+    """Write the QC report (its charts take the driver milliseconds: :mod:`.charts`)."""
+    write_report(report_path, params, summary, extras, nms_summary)
+    log.info("wrote the QC report %s", report_path)
 
 
 def _class_probabilities_by_id(params, survivors, ids):
@@ -381,25 +375,6 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
     RunSummary
     """
     seconds = StageSeconds() if seconds is None else seconds
-    with _report_process(report_path) as writing:
-        return _stages(params, execute, seconds, show_progress, report_path, writing)
-
-
-@contextlib.contextmanager
-def _report_process(report_path):
-    """The process that will write the QC report (None without one), started now so that its
-    imports are done by the time the report is written; stopped in the end, whatever
-    happened (after Ctrl-C or an error, the report is not waited for)."""
-    writing = None if report_path is None else ReportProcess()
-    try:
-        yield writing
-    finally:
-        if writing is not None:
-            writing.stop()
-
-
-def _stages(params, execute, seconds, show_progress, report_path, writing):
-    """The stages of :func:`segment`."""
     plans = plan_tiles(params.image_shape, params.tile_shape, params.halo)
     with _timed(seconds, "nms"):
         nms_summary = _nms_stage(params, plans, execute)
@@ -415,10 +390,13 @@ def _stages(params, execute, seconds, show_progress, report_path, writing):
     summary = RunSummary(n_candidates, len(survivors), nms_summary.n_rounds,
                          nms_summary.n_reruns, seconds, params.label_path,
                          (nms_summary.first_pass, nms_summary.reruns))
-    report = (None if report_path is None else
-              (report_path, params, summary._replace(seconds=replace(seconds)), extras,
-               nms_summary))
-    _outputs_and_report(params, report, writing, chunk_indices, objects, execute, seconds)
+    # the report shows the seconds up to label.h5 (a copy: the outputs' are added below)
+    reported = summary._replace(seconds=replace(seconds))
+    with _timed(seconds, "outputs"):
+        _outputs_stage(params, chunk_indices, objects, execute)
+    if report_path is not None:
+        with _timed(seconds, "report"):
+            _report_stage(report_path, params, reported, extras, nms_summary)
     return summary
 
 

@@ -1,8 +1,7 @@
 """What a run reports: its counts and seconds per stage, and how the NMS rounds went.
 
-Plain records without the stages' imports: the QC report's process receives them pickled, and
-unpickling imports the module that defines each (the NMS module would bring numba and SciPy,
-about 0.9 CPU-seconds taken from the workers at the end of every run).
+Plain records without the stages' imports, so that the QC report (:mod:`.report`) and the
+Python API's callers can use them without loading the NMS (numba, SciPy).
 """
 from __future__ import annotations
 
