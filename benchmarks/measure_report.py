@@ -69,18 +69,18 @@ def child_main(variant, candidates, image, run_dir):
 
     from stardist_hpc import segment_candidates
     from stardist_hpc.config import LocalClusterSection
-    from stardist_hpc.segment import step
+    from stardist_hpc.segment.chunk_extras import ExtrasCollector
     from stardist_hpc.segment.cluster import local_cluster_kwargs
     run_dir = Path(run_dir)
     options = (dict(report=None) if variant == "plain" else
                dict(measure={"image": image, "axes": "CZYX", "channels": "all"}))
     collected = {}
-    collect = step.collect_extras
+    summary_of = ExtrasCollector.summary
 
-    def recording(*args):
-        collected["extras"] = collect(*args)
+    def recording(collector):
+        collected["extras"] = summary_of(collector)
         return collected["extras"]
-    step.collect_extras = recording
+    ExtrasCollector.summary = recording
     kwargs = local_cluster_kwargs(LocalClusterSection(n_workers=N_WORKERS, threads_per_worker=1))
     with distributed.LocalCluster(**kwargs) as cluster, distributed.Client(cluster) as client:
         started = time.perf_counter()

@@ -16,8 +16,11 @@ from skimage.measure import regionprops_table
 from stardist_hpc.config import HpcConfig, load
 from stardist_hpc.errors import UserError
 from stardist_hpc.geometry.tiling import Grid
+from stardist_hpc.io.checkpoint import load_record
+from stardist_hpc.io.chunks import ChunkStats, chunk_files
 from stardist_hpc.io.intensities import STATISTICS, column_name
 from stardist_hpc.segment import step as hpc
+from stardist_hpc.segment.chunk_extras import ChunkExtras, ExtrasCollector, RenderedChunk
 from stardist_hpc.segment.measure import ChunkIntensities, IntensityMerge
 from stardist_hpc.segment.preview import PreviewMerge, preview_chunk, preview_steps
 from stardist_hpc.segment.report import FIGURES, MEASURE_FIGURES, seam_table
@@ -215,6 +218,40 @@ def _is_png(src):
     prefix = "data:image/png;base64,"
     return src.startswith(prefix) and base64.b64decode(src[len(prefix):]).startswith(
         PNG_SIGNATURE)
+
+
+def _rendered_chunk(params, index):
+    """The RenderedChunk a labeling task returned of chunk ``index``, from its checkpoint."""
+    path = chunk_files(params.chunk_dir, index).stats
+    stats = load_record(path, ChunkStats)
+    return RenderedChunk(index, load_record(path, ChunkExtras), stats.ids, stats.voxel_count)
+
+
+def test_extras_merge_in_chunk_order_whatever_order_the_tasks_finish(measured_run,
+                                                                     nuclei_candidates):
+    """The driver merges each chunk's extras as the labeling tasks finish (from their
+    results, or from the checkpoints of chunks rendered before), but always in chunk order:
+    the float sums, and so the intensity table, do not depend on the finish."""
+    folder = measured_run[0]
+    config = _config(folder, nuclei_candidates, image=str(folder / "image.tif"), axes="CZYX")
+    with h5py.File(folder / "label.h5", "r") as f:
+        n_objects = len(f["objects"])
+    params = hpc.resolve_params(config, hpc.CandidateFile(nuclei_candidates))
+    indices = sorted(int(p.stem) for p in params.chunk_dir.glob("*.npz"))
+    from_checkpoints = ExtrasCollector(params, indices, n_objects)
+    from_checkpoints.rendered_before(indices)
+    backwards = ExtrasCollector(params, indices, n_objects)
+    results = [_rendered_chunk(params, index) for index in indices]   # as the tasks return
+    for result in reversed(results[1:]):
+        backwards.rendered([result])
+    with pytest.raises(RuntimeError, match=f"chunk {indices[0]}'s extras were not merged"):
+        backwards.summary()
+    backwards.rendered(results[:1])
+    merged = [collector.summary() for collector in (from_checkpoints, backwards)]
+    for name in ("count", "sum", "mean", "m2", "min", "max"):
+        assert np.array_equal(getattr(merged[0].intensities, name),
+                              getattr(merged[1].intensities, name))
+    assert merged[0].render_seconds == merged[1].render_seconds
 
 
 def test_report_has_every_figure_embedded(measured_run):

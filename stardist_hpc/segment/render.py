@@ -38,7 +38,7 @@ from ..io.checkpoint import save_record, write_bytes
 from ..io.chunks import NO_LABELS, ChunkIdentity, chunk_files, chunk_stats, compress_storage_chunks
 from ..io.input_pin import check_pinned
 from ..io.survivors import SurvivorFile
-from .chunk_extras import chunk_extras
+from .chunk_extras import RenderedChunk, chunk_extras
 from .params import MIN_TASKS, SegmentParams
 
 #: a half-space as stored: normal (z, y, x) and offset.
@@ -245,7 +245,8 @@ def batch_chunks(grid):
 
 
 def render_chunks(params: SegmentParams, tasks):
-    """Task: render a batch of chunks (see :func:`render_chunk`); returns their indices."""
+    """Task: render a batch of chunks (see :func:`render_chunk`); returns their
+    RenderedChunks."""
     return [render_chunk(params, task) for task in tasks]
 
 
@@ -257,8 +258,8 @@ def render_chunk(params: SegmentParams, task: ChunkTask):
 
     Returns
     -------
-    int
-        The chunk index.
+    RenderedChunk
+        The chunk's extras, object ids and voxel counts, for the driver's ExtrasCollector.
     """
     check_pinned(params.candidate_pin)   # the survivors were found in it
     started = time.perf_counter()
@@ -274,4 +275,4 @@ def render_chunk(params: SegmentParams, task: ChunkTask):
         write_bytes(files.labels, compressed)
         crc = zlib.crc32(compressed)
     save_record(files.stats, stats, extras, stored, ChunkIdentity(task.index, crc))
-    return task.index
+    return RenderedChunk(task.index, extras, stats.ids, stats.voxel_count)

@@ -311,7 +311,7 @@ def write_report(path, params, summary, extras, nms):
     params : SegmentParams
     summary : RunSummary
     extras : ChunkSummary
-        Previews, intensities and chunk seconds (:func:`.chunk_extras.collect_extras`).
+        Previews, intensities and chunk seconds (:class:`.chunk_extras.ExtrasCollector`).
     nms : NmsSummary
         The NMS rounds' reruns and seconds per tile.
     """

@@ -55,7 +55,7 @@ from ..io.path_guard import check_outputs_apart
 from ..io.run_lock import WORK_DIR_LOCK, lock_path_of, run_lock
 from ..io.survivors import SurvivorFile, intact_survivor_file, write_survivor_table
 from ..io.tables import check_parquet
-from .chunk_extras import collect_extras, extras_done, intensity_tables
+from .chunk_extras import ExtrasCollector, extras_done, intensity_tables
 from .cluster import check_cluster, run_tasks, start_cluster
 from .measure import resolve_measure
 from .nms import final_results, gather_tiles, plan_tiles, resolve_halo, run_rounds
@@ -270,7 +270,8 @@ def _by_batch(params, items, index):
 
 
 def _labeling_stage(params, survivors, execute):
-    """Render every chunk that some survivor meets; returns the rendered chunk indices."""
+    """Render every chunk that some survivor meets; returns the rendered chunk indices and
+    their ChunkSummary (merged as the tasks finish)."""
     bbox_lo, bbox_hi = survivors.read_columns("bbox_lo", "bbox_hi")
     tasks = chunk_tasks(bbox_lo, bbox_hi, _chunk_grid(params))
     missing = [task for task in tasks if not (
@@ -278,9 +279,12 @@ def _labeling_stage(params, survivors, execute):
     log.info("labeling (%s): %d chunk(s) of %s hold objects, %d to render",
              params.labeling_backend, len(tasks), params.chunk_shape, len(missing))
     arguments = [(params, batch) for batch in _by_batch(params, missing, lambda t: t.index)]
-    for _ in execute(render_chunks, arguments, "labeling"):
-        pass
-    return [task.index for task in tasks]
+    chunk_indices = [task.index for task in tasks]
+    extras = ExtrasCollector(params, chunk_indices, len(survivors))
+    extras.rendered_before(set(chunk_indices) - {task.index for task in missing})
+    for rendered in execute(render_chunks, arguments, "labeling"):
+        extras.rendered(rendered)
+    return chunk_indices, extras.summary()
 
 
 def _provenance(params):
@@ -309,12 +313,12 @@ def _label_file_bytes(params, chunk_indices, n_objects, tables):
     return chunk_bytes + table_bytes + METADATA_BYTES
 
 
-def _write_stage(params, survivors, chunk_indices, show_progress):
-    """Write label.h5 and the intensity table beside it; returns the chunks' ChunkSummary."""
+def _write_stage(params, survivors, chunk_indices, extras, show_progress):
+    """Write label.h5 and the intensity table beside it (``extras``: the chunks'
+    ChunkSummary); returns the objects table."""
     ids, prob = survivors.read_columns("ids", "prob")
     prob_by_id = np.empty(len(ids), np.float32)
     prob_by_id[ids.astype(np.int64) - 1] = prob
-    extras = collect_extras(params, chunk_indices, len(ids))
     tables = intensity_tables(extras)
     remove_stale_temporaries(params.label_path)
     check_free_space(params.label_path,
@@ -326,7 +330,7 @@ def _write_stage(params, survivors, chunk_indices, show_progress):
                                tables=tables)
     for path, table in zip(_beside_labels(params.label_path, tables), tables.values()):
         write_tsv(path, table)
-    return objects, extras
+    return objects
 
 
 def _outputs_stage(params, chunk_indices, objects, execute):
@@ -381,12 +385,12 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
     with _timed(seconds, "gather"):
         survivors = _gather_stage(params, plans, nms_summary, execute)
     with _timed(seconds, "labeling"):
-        chunk_indices = _labeling_stage(params, survivors, execute)
+        chunk_indices, extras = _labeling_stage(params, survivors, execute)
     # the last look at the inputs before a file appears at the final path
     n_candidates = verify_pinned(params.candidate_pin).n_candidates
     _check_source_unchanged(params)
     with _timed(seconds, "write"):
-        objects, extras = _write_stage(params, survivors, chunk_indices, show_progress)
+        objects = _write_stage(params, survivors, chunk_indices, extras, show_progress)
     summary = RunSummary(n_candidates, len(survivors), nms_summary.n_rounds,
                          nms_summary.n_reruns, seconds, params.label_path,
                          (nms_summary.first_pass, nms_summary.reruns))
