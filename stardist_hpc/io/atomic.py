@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from .disk_space import reporting_disk_full
@@ -27,11 +28,47 @@ def _fsync(path, flags=os.O_RDONLY):
         os.close(fd)
 
 
+def _fsync_directory(directory):
+    _fsync(directory, os.O_RDONLY | os.O_DIRECTORY)
+
+
+#: per thread, the directories whose sync :func:`directories_synced_once` defers (or None).
+_deferred = threading.local()
+
+
 def publish(tmp_path, path):
-    """Rename the complete file ``tmp_path`` to ``path``, durably (file and directory synced)."""
+    """Rename the complete file ``tmp_path`` to ``path``, durably (file and directory synced;
+    the directory at the end of an enclosing :func:`directories_synced_once`)."""
     _fsync(tmp_path)
     os.replace(tmp_path, path)
-    _fsync(Path(path).parent, os.O_RDONLY | os.O_DIRECTORY)
+    pending = getattr(_deferred, "directories", None)
+    if pending is None:
+        _fsync_directory(Path(path).parent)
+    else:
+        pending.add(Path(path).parent)
+
+
+@contextlib.contextmanager
+def directories_synced_once():
+    """Within the block, :func:`publish` syncs each file but not its directory; each directory
+    is synced once when the block succeeds.
+
+    For a task that publishes many files into a few directories (a labeling task: two files
+    per chunk): when it returns, its renames are as durable as with a sync per file, for half
+    the syncs (each ~0.3 ms on a local disk, more on a cluster filesystem). A crash before the
+    end may lose some of the renames, never a file's contents: what is missing is redone.
+    """
+    outer = getattr(_deferred, "directories", None)
+    _deferred.directories = pending = set()
+    try:
+        yield
+    finally:
+        _deferred.directories = outer
+    for directory in sorted(pending):
+        if outer is None:
+            _fsync_directory(directory)
+        else:   # an enclosing block syncs it
+            outer.add(directory)
 
 
 @contextlib.contextmanager

@@ -36,7 +36,6 @@ from typing import Any, Callable
 import h5py
 import numpy as np
 import tifffile
-import zarr
 
 from ..config import MISSING_CHUNKS_ERROR
 from ..errors import UserError, did_you_mean
@@ -343,6 +342,7 @@ def _check_tiff_length(path):
 
 def _open_tiff_zarr(path, image):
     """View a TIFF file through zarr: only the tiles or strips of a region are decoded."""
+    import zarr  # only where an image is read: the HPC step's workers need it only to measure
     store = tifffile.imread(path, aszarr=True, level=0)  # level 0: full resolution of a pyramid
     with _closing_on_error(store.close):
         array = zarr.open(store, mode="r")
@@ -374,6 +374,7 @@ def _h5_datasets(file):
 
 def _open_zarr(path, image):
     """Open a zarr array, or the array of a zarr group named by ``image.dataset``."""
+    import zarr  # see _open_tiff_zarr
     node = zarr.open(path, mode="r")
     if isinstance(node, zarr.Group):
         arrays = {name: member for name, member in node.members(max_depth=None)

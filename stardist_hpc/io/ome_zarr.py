@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..geometry.tiling import Box, Grid
-from .atomic import write_bytes
+from .atomic import directories_synced_once, write_bytes
 from .checkpoint import load_checkpoint, load_record, save_record
 from .chunks import DEFLATE_LEVEL, StoredChunks, chunk_files, compress_chunk, split_stored
 from .voxel_size import VoxelSize
@@ -205,12 +205,13 @@ def _write_chunks(store, marker_dir, levels, level, task, pieces):
     """Write ``(lo, bytes)`` chunk files of ``level``, then the task's marker."""
     directory, chunks = level_dir(store, level), levels[level].chunks
     los, crcs = [], []
-    for lo, data in pieces:
-        chunk = _chunk_path(directory, lo, chunks)
-        chunk.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes(chunk, data)
-        los.append(lo)
-        crcs.append(zlib.crc32(data))
+    with directories_synced_once():   # all durable before the marker names them
+        for lo, data in pieces:
+            chunk = _chunk_path(directory, lo, chunks)
+            chunk.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes(chunk, data)
+            los.append(lo)
+            crcs.append(zlib.crc32(data))
     written = WrittenChunks(level, task, np.asarray(los, np.int64).reshape(-1, 3),
                             np.asarray(crcs, np.int64))
     marker = _marker(marker_dir, level, task)

@@ -34,6 +34,7 @@ from ..config import LABELING_BACKEND_FAST
 from ..geometry.cone_table import cone_table, prepare_polyhedra, rasterise, reach
 from ..geometry.rays import bbox_of_vertices, polyhedron_vertices, ray_geometry
 from ..geometry.tiling import Box
+from ..io.atomic import directories_synced_once
 from ..io.checkpoint import save_record, write_bytes
 from ..io.chunks import NO_LABELS, ChunkIdentity, chunk_files, chunk_stats, compress_storage_chunks
 from ..io.input_pin import check_pinned
@@ -247,7 +248,11 @@ def batch_chunks(grid):
 def render_chunks(params: SegmentParams, tasks):
     """Task: render a batch of chunks (see :func:`render_chunk`); returns their
     RenderedChunks."""
-    return [render_chunk(params, task) for task in tasks]
+    # each chunk's two files are synced; the chunk folder once, before the task returns (a
+    # crash before that can leave a chunk's statistics without its labels file: chunk_done
+    # renders it again)
+    with directories_synced_once():
+        return [render_chunk(params, task) for task in tasks]
 
 
 def render_chunk(params: SegmentParams, task: ChunkTask):
