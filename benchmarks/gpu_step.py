@@ -8,7 +8,7 @@ What it measures
    nucleus density).
 2. Runs the GPU step, ``stardist_hpc.predict.step.run(config)``, on each volume in a fresh
    subprocess, with the same ``--block-shape`` for both (so the large volume has 8x the blocks).
-   Each child reports its peak RSS (``ru_maxrss``), the wall time of ``run`` and the fields of
+   Each child reports its peak RSS (``VmHWM``), the wall time of ``run`` and the fields of
    the returned ``PredictionSummary``.
 3. Runs a whole-image ``model.predict_sparse`` on the normalised large volume in a third
    subprocess, for comparison: what the block-wise step saves in memory. When the whole image
@@ -70,7 +70,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from measure import KIB_PER_MIB, current_rss_mib, peak_rss_mib, verdict
+from measure import KIB_PER_MIB, current_rss_mib, high_water_rss_mib, verdict
 
 from stardist_hpc.demo import DEMO_NUCLEI, DEMO_SEED, DEMO_SHAPE
 
@@ -136,7 +136,7 @@ def child_blockwise(config_path):
     summary = run(config)
     wall = time.perf_counter() - start
     return dict(asdict(summary), network_seconds=summary.network_seconds, wall_seconds=wall,
-                peak_rss_mib=peak_rss_mib(), baseline_rss_mib=baseline)
+                peak_rss_mib=high_water_rss_mib(), baseline_rss_mib=baseline)
 
 
 def child_whole(config_path):
@@ -164,7 +164,7 @@ def child_whole(config_path):
     network = time.perf_counter() - t0
     wall = time.perf_counter() - start
     return dict(blocks=1, candidates=int(len(prob)), seconds=network, network_seconds=network,
-                wall_seconds=wall, peak_rss_mib=peak_rss_mib(), baseline_rss_mib=baseline)
+                wall_seconds=wall, peak_rss_mib=high_water_rss_mib(), baseline_rss_mib=baseline)
 
 
 class StandInNetwork:
@@ -236,7 +236,7 @@ def child_standin(config_path):
     log_summary(summary, config.output.path)
     return dict(asdict(summary), fill_seconds=network.fill_seconds,
                 percentile_seconds=percentile_seconds,
-                norm_method=normalization.method, peak_rss_mib=peak_rss_mib())
+                norm_method=normalization.method, peak_rss_mib=high_water_rss_mib())
 
 
 def write_noise_volume(path, shape, seed):

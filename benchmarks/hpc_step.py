@@ -11,8 +11,9 @@ What it measures
 2. Runs ``hpc_prediction.py``'s ``main`` (cluster.mode local) on each file in a fresh
    subprocess, with the same ``--tile-shape`` and ``--chunk-shape`` (so the large file has 8x
    the NMS tiles and label chunks) and a fresh work_dir per run. Each child reports, as one
-   JSON line, the driver's own peak RSS (``getrusage(RUSAGE_SELF)``: the Dask worker processes
-   are not included), its RSS after the imports, its CPU seconds, the wall time of ``main``
+   JSON line, the driver's own peak RSS (``VmHWM``; ``ru_maxrss`` would be this parent's peak
+   once it exceeds the child's, execve keeps it; the Dask worker processes are not
+   included), its RSS after the imports, its CPU seconds, the wall time of ``main``
    and the ``RunSummary`` that ``hpc.run`` returns (including the seconds per stage).
 3. Runs the large file once more with 1 worker, for the parallel efficiency, and, for each
    NMS backend, with 1 worker of 2 threads against 2 workers of 1 thread (the same cores:
@@ -56,7 +57,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from measure import current_rss_mib, peak_rss_mib, run_child, verdict
+from measure import current_rss_mib, high_water_rss_mib, run_child, verdict
 
 from stardist_hpc.config import NMS_BACKEND_FAST, NMS_BACKEND_STARDIST, NmsSection
 from stardist_hpc.synthetic import random_centres, synthetic_candidates, write_candidate_file
@@ -171,7 +172,7 @@ def child_main(config_path, n_workers, n_threads, backend):
     result = dict(n_candidates=summary.n_candidates, n_objects=summary.n_objects,
                   n_rounds=summary.n_rounds, n_reruns=summary.n_reruns,
                   seconds=asdict(summary.seconds), wall_seconds=wall,
-                  peak_rss_mib=peak_rss_mib(), baseline_rss_mib=baseline,
+                  peak_rss_mib=high_water_rss_mib(), baseline_rss_mib=baseline,
                   cpu_seconds=driver_cpu, worker_cpu_seconds=worker_cpu, load_1min=load,
                   other_cores=other_cores)
     print(RESULT_PREFIX + json.dumps(result), flush=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import subprocess
 from pathlib import Path
 
@@ -13,11 +12,6 @@ log = logging.getLogger("benchmarks.measure")
 LOG_TAIL_LINES = 30
 
 KIB_PER_MIB = 1024
-
-
-def peak_rss_mib():
-    """Peak resident set size of this process alone (not its children), in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
 
 
 def high_water_rss_mib():
