@@ -32,13 +32,13 @@ def dask_setup(worker):
         Path(os.environ["FAULT_MARK"])
     render_chunk = render.render_chunk
 
-    def faulty_render_chunk(params, task):
+    def faulty_render_chunk(params, task, read_survivors):
         if fault == KILL and task.index == chunk:
             os._exit(1)
         if fault == LEAVE and (task.index == chunk or mark.exists()):
             mark.touch()
             _leave(distributed.get_worker())
             return task.index   # never fetched: the worker is gone with its results
-        return render_chunk(params, task)
+        return render_chunk(params, task, read_survivors)
     # tasks name the function by module and name: unpickled here, they get this one
     render.render_chunk = faulty_render_chunk

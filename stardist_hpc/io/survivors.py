@@ -6,6 +6,7 @@ through a Python file object cost ~0.2 ms each); read by every labeling task.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -115,10 +116,15 @@ class SurvivorFile:
         with h5py.File(self.path, "r") as f:
             return tuple(f[name][()] for name in names)
 
-    def read_positions(self, positions):
-        """dist, points and ids of the survivors at increasing table ``positions``."""
+    @contextlib.contextmanager
+    def positions_reader(self):
+        """Yield ``read(positions)``: dist, points and ids of the survivors at increasing table
+        ``positions``, with the file open for the whole block (a labeling task reads the
+        survivors of each of its chunks: opening the file took ~1.2 ms of the ~1.4 of a read).
+        """
         with h5py.File(self.path, "r") as f:
-            return tuple(f[name][np.asarray(positions)] for name in ("dist", "points", "ids"))
+            columns = [f[name] for name in ("dist", "points", "ids")]
+            yield lambda positions: tuple(column[np.asarray(positions)] for column in columns)
 
 
 def intact_survivor_file(path, n_survivors):

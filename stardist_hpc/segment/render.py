@@ -251,15 +251,23 @@ def render_chunks(params: SegmentParams, tasks):
     # each chunk's two files are synced; the chunk folder once, before the task returns (a
     # crash before that can leave a chunk's statistics without its labels file: chunk_done
     # renders it again)
-    with directories_synced_once():
-        return [render_chunk(params, task) for task in tasks]
+    with directories_synced_once(), \
+            SurvivorFile(params.survivor_path).positions_reader() as read_survivors:
+        return [render_chunk(params, task, read_survivors) for task in tasks]
 
 
-def render_chunk(params: SegmentParams, task: ChunkTask):
+def render_chunk(params: SegmentParams, task: ChunkTask, read_survivors):
     """Render one chunk and checkpoint its compressed labels and statistics.
 
     The statistics file is written last: it marks the chunk as done. It also holds the
     chunk's previews and intensities (:mod:`.chunk_extras`).
+
+    Parameters
+    ----------
+    params : SegmentParams
+    task : ChunkTask
+    read_survivors : callable
+        ``read(positions)`` of :meth:`~stardist_hpc.io.survivors.SurvivorFile.positions_reader`.
 
     Returns
     -------
@@ -268,7 +276,7 @@ def render_chunk(params: SegmentParams, task: ChunkTask):
     """
     check_pinned(params.candidate_pin)   # the survivors were found in it
     started = time.perf_counter()
-    dist, points, ids = SurvivorFile(params.survivor_path).read_positions(task.positions)
+    dist, points, ids = read_survivors(task.positions)
     labels = render_labels(dist, points, ids, ray_geometry(params.rays_json), task.box,
                            params.image_shape, params.labeling_backend)
     stats = chunk_stats(labels, task.box.lo)
