@@ -62,10 +62,14 @@ def test_charts_of_empty_and_constant_data_draw():
         assert panel.startswith("<svg") and panel.endswith("</svg>")
 
 
-def test_a_heat_map_writes_numbers_only_in_small_maps():
+def test_a_heat_map_writes_numbers_only_in_small_maps_and_where_they_fit():
     small = charts.heat_map(np.arange(4.0).reshape(2, 2), "small", "x", "y")
     large = charts.heat_map(np.arange(100.0).reshape(10, 10), "large", "x", "y")
     assert ">3</text>" in small and ">99</text>" not in large
+    # numbers that would not fit their cells at a readable size are left out
+    crowded = charts.heat_map(np.linspace(0.07616, 0.09, 64).reshape(8, 8), "crowded", "x", "y",
+                              n_panels=3)
+    assert ">0.0762</text>" not in crowded
     assert large.count("<image") == 1   # the cells are one picture, however many
 
 

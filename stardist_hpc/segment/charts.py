@@ -45,6 +45,11 @@ VIRIDIS = np.array([[int(code[i:i + 2], 16) for i in (0, 2, 4)]
 BRIGHT = 0.6
 #: heat maps with at most this many cells have their values written in.
 MAX_ANNOTATED = 64
+#: a sans-serif digit is about this many font sizes wide; a cell's number may fill this
+#: fraction of its width, in a font of at least MIN_CELL_FONT_SIZE pixels (else none is written).
+CHARACTER_WIDTH = 0.6
+CELL_TEXT_FILL = 0.9
+MIN_CELL_FONT_SIZE = 7
 #: width of a heat map's colour bar, in pixels.
 COLOURBAR_WIDTH = 12
 #: colours of bars (matplotlib's tab10 blue, orange, green, red, purple).
@@ -295,14 +300,25 @@ def heat_map(values, title, xlabel, ylabel, n_panels=1, height=260):
              f'height="{size * ny:.1f}" preserveAspectRatio="none" '
              f'style="image-rendering:pixelated" href="{png_uri(viridis(fraction))}"/>')
     if values.size <= MAX_ANNOTATED:
-        for (y, x), value in np.ndenumerate(values):
-            colour = "#000" if fraction[y, x] > BRIGHT else "#fff"
-            plot.text(plot.x(x + 0.5), plot.y(y + 0.5) + 4, _label(value),
-                      extra=f' fill="{colour}"')
+        _annotate(plot, values, fraction, size)
     plot.height = round(plot.bottom + MARGIN_BOTTOM)   # the cells are square: no blank below
     _colour_bar(plot, lo, hi)
     plot.frame(title, xlabel, ylabel, _integer_ticks(nx), _integer_ticks(ny), tick_offset=0.5)
     return plot.svg()
+
+
+def _annotate(plot, values, fraction, cell_size):
+    """Write each cell's value in it, in a font small enough for the longest value to fit
+    (none if that would be below :data:`MIN_CELL_FONT_SIZE`)."""
+    texts = {cell: f"{value:.3g}" for cell, value in np.ndenumerate(values)}
+    longest = max(len(text) for text in texts.values())
+    size = min(FONT_SIZE, CELL_TEXT_FILL * cell_size / (CHARACTER_WIDTH * longest))
+    if size < MIN_CELL_FONT_SIZE:
+        return
+    for (y, x), text in texts.items():
+        colour = "#000" if fraction[y, x] > BRIGHT else "#fff"
+        plot.text(plot.x(x + 0.5), plot.y(y + 0.5) + size / 3, text, size=round(size, 1),
+                  extra=f' fill="{colour}"')
 
 
 def _integer_ticks(n):
