@@ -10,7 +10,7 @@ from stardist_hpc.io.atomic import directories_synced_once, write_bytes
 def synced(monkeypatch):
     """The directories synced, in order."""
     calls = []
-    monkeypatch.setattr(atomic, "_fsync_directory", lambda directory: calls.append(directory))
+    monkeypatch.setattr(atomic, "sync_directory", lambda directory: calls.append(directory))
     return calls
 
 

@@ -28,7 +28,8 @@ def _fsync(path, flags=os.O_RDONLY):
         os.close(fd)
 
 
-def _fsync_directory(directory):
+def sync_directory(directory):
+    """Make the renames into ``directory`` durable (fsync of the directory)."""
     _fsync(directory, os.O_RDONLY | os.O_DIRECTORY)
 
 
@@ -43,7 +44,7 @@ def publish(tmp_path, path):
     os.replace(tmp_path, path)
     pending = getattr(_deferred, "directories", None)
     if pending is None:
-        _fsync_directory(Path(path).parent)
+        sync_directory(Path(path).parent)
     else:
         pending.add(Path(path).parent)
 
@@ -66,7 +67,7 @@ def directories_synced_once():
         _deferred.directories = outer
     for directory in sorted(pending):
         if outer is None:
-            _fsync_directory(directory)
+            sync_directory(directory)
         else:   # an enclosing block syncs it
             outer.add(directory)
 

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..geometry.tiling import Box, Grid
-from .atomic import directories_synced_once, write_bytes
+from .atomic import directories_synced_once, sync_directory, write_bytes
 from .checkpoint import load_checkpoint, load_record, save_record
 from .chunks import DEFLATE_LEVEL, StoredChunks, chunk_files, compress_chunk, split_stored
 from .voxel_size import VoxelSize
@@ -155,11 +155,7 @@ def publish_store(tmp_store, store):
     if store.exists():
         os.replace(store, old)
     os.replace(tmp_store, store)
-    fd = os.open(store.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_directory(store.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
