@@ -16,11 +16,9 @@ from skimage.measure import regionprops_table
 from stardist_hpc.config import HpcConfig, load
 from stardist_hpc.errors import UserError
 from stardist_hpc.geometry.tiling import Grid
-from stardist_hpc.io.checkpoint import load_record
-from stardist_hpc.io.chunks import ChunkStats, chunk_files
 from stardist_hpc.io.intensities import STATISTICS, column_name
 from stardist_hpc.segment import step as hpc
-from stardist_hpc.segment.chunk_extras import ChunkExtras, ExtrasCollector, RenderedChunk
+from stardist_hpc.segment.chunk_extras import ExtrasCollector, checkpointed_chunk
 from stardist_hpc.segment.measure import ChunkIntensities, IntensityMerge
 from stardist_hpc.segment.preview import PreviewMerge, preview_chunk, preview_steps
 from stardist_hpc.segment.report import FIGURES, MEASURE_FIGURES, seam_table
@@ -220,13 +218,6 @@ def _is_png(src):
         PNG_SIGNATURE)
 
 
-def _rendered_chunk(params, index):
-    """The RenderedChunk a labeling task returned of chunk ``index``, from its checkpoint."""
-    path = chunk_files(params.chunk_dir, index).stats
-    stats = load_record(path, ChunkStats)
-    return RenderedChunk(index, load_record(path, ChunkExtras), stats.ids, stats.voxel_count)
-
-
 def test_extras_merge_in_chunk_order_whatever_order_the_tasks_finish(measured_run,
                                                                      nuclei_candidates):
     """The driver merges each chunk's extras as the labeling tasks finish (from their
@@ -241,7 +232,8 @@ def test_extras_merge_in_chunk_order_whatever_order_the_tasks_finish(measured_ru
     from_checkpoints = ExtrasCollector(params, indices, n_objects)
     from_checkpoints.rendered_before(indices)
     backwards = ExtrasCollector(params, indices, n_objects)
-    results = [_rendered_chunk(params, index) for index in indices]   # as the tasks return
+    # what the labeling tasks returned, as they return it
+    results = [checkpointed_chunk(params.chunk_dir, index) for index in indices]
     for result in reversed(results[1:]):
         backwards.rendered([result])
     with pytest.raises(RuntimeError, match=f"chunk {indices[0]}'s extras were not merged"):

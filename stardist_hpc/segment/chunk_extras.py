@@ -93,6 +93,16 @@ class RenderedChunk(NamedTuple):
     voxel_count: np.ndarray
 
 
+def checkpointed_chunk(chunk_dir, index, with_objects=True):
+    """The RenderedChunk of chunk ``index`` from its checkpoint in ``chunk_dir`` (a chunk an
+    earlier run rendered); its ids and voxel counts (only intensities need them) None without
+    ``with_objects``."""
+    path = chunk_files(chunk_dir, index).stats
+    stats = load_record(path, ChunkStats) if with_objects else None
+    return RenderedChunk(index, load_record(path, ChunkExtras),
+                         *((stats.ids, stats.voxel_count) if with_objects else (None, None)))
+
+
 class ExtrasCollector:
     """Merges the extras of the rendered chunks ``chunk_indices`` in the driver, while the
     labeling tasks still run: from the tasks' results (:meth:`rendered`), and from the
@@ -127,13 +137,9 @@ class ExtrasCollector:
         self._waiting.update(chunks)
         while self._merged < len(self._order) and self._order[self._merged] in self._waiting:
             index = self._order[self._merged]
-            self._merge(self._waiting.pop(index) or self._checkpointed(index))
+            self._merge(self._waiting.pop(index) or checkpointed_chunk(
+                self._params.chunk_dir, index, with_objects=self._intensities is not None))
             self._merged += 1
-
-    def _checkpointed(self, index):
-        path = chunk_files(self._params.chunk_dir, index).stats
-        stats = load_record(path, ChunkStats)
-        return RenderedChunk(index, load_record(path, ChunkExtras), stats.ids, stats.voxel_count)
 
     def _merge(self, chunk: RenderedChunk):
         preview, chunk_intensities, times = _parts(chunk.extras)
