@@ -128,7 +128,7 @@ def viridis(fraction):
 
 
 def _hex(rgb):
-    return "#" + "".join(f"{round(255 * c):02x}" for c in rgb)
+    return "#" + to_bytes(rgb).tobytes().hex()
 
 
 # ---------------------------------------------------------------------------------------------
