@@ -27,8 +27,7 @@ import numpy as np
 from ..errors import UserError
 from ..progress import progress
 from .atomic import atomic_path
-from .checkpoint import load_record
-from .chunks import ChunkStats, StoredChunks, chunk_files, split_stored
+from .chunks import ChunkStats, chunk_files, split_stored
 from .hdf5 import open_hdf5, writing_hdf5
 
 FORMAT_VERSION = 1
@@ -100,23 +99,19 @@ class ObjectStatistics:
         return table
 
 
-def _write_chunks(f, dset, chunk_dir, chunk_indices, statistics, show_progress):
+def _write_chunks(f, dset, chunk_dir, stored_chunks, show_progress):
     """Copy the compressed storage chunks into ``dset`` of the file ``f`` (a
-    :class:`~.hdf5.GuardedFile`) and sum their statistics."""
-    for index in progress(chunk_indices, len(chunk_indices), "write label.h5", "chunk",
-                          show_progress=show_progress):
-        files = chunk_files(chunk_dir, index)
-        stats = load_record(files.stats, ChunkStats)
-        if len(stats.ids):
-            data = files.labels.read_bytes()
-            for lo, piece in split_stored(data, load_record(files.stats, StoredChunks)):
-                dset.id.write_direct_chunk(lo, piece)
-            f.raise_failed_write()   # a full disk stops the copy at once
-            statistics.add(stats)
+    :class:`~.hdf5.GuardedFile`)."""
+    for index, stored in progress(stored_chunks.items(), len(stored_chunks), "write label.h5",
+                                  "chunk", show_progress=show_progress):
+        data = chunk_files(chunk_dir, index).labels.read_bytes()
+        for lo, piece in split_stored(data, stored):
+            dset.id.write_direct_chunk(lo, piece)
+        f.raise_failed_write()   # a full disk stops the copy at once
 
 
-def write_label_file(path, image_shape, storage_shape, chunk_dir, chunk_indices, prob,
-                     attributes, *, show_progress=True, prob_class=None, tables=None):
+def write_label_file(path, image_shape, storage_shape, chunk_dir, stored_chunks, objects,
+                     attributes, *, show_progress=True, tables=None):
     """Assemble ``label.h5`` from checkpointed chunks; it appears at ``path`` when complete.
 
     Parameters
@@ -126,38 +121,29 @@ def write_label_file(path, image_shape, storage_shape, chunk_dir, chunk_indices,
         The volume's shape and its HDF5 chunk shape (``output.chunk_shape``, clipped).
     chunk_dir : Path
         Where :func:`stardist_hpc.segment.render.render_chunk` wrote the chunks.
-    chunk_indices : sequence of int
-        Chunks that were rendered; all others are background.
-    prob : ndarray (K,)
-        Probability of each object, by id - 1.
+    stored_chunks : mapping of int to StoredChunks
+        The rendered chunks that hold objects (by chunk index), and the storage chunks in
+        each one's labels file; all other voxels are background.
+    objects : ndarray
+        The ``objects`` table (:meth:`ObjectStatistics.table` of the chunks' statistics).
     attributes : mapping of str to object
         Provenance written as file attributes: image_shape, rays_json, thresholds, source,
         software version, backends and the resolved parameters (see doc/file_formats.md).
     show_progress : bool
         Report progress (a bar on a terminal, else a log line now and then).
-    prob_class : ndarray (K, n_classes + 1), optional
-        Class probabilities of a multi-class model's objects, by id - 1.
     tables : mapping of str to ndarray, optional
         More per-object tables to store, by dataset name (e.g. ``intensities``).
-
-    Returns
-    -------
-    ndarray
-        The ``objects`` table written (as :func:`read_objects` returns it).
     """
-    statistics = ObjectStatistics(len(prob))
     with atomic_path(Path(path)) as tmp_path, writing_hdf5(tmp_path) as f:
         dset = f.create_dataset(LABELS, image_shape, np.uint32, chunks=storage_shape,
                                 compression="gzip", fillvalue=0)
-        _write_chunks(f, dset, chunk_dir, chunk_indices, statistics, show_progress)
+        _write_chunks(f, dset, chunk_dir, stored_chunks, show_progress)
         f[ORIGINAL_LABELS] = h5py.SoftLink(f"/{LABELS}")
-        table = statistics.table(prob, prob_class)
-        f.create_dataset(OBJECTS, data=table)
+        f.create_dataset(OBJECTS, data=objects)
         for name, extra in (tables or {}).items():
             f.create_dataset(name, data=extra)
         f.attrs.update(attributes)
-        f.attrs.update(format_version=FORMAT_VERSION, n_objects=len(prob))
-    return table
+        f.attrs.update(format_version=FORMAT_VERSION, n_objects=len(objects))
 
 
 def read_objects(path) -> np.ndarray:

@@ -2,21 +2,21 @@
 
 :func:`chunk_extras` runs in the labeling task on the chunk it rendered; its record is saved in
 the chunk's statistics checkpoint (and checked with it, :func:`extras_done`). The driver reads
-them from the tasks' results as the tasks finish (or, for chunks an earlier run rendered, from
-the checkpoints) into per-object intensities and small previews (:class:`ExtrasCollector`),
-never the labels.
+them, the chunk's object statistics and where its storage chunks lie in its labels file from
+the tasks' results as the tasks finish (or, for chunks an earlier run rendered, from the
+checkpoints) into per-object statistics and intensities and small previews
+(:class:`ExtrasCollector`), never the labels.
 """
 from __future__ import annotations
 
 import time
 from typing import NamedTuple
 
-import numpy as np
-
 from ..geometry.tiling import Grid
-from ..io.checkpoint import load_checkpoint, load_record
-from ..io.chunks import ChunkStats, chunk_files
+from ..io.checkpoint import load_checkpoint, load_records
+from ..io.chunks import ChunkStats, StoredChunks, chunk_files
 from ..io.intensities import INTENSITIES, intensity_table
+from ..io.label_file import ObjectStatistics
 from .measure import ChunkIntensities, IntensityMerge, measure_chunk, no_intensities
 from .preview import ChunkPreview, PreviewMerge, preview_chunk
 
@@ -77,7 +77,11 @@ def extras_done(params, index):
 
 
 class ChunkSummary(NamedTuple):
-    """The extras of all chunks: previews, intensities (None without ``measure``), seconds."""
+    """What the labeling stage collected of all chunks: object statistics, the storage
+    chunks in each labels file (of the chunks with objects, in chunk order), previews,
+    intensities (None without ``measure``), seconds."""
+    objects: ObjectStatistics
+    stored: dict             # chunk index -> StoredChunks
     previews: PreviewMerge
     intensities: IntensityMerge | None
     render_seconds: dict     # chunk index -> seconds
@@ -85,22 +89,19 @@ class ChunkSummary(NamedTuple):
 
 
 class RenderedChunk(NamedTuple):
-    """What a labeling task returns of each chunk it rendered: its extras, and the ids and
-    voxel counts of its objects (what the intensities are merged with)."""
+    """What a labeling task returns of each chunk it rendered: its extras, its objects'
+    statistics and the storage chunks in its labels file (what label.h5 is written from)."""
     index: int
     extras: ChunkExtras
-    ids: np.ndarray
-    voxel_count: np.ndarray
+    stats: ChunkStats
+    stored: StoredChunks
 
 
-def checkpointed_chunk(chunk_dir, index, with_objects=True):
+def checkpointed_chunk(chunk_dir, index):
     """The RenderedChunk of chunk ``index`` from its checkpoint in ``chunk_dir`` (a chunk an
-    earlier run rendered); its ids and voxel counts (only intensities need them) None without
-    ``with_objects``."""
-    path = chunk_files(chunk_dir, index).stats
-    stats = load_record(path, ChunkStats) if with_objects else None
-    return RenderedChunk(index, load_record(path, ChunkExtras),
-                         *((stats.ids, stats.voxel_count) if with_objects else (None, None)))
+    earlier run rendered)."""
+    return RenderedChunk(index, *load_records(chunk_files(chunk_dir, index).stats,
+                                              ChunkExtras, ChunkStats, StoredChunks))
 
 
 class ExtrasCollector:
@@ -110,15 +111,17 @@ class ExtrasCollector:
 
     In the order of ``chunk_indices``, whatever order the tasks finish in: the intensity sums
     are floats, and the tables must not change from run to run. Reading every chunk's
-    checkpoint after the stage cost the driver ~1.5 ms per chunk while the workers waited;
-    merging a result costs a few numpy operations. Memory: the previews, the per-object arrays
-    and the results that arrived before their turn.
+    checkpoint after the stage cost the driver ~1.5 ms per chunk while the workers waited
+    (and writing label.h5 read each again); merging a result costs a few numpy operations.
+    Memory: the previews, the per-object arrays, a few numbers per chunk and the results that
+    arrived before their turn.
     """
 
     def __init__(self, params, chunk_indices, n_objects):
         self._params, self._order = params, list(chunk_indices)
         self._merged, self._waiting = 0, {}   # chunk index -> RenderedChunk, or None: on disk
         self._grid = Grid(params.image_shape, params.chunk_shape)
+        self._objects, self._stored = ObjectStatistics(n_objects), {}
         self._previews = PreviewMerge(params.image_shape)
         self._intensities = (None if params.measure is None
                              else IntensityMerge(n_objects, params.measure.channels))
@@ -137,15 +140,18 @@ class ExtrasCollector:
         self._waiting.update(chunks)
         while self._merged < len(self._order) and self._order[self._merged] in self._waiting:
             index = self._order[self._merged]
-            self._merge(self._waiting.pop(index) or checkpointed_chunk(
-                self._params.chunk_dir, index, with_objects=self._intensities is not None))
+            self._merge(self._waiting.pop(index)
+                        or checkpointed_chunk(self._params.chunk_dir, index))
             self._merged += 1
 
     def _merge(self, chunk: RenderedChunk):
         preview, chunk_intensities, times = _parts(chunk.extras)
+        if len(chunk.stats.ids):
+            self._objects.add(chunk.stats)
+            self._stored[chunk.index] = chunk.stored
         self._previews.add(self._grid.box(chunk.index), preview)
         if self._intensities is not None:
-            self._intensities.add(chunk.ids, chunk.voxel_count, chunk_intensities)
+            self._intensities.add(chunk.stats.ids, chunk.stats.voxel_count, chunk_intensities)
         self._render_seconds[chunk.index], self._measure_seconds[chunk.index] = times
 
     def summary(self) -> ChunkSummary:
@@ -153,8 +159,8 @@ class ExtrasCollector:
         if self._merged < len(self._order):
             raise RuntimeError(f"chunk {self._order[self._merged]}'s extras were not merged: "
                                "it was not reported rendered")
-        return ChunkSummary(self._previews, self._intensities, self._render_seconds,
-                            self._measure_seconds)
+        return ChunkSummary(self._objects, self._stored, self._previews, self._intensities,
+                            self._render_seconds, self._measure_seconds)
 
 
 def intensity_tables(extras: ChunkSummary):

@@ -288,4 +288,4 @@ def render_chunk(params: SegmentParams, task: ChunkTask, read_survivors):
         write_bytes(files.labels, compressed)
         crc = zlib.crc32(compressed)
     save_record(files.stats, stats, extras, stored, ChunkIdentity(task.index, crc))
-    return RenderedChunk(task.index, extras, stats.ids, stats.voxel_count)
+    return RenderedChunk(task.index, extras, stats, stored)

@@ -44,7 +44,7 @@ from ..geometry.tiling import Grid
 from ..io.atomic import remove_stale_temporaries, remove_temporaries_below
 from ..io.candidates import CandidateFile
 from ..io.checkpoint import resume_or_start_afresh
-from ..io.chunks import chunk_done, chunk_files
+from ..io.chunks import chunk_done
 from ..io.disk_space import METADATA_BYTES, check_free_space
 from ..io.input_pin import check_unchanged, pin, verify_pinned
 from ..io.intensities import INTENSITIES, write_tsv
@@ -303,31 +303,28 @@ def _beside_labels(label_path, names):
     return [Path(label_path).with_name(f"{name}.tsv") for name in names]
 
 
-def _label_file_bytes(params, chunk_indices, n_objects, tables):
+def _label_file_bytes(params, extras, n_objects, tables):
     """What label.h5 takes: the compressed chunks as they are, the object tables, metadata."""
-    chunk_bytes = sum(path.stat().st_size for path in
-                      (chunk_files(params.chunk_dir, i).labels for i in chunk_indices)
-                      if path.exists())
+    chunk_bytes = sum(int(stored.storage_size.sum()) for stored in extras.stored.values())
     table_bytes = (n_objects * object_dtype(params.n_classes).itemsize
                    + sum(table.nbytes for table in tables.values()))
     return chunk_bytes + table_bytes + METADATA_BYTES
 
 
-def _write_stage(params, survivors, chunk_indices, extras, show_progress):
+def _write_stage(params, survivors, extras, show_progress):
     """Write label.h5 and the intensity table beside it (``extras``: the chunks'
     ChunkSummary); returns the objects table."""
     ids, prob = survivors.read_columns("ids", "prob")
     prob_by_id = np.empty(len(ids), np.float32)
     prob_by_id[ids.astype(np.int64) - 1] = prob
+    objects = extras.objects.table(prob_by_id,
+                                   _class_probabilities_by_id(params, survivors, ids))
     tables = intensity_tables(extras)
     remove_stale_temporaries(params.label_path)
-    check_free_space(params.label_path,
-                     _label_file_bytes(params, chunk_indices, len(ids), tables))
-    objects = write_label_file(params.label_path, params.image_shape, params.storage_chunks,
-                               params.chunk_dir, chunk_indices, prob_by_id,
-                               _provenance(params), show_progress=show_progress,
-                               prob_class=_class_probabilities_by_id(params, survivors, ids),
-                               tables=tables)
+    check_free_space(params.label_path, _label_file_bytes(params, extras, len(ids), tables))
+    write_label_file(params.label_path, params.image_shape, params.storage_chunks,
+                     params.chunk_dir, extras.stored, objects, _provenance(params),
+                     show_progress=show_progress, tables=tables)
     for path, table in zip(_beside_labels(params.label_path, tables), tables.values()):
         write_tsv(path, table)
     return objects
@@ -390,7 +387,7 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
     n_candidates = verify_pinned(params.candidate_pin).n_candidates
     _check_source_unchanged(params)
     with _timed(seconds, "write"):
-        objects = _write_stage(params, survivors, chunk_indices, extras, show_progress)
+        objects = _write_stage(params, survivors, extras, show_progress)
     summary = RunSummary(n_candidates, len(survivors), nms_summary.n_rounds,
                          nms_summary.n_reruns, seconds, params.label_path,
                          (nms_summary.first_pass, nms_summary.reruns))
