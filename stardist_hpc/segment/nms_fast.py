@@ -27,6 +27,7 @@ Candidate centres must be integer voxel coordinates (as in the candidate file).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import NamedTuple
 
@@ -291,10 +292,29 @@ def _qhull_volume(planes, interior, on_error):
 
 def _hull_equations(tips):
     """The convex hulls' half-spaces of both polyhedra (Qhull), none where Qhull fails."""
-    try:
-        return np.concatenate([ConvexHull(t.astype(np.float64)).equations for t in tips])
-    except QhullError:
+    hulls = [_hull_of_tips(t.tobytes()) for t in tips]
+    if any(hull is None for hull in hulls):
         return np.zeros((0, 4))
+    return np.concatenate(hulls)
+
+
+#: convex hulls remembered by :func:`_hull_of_tips`: a kept candidate heads many borderline
+#: pairs in a row, and Qhull holds the GIL (~0.1 ms per 96-ray hull; a worker's threads
+#: waited for it). ~7 KB each at 96 rays.
+HULL_CACHE_SIZE = 1024
+
+
+@functools.lru_cache(maxsize=HULL_CACHE_SIZE)
+def _hull_of_tips(tip_bytes):
+    """Qhull's half-spaces of the convex hull of one polyhedron's float32 ray tips (given as
+    their bytes: equal tips, equal hull), or None where Qhull fails."""
+    tips = np.frombuffer(tip_bytes, np.float32).reshape(-1, 3).astype(np.float64)
+    try:
+        equations = ConvexHull(tips).equations
+    except QhullError:
+        return None
+    equations.flags.writeable = False   # shared by every pair that uses it
+    return equations
 
 
 @numba.njit(cache=True, nogil=True)
