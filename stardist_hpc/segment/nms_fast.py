@@ -27,13 +27,12 @@ Candidate centres must be integer voxel coordinates (as in the candidate file).
 """
 from __future__ import annotations
 
-import functools
 import itertools
 from typing import NamedTuple
 
 import numba
 import numpy as np
-from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError
+from scipy.spatial import HalfspaceIntersection, QhullError
 
 from ..geometry.clipping import OUTSIDE, UNSURE, clipped_volume
 from ..geometry.cone_table import (
@@ -44,6 +43,7 @@ from ..geometry.cone_table import (
     reach,
     table_holds,
 )
+from ..geometry.hulls import hull_equations
 from .render import inside_star
 
 #: StarDist's guard against dividing by a zero volume (``A_min + 1e-10``).
@@ -292,29 +292,10 @@ def _qhull_volume(planes, interior, on_error):
 
 def _hull_equations(tips):
     """The convex hulls' half-spaces of both polyhedra (Qhull), none where Qhull fails."""
-    hulls = [_hull_of_tips(t.tobytes()) for t in tips]
+    hulls = [hull_equations(t) for t in tips]
     if any(hull is None for hull in hulls):
         return np.zeros((0, 4))
     return np.concatenate(hulls)
-
-
-#: convex hulls remembered by :func:`_hull_of_tips`: a kept candidate heads many borderline
-#: pairs in a row, and Qhull holds the GIL (~0.1 ms per 96-ray hull; a worker's threads
-#: waited for it). ~7 KB each at 96 rays.
-HULL_CACHE_SIZE = 1024
-
-
-@functools.lru_cache(maxsize=HULL_CACHE_SIZE)
-def _hull_of_tips(tip_bytes):
-    """Qhull's half-spaces of the convex hull of one polyhedron's float32 ray tips (given as
-    their bytes: equal tips, equal hull), or None where Qhull fails."""
-    tips = np.frombuffer(tip_bytes, np.float32).reshape(-1, 3).astype(np.float64)
-    try:
-        equations = ConvexHull(tips).equations
-    except QhullError:
-        return None
-    equations.flags.writeable = False   # shared by every pair that uses it
-    return equations
 
 
 @numba.njit(cache=True, nogil=True)

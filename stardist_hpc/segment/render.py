@@ -28,10 +28,10 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from scipy.spatial import ConvexHull, QhullError
 
 from ..config import LABELING_BACKEND_FAST
 from ..geometry.cone_table import cone_table, prepare_polyhedra, rasterise, reach
+from ..geometry.hulls import hull_equations
 from ..geometry.rays import bbox_of_vertices, polyhedron_vertices, ray_geometry
 from ..geometry.tiling import Box
 from ..io.atomic import directories_synced_once
@@ -117,13 +117,9 @@ def kernel_halfspaces(vertices, faces):
 
 def _hull_halfspaces(vertices):
     """Convex-hull half-spaces (N, max facets, 4), padded with all-zero rows."""
-    equations = []
-    for polyhedron in vertices:
-        try:
-            equations.append(ConvexHull(polyhedron.astype(np.float64)).equations)
-        except QhullError:
-            # a flat polyhedron: StarDist itself cannot render it; let the star test decide
-            equations.append(np.zeros((0, HALFSPACE_WIDTH)))
+    # None: a flat polyhedron, which StarDist itself cannot render; the star test decides
+    equations = [np.zeros((0, HALFSPACE_WIDTH)) if planes is None else planes
+                 for planes in map(hull_equations, vertices)]
     hulls = np.zeros((len(equations), max(map(len, equations), default=0), HALFSPACE_WIDTH))
     for hull, planes in zip(hulls, equations):
         hull[:len(planes)] = planes
