@@ -17,8 +17,11 @@ What it measures
    and the ``RunSummary`` that ``hpc.run`` returns (including the seconds per stage).
 3. Runs the large file once more with 1 worker, for the parallel efficiency, and, for each
    NMS backend, with 1 worker of 2 threads against 2 workers of 1 thread (the same cores:
-   do threads of one worker process keep both busy?).
-4. Prints a table and the ratios with their targets (PASS/MISS):
+   do threads of one worker process keep both busy?). With ``--repeats N`` every run of the
+   large file is made N times, round by round (each round runs every layout once, so a slow
+   spell of the machine hits the layouts of one round alike).
+4. Prints a table and the ratios with their targets (PASS/MISS), each ratio per round and
+   its median over the rounds (the verdict is the median's):
 
    * driver peak RSS large / small (2 workers each), target <= 1.25 (the driver holds only
      per-tile and per-object arrays, so its memory should not grow with the volume);
@@ -39,9 +42,12 @@ How to run
     .venv/bin/python benchmarks/hpc_step.py
     .venv/bin/python benchmarks/hpc_step.py --shape 32 256 256 --nuclei 150 --rays 64
     .venv/bin/python benchmarks/hpc_step.py --rays 96 --candidates-per-nucleus 80 90  # realistic
+    .venv/bin/python benchmarks/hpc_step.py --thread-backends fast --repeats 5
 
 The report goes to stdout, progress to stderr; each child's log is kept in ``--workdir``
-(default: a temporary directory, deleted at the end).
+(default: a temporary directory, deleted at the end). On a virtual machine the hypervisor may
+take CPU time from the run (the ``steal`` column, in cores): a run with much steal measured the
+host's other tenants as much as this code.
 """
 from __future__ import annotations
 
@@ -50,6 +56,7 @@ import json
 import logging
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -85,6 +92,8 @@ CANDIDATES_PER_NUCLEUS = (20, 30)
 #: prediction block shape the candidate files are written in (as local_prediction.py would).
 CANDIDATE_BLOCK_SHAPE = (None, 64, 64)
 SEED = 0
+#: default rounds of the large file's runs (the ratios' medians over them are the verdicts).
+DEFAULT_REPEATS = 3
 #: worker counts compared for the parallel efficiency, and threads of the threaded worker.
 WORKERS_SERIAL, WORKERS_PARALLEL = 1, 2
 THREADS_PARALLEL = 2
@@ -122,11 +131,18 @@ def write_candidates(path, shape, n_nuclei, n_rays, seed,
 
 
 
+def _cpu_fields():
+    """The machine's CPU time since boot by kind, in seconds (the "cpu" line of /proc/stat)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    return [int(v) / ticks for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+
+
 def system_busy_seconds():
-    """CPU seconds all processes of the machine have spent busy since boot (/proc/stat)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    """CPU seconds all processes of the machine have spent busy since boot, and the part of
+    them that the hypervisor of a virtual machine took for others (steal)."""
+    fields = _cpu_fields()
     idle = fields[IDLE_FIELD] + fields[IOWAIT_FIELD]
-    return (sum(fields[:STEAL_FIELD + 1]) - idle) / os.sysconf("SC_CLK_TCK")
+    return sum(fields[:STEAL_FIELD + 1]) - idle, fields[STEAL_FIELD]
 
 
 def own_cpu_seconds():
@@ -155,7 +171,7 @@ def child_main(config_path, n_workers, n_threads, backend):
     load = os.getloadavg()[0]
     summaries = []
     hpc.run = _recording(hpc.run, summaries)
-    busy_before, (driver_before, _) = system_busy_seconds(), own_cpu_seconds()
+    (busy_before, steal_before), (driver_before, _) = system_busy_seconds(), own_cpu_seconds()
     start = time.perf_counter()
     code = hpc_prediction.main([str(config_path), "--set",
                                 f"cluster.local.n_workers={n_workers}", "--set",
@@ -165,7 +181,9 @@ def child_main(config_path, n_workers, n_threads, backend):
     # the worker processes are children of the driver, reaped when the cluster closes
     driver_cpu, worker_cpu = own_cpu_seconds()
     ours = driver_cpu - driver_before + worker_cpu
-    other_cores = (system_busy_seconds() - busy_before - ours) / max(wall, EPSILON_SECONDS)
+    busy_after, steal_after = system_busy_seconds()
+    other_cores = (busy_after - busy_before - ours) / max(wall, EPSILON_SECONDS)
+    steal_cores = (steal_after - steal_before) / max(wall, EPSILON_SECONDS)
     if code != 0 or not summaries:
         return code or 1
     summary = summaries[-1]
@@ -174,7 +192,7 @@ def child_main(config_path, n_workers, n_threads, backend):
                   seconds=asdict(summary.seconds), wall_seconds=wall,
                   peak_rss_mib=high_water_rss_mib(), baseline_rss_mib=baseline,
                   cpu_seconds=driver_cpu, worker_cpu_seconds=worker_cpu, load_1min=load,
-                  other_cores=other_cores)
+                  other_cores=other_cores, steal_cores=steal_cores)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
 
@@ -198,13 +216,14 @@ def write_config(path, candidates, run_dir, args):
 
 @dataclass(frozen=True)
 class Run:
-    """One child run: which volume, workers x threads, backend, what it measured."""
+    """One child run: which volume, workers x threads, backend, round, what it measured."""
     volume: str
     shape: tuple
     n_workers: int
     n_threads: int
     backend: str
     result: dict
+    repeat: int = 0
 
 
 def _run(config_path, n_workers, n_threads, backend, log_path):
@@ -215,7 +234,8 @@ def _run(config_path, n_workers, n_threads, backend, log_path):
 
 
 def measure_all(workdir, args):
-    """Write both candidate files and run the three children; return the runs."""
+    """Write both candidate files and run the children (the large file's ``args.repeats``
+    times, round by round); return the runs."""
     shapes = {"small": tuple(args.shape), "large": tuple(SCALE_PER_AXIS * s for s in args.shape)}
     nuclei = {"small": args.nuclei, "large": args.nuclei * SCALE_PER_AXIS ** 3}
     files = {}
@@ -224,15 +244,16 @@ def measure_all(workdir, args):
         write_candidates(files[name], shapes[name], nuclei[name], args.rays, SEED + i,
                          args.candidates_per_nucleus)
     chosen = args.nms_backend
-    plan = [("small", WORKERS_PARALLEL, 1, chosen), ("large", WORKERS_PARALLEL, 1, chosen),
-            ("large", WORKERS_SERIAL, 1, chosen)]
+    large = [("large", WORKERS_PARALLEL, 1, chosen), ("large", WORKERS_SERIAL, 1, chosen)]
     for backend in sorted({chosen, *args.thread_backends}, key=lambda b: b != chosen):
         if backend != chosen:
-            plan.append(("large", WORKERS_PARALLEL, 1, backend))
-        plan.append(("large", WORKERS_SERIAL, THREADS_PARALLEL, backend))
+            large.append(("large", WORKERS_PARALLEL, 1, backend))
+        large.append(("large", WORKERS_SERIAL, THREADS_PARALLEL, backend))
+    plan = [(0, "small", WORKERS_PARALLEL, 1, chosen)] + [
+        (repeat, *run) for repeat in range(args.repeats) for run in large]
     runs = []
-    for name, n_workers, n_threads, backend in plan:
-        run_dir = workdir / f"{name}_{n_workers}w{n_threads}t_{backend}"
+    for repeat, name, n_workers, n_threads, backend in plan:
+        run_dir = workdir / f"{name}_{n_workers}w{n_threads}t_{backend}_{repeat}"
         run_dir.mkdir()
         config = run_dir / "hpc.yaml"
         write_config(config, files[name], run_dir, args)
@@ -240,88 +261,113 @@ def measure_all(workdir, args):
                  shapes[name], n_workers, n_threads, backend)
         result = _run(config, n_workers, n_threads, backend, run_dir / "child.log")
         log.info("%s, %d x %d, %s: %s", name, n_workers, n_threads, backend, result)
-        runs.append(Run(name, shapes[name], n_workers, n_threads, backend, result))
+        runs.append(Run(name, shapes[name], n_workers, n_threads, backend, result, repeat))
     return runs
 
 
 
 def print_table(runs):
     """Print one row per run: counts, wall and stage seconds, driver CPU and memory."""
-    header = (f"{'volume':<17}{'wk':>3}{'th':>3}{'nms':>9}{'cand':>7}{'obj':>6}{'wall':>6}"
-              f"{'run':>6}"
+    header = (f"{'volume':<17}{'rd':>3}{'wk':>3}{'th':>3}{'nms':>9}{'cand':>7}{'obj':>6}"
+              f"{'wall':>6}{'run':>6}"
               + "".join(f"{s[:5]:>6}" for s in STAGES)
-              + f"{'drvCPU':>7}{'wkCPU':>6}{'load':>5}{'oth':>5}{'base':>5}"
+              + f"{'drvCPU':>7}{'wkCPU':>6}{'load':>5}{'oth':>5}{'steal':>6}{'base':>5}"
               f"{'peak':>5}")
     print(header)
     print("-" * len(header))
     for run in runs:
         r, label = run.result, f"{run.volume} {'x'.join(map(str, run.shape))}"
+        layout = f"{label:<17}{run.repeat:>3}{run.n_workers:>3}{run.n_threads:>3}{run.backend:>9}"
         if "failed" in r:
-            print(f"{label:<17}{run.n_workers:>3}{run.n_threads:>3}{run.backend:>9}  "
-                  f"FAILED: {r['failed']}")
+            print(f"{layout}  FAILED: {r['failed']}")
             continue
         seconds = r["seconds"]
-        print(f"{label:<17}{run.n_workers:>3}{run.n_threads:>3}{run.backend:>9}"
-              f"{r['n_candidates']:>7}{r['n_objects']:>6}"
+        print(f"{layout}{r['n_candidates']:>7}{r['n_objects']:>6}"
               f"{r['wall_seconds']:>6.1f}{sum(seconds.values()):>6.1f}"
               + "".join(f"{seconds[s]:>6.1f}" for s in STAGES)
               + f"{r['cpu_seconds']:>7.1f}{r['worker_cpu_seconds']:>6.1f}"
-              f"{r['load_1min']:>5.1f}"
-              f"{r['other_cores']:>5.1f}"
+              f"{r['load_1min']:>5.1f}{r['other_cores']:>5.1f}{r['steal_cores']:>6.2f}"
               f"{r['baseline_rss_mib']:>5.0f}{r['peak_rss_mib']:>5.0f}")
-    print("wall: main() incl. cluster start/stop; run: sum of hpc.run's stages (s); drvCPU / "
-          "wkCPU: CPU s of the driver (with the QC report) / all workers;\n"
+    print("rd: round; wall: main() incl. cluster start/stop; run: sum of hpc.run's stages (s); "
+          "drvCPU / wkCPU: CPU s of the driver (with the QC report) / all workers;\n"
           "load: 1-min load average at the run's start; oth: cores other processes kept busy "
-          "during it;\nbase/peak: driver RSS MiB after imports / peak (workers excluded)")
+          "during it, steal: of them, cores the hypervisor took;\n"
+          "base/peak: driver RSS MiB after imports / peak (workers excluded)")
 
 
-def print_ratios(small, large, serial):
-    """Print the memory ratio and the parallel efficiency against their targets."""
+def _by_round(runs, layout):
+    """The results of the runs of ``layout`` (volume, workers, threads, backend), by round."""
+    return {run.repeat: run.result for run in runs
+            if (run.volume, run.n_workers, run.n_threads, run.backend) == layout
+            and "failed" not in run.result}
+
+
+def _stage_seconds(result):
+    return sum(result["seconds"].values())
+
+
+def _median_line(name, values, target, verdict_text=None):
+    """``name``: each round's value, their median, the target and the median's verdict."""
+    middle = statistics.median(values)
+    shown = verdict(middle >= target) if verdict_text is None else verdict_text
+    print(f"{name}: median {middle:.2f} over {len(values)} round(s) "
+          f"({', '.join(f'{v:.2f}' for v in values)})  target >= {target}  {shown}")
+
+
+def print_ratios(runs, backend):
+    """Print the memory ratio and the parallel efficiency (per round) against their targets."""
+    small = _by_round(runs, ("small", WORKERS_PARALLEL, 1, backend))[0]
+    parallel = _by_round(runs, ("large", WORKERS_PARALLEL, 1, backend))
+    serial = _by_round(runs, ("large", WORKERS_SERIAL, 1, backend))
+    rounds = sorted(parallel.keys() & serial.keys())
+    large = parallel[rounds[0]]
     ratio = large["peak_rss_mib"] / small["peak_rss_mib"]
     growth = [r["peak_rss_mib"] - r["baseline_rss_mib"] for r in (small, large)]
     print(f"driver peak RSS large/small: {ratio:.2f}  target <= {MEMORY_RATIO_TARGET}  "
           f"{verdict(ratio <= MEMORY_RATIO_TARGET)}  (above the import baseline: "
           f"{growth[0]:.0f} vs {growth[1]:.0f} MiB)")
-    t1, t2 = (sum(r["seconds"].values()) for r in (serial, large))
-    efficiency = t1 / (WORKERS_PARALLEL * max(t2, EPSILON_SECONDS))
-    print(f"parallel efficiency t1/(2*t2), large: {efficiency:.2f} (hpc.run stages: "
-          f"{t1:.1f} s vs {t2:.1f} s)  target >= {EFFICIENCY_TARGET}  "
-          f"{verdict(efficiency >= EFFICIENCY_TARGET)}")
-    # every CPU-second of the 2-worker run (driver, workers) shares the same cores, so its
-    # stages last about cpu / cores at least (cpu includes the cluster's start and stop)
-    cpu = large["cpu_seconds"] + large["worker_cpu_seconds"]
-    bound = t1 * os.cpu_count() / (WORKERS_PARALLEL * max(cpu, EPSILON_SECONDS))
-    print(f"  CPU of the 2-worker run: {cpu:.1f} s (driver {large['cpu_seconds']:.1f}, workers "
-          f"{large['worker_cpu_seconds']:.1f} vs {serial['worker_cpu_seconds']:.1f} with 1 "
-          f"worker); on {os.cpu_count()} cores its "
-          f"efficiency can reach about {bound:.2f} at best")
-    free = os.cpu_count() - large["other_cores"]
-    print(f"  cores other processes left to the 2-worker run: {free:.1f} of {os.cpu_count()}, "
-          f"so its efficiency could reach about {free / WORKERS_PARALLEL:.2f} at best")
-    w1, w2 = serial["wall_seconds"], large["wall_seconds"]
-    print(f"  same from main()'s wall time (incl. cluster start): {w1 / (2 * w2):.2f} "
-          f"({w1:.1f} s vs {w2:.1f} s)")
+    _median_line("parallel efficiency t1/(2*t2) of hpc.run's stages, large",
+                 [_stage_seconds(serial[k]) / (WORKERS_PARALLEL * _stage_seconds(parallel[k]))
+                  for k in rounds], EFFICIENCY_TARGET)
+    for k in rounds:
+        t1, t2 = _stage_seconds(serial[k]), _stage_seconds(parallel[k])
+        # every CPU-second of the 2-worker run (driver, workers) shares the same cores, so
+        # its stages last about cpu / cores at least (cpu includes the cluster's start/stop)
+        cpu = parallel[k]["cpu_seconds"] + parallel[k]["worker_cpu_seconds"]
+        bound = t1 * os.cpu_count() / (WORKERS_PARALLEL * max(cpu, EPSILON_SECONDS))
+        free = os.cpu_count() - parallel[k]["other_cores"]
+        w1, w2 = serial[k]["wall_seconds"], parallel[k]["wall_seconds"]
+        print(f"  round {k}: {t1:.1f} s vs {t2:.1f} s; CPU of the 2-worker run {cpu:.1f} s "
+              f"(driver {parallel[k]['cpu_seconds']:.1f}, workers "
+              f"{parallel[k]['worker_cpu_seconds']:.1f} vs "
+              f"{serial[k]['worker_cpu_seconds']:.1f} with 1 worker): at best {bound:.2f} on "
+              f"{os.cpu_count()} cores; {free:.1f} cores left by other processes (steal "
+              f"{parallel[k]['steal_cores']:.2f} / {serial[k]['steal_cores']:.2f}): at best "
+              f"{free / WORKERS_PARALLEL:.2f}; from main()'s wall time (incl. cluster start) "
+              f"{w1 / (WORKERS_PARALLEL * w2):.2f} ({w1:.1f} s vs {w2:.1f} s)")
 
 
 def print_threads(runs):
     """Per backend: 1 worker x 2 threads against 2 workers x 1 thread on the large volume."""
-    by_setup = {(r.volume, r.n_workers, r.n_threads, r.backend): r.result for r in runs}
     for backend in dict.fromkeys(r.backend for r in runs):
-        threaded = by_setup.get(("large", WORKERS_SERIAL, THREADS_PARALLEL, backend))
-        processes = by_setup.get(("large", WORKERS_PARALLEL, 1, backend))
-        if threaded is None or processes is None or "failed" in {**threaded, **processes}:
+        threaded = _by_round(runs, ("large", WORKERS_SERIAL, THREADS_PARALLEL, backend))
+        processes = _by_round(runs, ("large", WORKERS_PARALLEL, 1, backend))
+        rounds = sorted(threaded.keys() & processes.keys())
+        if not rounds:
             continue
-        step = [sum(r["seconds"].values()) for r in (threaded, processes)]
-        nms = [r["seconds"]["nms"] for r in (threaded, processes)]
-        ratio = step[1] / max(step[0], EPSILON_SECONDS)
-        print(f"{backend}: throughput 1 worker x {THREADS_PARALLEL} threads / "
-              f"{WORKERS_PARALLEL} workers x 1 thread: {ratio:.2f} (step {step[0]:.1f} s vs "
-              f"{step[1]:.1f} s; NMS stage {nms[1] / max(nms[0], EPSILON_SECONDS):.2f}: "
-              f"{nms[0]:.1f} s vs {nms[1]:.1f} s)  target >= {THREADS_TARGET}  "
-              + (verdict(ratio >= THREADS_TARGET) if backend != NMS_BACKEND_STARDIST else
-                 "n/a: StarDist's C NMS holds the GIL, so its default layout is one "
-                 "single-thread process per core (the 2 x 1 run; a threaded layout is warned "
-                 "about)"))
+        _median_line(
+            f"{backend}: throughput 1 worker x {THREADS_PARALLEL} threads / {WORKERS_PARALLEL} "
+            "workers x 1 thread, whole step",
+            [_stage_seconds(processes[k]) / _stage_seconds(threaded[k]) for k in rounds],
+            THREADS_TARGET,
+            None if backend != NMS_BACKEND_STARDIST else
+            "n/a: StarDist's C NMS holds the GIL, so its default layout is one single-thread "
+            "process per core (the 2 x 1 run; a threaded layout is warned about)")
+        nms = [processes[k]["seconds"]["nms"] / threaded[k]["seconds"]["nms"] for k in rounds]
+        print(f"  NMS stage alone: median {statistics.median(nms):.2f} "
+              f"({', '.join(f'{v:.2f}' for v in nms)}); step seconds threaded / processes: "
+              + ", ".join(f"{_stage_seconds(threaded[k]):.1f} / "
+                          f"{_stage_seconds(processes[k]):.1f}" for k in rounds))
 
 
 def parse_args(argv):
@@ -349,6 +395,9 @@ def parse_args(argv):
                         choices=(NMS_BACKEND_FAST, NMS_BACKEND_STARDIST),
                         help="backends whose 1 worker x 2 threads run is compared with 2 "
                              "workers x 1 thread (default: both)")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                        help="rounds of the large file's runs; the ratios' medians over them "
+                             f"are the verdicts (default {DEFAULT_REPEATS})")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where candidate files, configs and logs go (default: a temp dir)")
     parser.add_argument("--child", nargs=4, metavar=("CONFIG", "N_WORKERS", "N_THREADS",
@@ -382,11 +431,11 @@ def main(argv=None):
           f"bounded by the driver's own work and anything else running); load average "
           f"(1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print_table(runs)
-    small, large, serial = (run.result for run in runs[:3])
-    if any("failed" in r for r in (small, large, serial)):
+    chosen = [run for run in runs[:3] if run.backend == args.nms_backend]
+    if any("failed" in run.result for run in chosen):
         print("a run failed: no ratios (see the log above)")
         return 1
-    print_ratios(small, large, serial)
+    print_ratios(runs, args.nms_backend)
     print_threads(runs)
     return 0
 
