@@ -6,6 +6,7 @@ with the same signature resumes from them; a run whose input or settings changed
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shutil
@@ -25,8 +26,12 @@ SIGNATURE_FILE = "run.json"
 def save_record(path, *records):
     """Save NamedTuples of arrays and scalars (distinct field names) to one ``.npz`` atomically."""
     fields = {name: value for record in records for name, value in record._asdict().items()}
-    with atomic_path(path) as tmp_path, open(tmp_path, "wb") as f:
-        np.savez(f, **fields)
+    # assembled in memory, written at once: np.savez into the file itself seeks back over every
+    # member's header (0.8 ms of the 2.7 ms a chunk's 20 arrays took, GIL held; same bytes)
+    assembled = io.BytesIO()
+    np.savez(assembled, **fields)
+    with atomic_path(path) as tmp_path:
+        tmp_path.write_bytes(assembled.getbuffer())
 
 
 def load_record(path, record_type):
