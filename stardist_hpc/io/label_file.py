@@ -104,6 +104,8 @@ def _write_chunks(f, dset, chunk_dir, stored_chunks, show_progress):
     :class:`~.hdf5.GuardedFile`)."""
     for index, stored in progress(stored_chunks.items(), len(stored_chunks), "write label.h5",
                                   "chunk", show_progress=show_progress):
+        if not len(stored.storage_size):
+            continue   # no objects: no labels file
         data = chunk_files(chunk_dir, index).labels.read_bytes()
         for lo, piece in split_stored(data, stored):
             dset.id.write_direct_chunk(lo, piece)
@@ -122,8 +124,8 @@ def write_label_file(path, image_shape, storage_shape, chunk_dir, stored_chunks,
     chunk_dir : Path
         Where :func:`stardist_hpc.segment.render.render_chunk` wrote the chunks.
     stored_chunks : mapping of int to StoredChunks
-        The rendered chunks that hold objects (by chunk index), and the storage chunks in
-        each one's labels file; all other voxels are background.
+        The rendered chunks (by chunk index) and the storage chunks in each one's labels file
+        (none for a chunk without objects); all other voxels are background.
     objects : ndarray
         The ``objects`` table (:meth:`ObjectStatistics.table` of the chunks' statistics).
     attributes : mapping of str to object

@@ -31,8 +31,8 @@ import numpy as np
 
 from ..geometry.tiling import Box, Grid
 from .atomic import directories_synced_once, sync_directory, write_bytes
-from .checkpoint import load_checkpoint, load_record, save_record
-from .chunks import DEFLATE_LEVEL, StoredChunks, chunk_files, compress_chunk, split_stored
+from .checkpoint import load_checkpoint, save_record
+from .chunks import DEFLATE_LEVEL, chunk_files, compress_chunk, split_stored
 from .voxel_size import VoxelSize
 
 NGFF_VERSION = "0.4"
@@ -216,9 +216,18 @@ def _write_chunks(store, marker_dir, levels, level, task, pieces):
     return written.chunk_lo
 
 
-def copy_base_chunks(store, marker_dir, levels, chunk_dir, indices):
-    """Task: write the level-0 chunks of the rendered task chunks ``indices`` (their own
-    deflate bytes).
+def copy_base_chunks(store, marker_dir, levels, chunk_dir, stored_chunks):
+    """Task: write the level-0 chunks of rendered task chunks (their own deflate bytes).
+
+    Parameters
+    ----------
+    store, marker_dir, levels
+        The temporary store, its markers and its levels.
+    chunk_dir : Path
+        The labeling stage's chunk checkpoints.
+    stored_chunks : sequence of (int, StoredChunks)
+        Each task chunk's index and the storage chunks in its labels file (what its
+        labeling task returned).
 
     Returns
     -------
@@ -226,18 +235,16 @@ def copy_base_chunks(store, marker_dir, levels, chunk_dir, indices):
         First voxel of every chunk file written (chunks with objects only).
     """
     return np.concatenate([np.zeros((0, 3), np.int64),
-                           *(_copy_base_chunk(store, marker_dir, levels, chunk_dir, index)
-                             for index in indices)])
+                           *(_copy_base_chunk(store, marker_dir, levels, chunk_dir, index, stored)
+                             for index, stored in stored_chunks)])
 
 
-def _copy_base_chunk(store, marker_dir, levels, chunk_dir, index):
+def _copy_base_chunk(store, marker_dir, levels, chunk_dir, index, stored):
     """The level-0 chunk files of one rendered task chunk (see :func:`copy_base_chunks`)."""
     done = _intact(store, marker_dir, levels, 0, index)
     if done is not None:
         return done
-    files = chunk_files(chunk_dir, index)
-    stored = load_record(files.stats, StoredChunks)
-    data = files.labels.read_bytes() if len(stored.storage_size) else b""
+    data = chunk_files(chunk_dir, index).labels.read_bytes() if len(stored.storage_size) else b""
     return _write_chunks(store, marker_dir, levels, 0, index, split_stored(data, stored))
 
 

@@ -78,7 +78,7 @@ def extras_done(params, index):
 
 class ChunkSummary(NamedTuple):
     """What the labeling stage collected of all chunks: object statistics, the storage
-    chunks in each labels file (of the chunks with objects, in chunk order), previews,
+    chunks in each labels file (none for a chunk without objects; in chunk order), previews,
     intensities (None without ``measure``), seconds."""
     objects: ObjectStatistics
     stored: dict             # chunk index -> StoredChunks
@@ -146,9 +146,8 @@ class ExtrasCollector:
 
     def _merge(self, chunk: RenderedChunk):
         preview, chunk_intensities, times = _parts(chunk.extras)
-        if len(chunk.stats.ids):
-            self._objects.add(chunk.stats)
-            self._stored[chunk.index] = chunk.stored
+        self._objects.add(chunk.stats)
+        self._stored[chunk.index] = chunk.stored
         self._previews.add(self._grid.box(chunk.index), preview)
         if self._intensities is not None:
             self._intensities.add(chunk.stats.ids, chunk.stats.voxel_count, chunk_intensities)

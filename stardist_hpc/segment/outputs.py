@@ -62,8 +62,9 @@ def ome_zarr_stage(params: SegmentParams, chunk_batches, execute):
     ----------
     params : SegmentParams
         ``ome_zarr_path`` must be set.
-    chunk_batches : sequence of sequence of int
-        The rendered task chunks, in batches (one task each) for level 0.
+    chunk_batches : sequence of sequence of (int, StoredChunks)
+        The rendered task chunks and the storage chunks in their labels files
+        (``ChunkSummary.stored``), in batches (one task each) for level 0.
     execute : callable
         As for :func:`stardist_hpc.segment.step.segment`.
     """
@@ -72,8 +73,8 @@ def ome_zarr_stage(params: SegmentParams, chunk_batches, execute):
     markers = params.ome_zarr_marker_dir
     log.info("OME-Zarr: %d level(s), shapes %s", len(levels),
              ", ".join("x".join(map(str, level.shape)) for level in levels))
-    arguments = [(tmp_store, markers, levels, params.chunk_dir, [int(i) for i in batch])
-                 for batch in chunk_batches]
+    arguments = [(tmp_store, markers, levels, params.chunk_dir,
+                  [(int(i), stored) for i, stored in batch]) for batch in chunk_batches]
     written = list(execute(copy_base_chunks, arguments, "OME-Zarr level 0"))
     for level in range(1, len(levels)):
         finer = np.concatenate([np.zeros((0, 3), np.int64), *written])

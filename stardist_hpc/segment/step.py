@@ -270,8 +270,8 @@ def _by_batch(params, items, index):
 
 
 def _labeling_stage(params, survivors, execute):
-    """Render every chunk that some survivor meets; returns the rendered chunk indices and
-    their ChunkSummary (merged as the tasks finish)."""
+    """Render every chunk that some survivor meets; returns their ChunkSummary (merged as the
+    tasks finish)."""
     bbox_lo, bbox_hi = survivors.read_columns("bbox_lo", "bbox_hi")
     tasks = chunk_tasks(bbox_lo, bbox_hi, _chunk_grid(params))
     missing = [task for task in tasks if not (
@@ -284,7 +284,7 @@ def _labeling_stage(params, survivors, execute):
     extras.rendered_before(set(chunk_indices) - {task.index for task in missing})
     for rendered in execute(render_chunks, arguments, "labeling"):
         extras.rendered(rendered)
-    return chunk_indices, extras.summary()
+    return extras.summary()
 
 
 def _provenance(params):
@@ -330,10 +330,11 @@ def _write_stage(params, survivors, extras, show_progress):
     return objects
 
 
-def _outputs_stage(params, chunk_indices, objects, execute):
+def _outputs_stage(params, extras, objects, execute):
     """The OME-Zarr levels (tasks) and the tables; the OME-Zarr is published last."""
     if params.ome_zarr_path is not None:
-        ome_zarr_stage(params, _by_batch(params, chunk_indices, int), execute)
+        ome_zarr_stage(params, _by_batch(params, extras.stored.items(), lambda item: item[0]),
+                       execute)
     write_tables(params, objects)
     publish_outputs(params)
 
@@ -382,7 +383,7 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
     with _timed(seconds, "gather"):
         survivors = _gather_stage(params, plans, nms_summary, execute)
     with _timed(seconds, "labeling"):
-        chunk_indices, extras = _labeling_stage(params, survivors, execute)
+        extras = _labeling_stage(params, survivors, execute)
     # the last look at the inputs before a file appears at the final path
     n_candidates = verify_pinned(params.candidate_pin).n_candidates
     _check_source_unchanged(params)
@@ -394,7 +395,7 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
     # the report shows the seconds up to label.h5 (a copy: the outputs' are added below)
     reported = summary._replace(seconds=replace(seconds))
     with _timed(seconds, "outputs"):
-        _outputs_stage(params, chunk_indices, objects, execute)
+        _outputs_stage(params, extras, objects, execute)
     if report_path is not None:
         with _timed(seconds, "report"):
             _report_stage(report_path, params, reported, extras, nms_summary)
