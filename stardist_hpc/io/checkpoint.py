@@ -45,7 +45,8 @@ def load_record(path, record_type):
 def load_records(path, *record_types):
     """Load one record of each of ``record_types`` from one file written by
     :func:`save_record`, opening it once (each opening parses the zip directory again: ~1 ms
-    per chunk checkpoint, paid per chunk by the driver's write stage)."""
+    per chunk checkpoint; a resumed chunk's extras, statistics and stored chunks are read
+    together)."""
     with np.load(path, allow_pickle=False) as npz:
         return tuple(_record(record_type, npz) for record_type in record_types)
 
