@@ -8,6 +8,14 @@ import numpy as np
 import pytest
 import tifffile
 
+# a hung test prints every process's stacks and fails, instead of waiting for CI's time limit
+from hang_watchdog import (  # noqa: F401
+    pytest_configure,
+    pytest_runtest_protocol,
+    pytest_terminal_summary,
+    pytest_unconfigure,
+)
+
 from stardist_hpc.config import ImageSection, ModelSection
 from stardist_hpc.synthetic import (  # noqa: F401
     SYNTHETIC_NMS_THRESH,
