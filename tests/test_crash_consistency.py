@@ -566,3 +566,24 @@ def _assert_complete_output(output, undisturbed_dir, reference):
         import pyarrow.parquet
         rows = (undisturbed_dir / "output" / "objects.tsv").read_text().count("\n") - 1
         assert pyarrow.parquet.read_table(output).num_rows == rows
+
+
+def test_a_write_that_makes_no_progress_is_an_error_not_a_loop(tmp_path):
+    """A write that returns 0 without an error (no regular file does; a pipe, a FUSE or a
+    network filesystem might) is kept as the failed write, like ENOSPC."""
+    import errno
+    import io
+
+    from stardist_hpc.io.hdf5 import _WriteGuard
+
+    class _WritesNothing(io.FileIO):
+        def write(self, data):
+            return 0
+
+    class _Stuck(_WriteGuard, _WritesNothing):
+        pass
+
+    with _Stuck(tmp_path / "f", "w") as guard:
+        assert guard.write(b"abc") == 3
+        assert guard.write(b"def") == 3   # dropped, as every write after a failed one
+    assert guard.error.errno == errno.EIO

@@ -3,6 +3,7 @@ file so that a full disk is an exception, not a crash."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import os
@@ -61,7 +62,10 @@ class _WriteGuard(io.FileIO):
             view = memoryview(data).cast("B")
             try:
                 while view:   # a write may be partial; the one after it raises ENOSPC
-                    view = view[super().write(view):]
+                    written = super().write(view)
+                    if not written:   # no progress, no error: would loop for ever
+                        raise OSError(errno.EIO, "write wrote nothing", self.name)
+                    view = view[written:]
             except OSError as error:
                 self.error = error
         return len(data)
