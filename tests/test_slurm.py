@@ -28,6 +28,7 @@ SLURM_DIR = REPO / "tests" / "slurm"
 DRIVER_NAME = "stardist-hpc"      # #SBATCH --job-name of jobscript_template.sh
 WORKER_NAME = "dask-worker"       # dask-jobqueue's default job name
 JOB_TIMEOUT = 300                 # seconds a driver job may take
+COMMAND_TIMEOUT = 60              # seconds a SLURM command or stop_cluster.sh may take
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"}
 SUMMARY = re.compile(r"wrote \S+label\.h5: \d+ candidates -> \d+ objects")
 
@@ -50,7 +51,8 @@ def slurm_env():
     started = subprocess.run([str(SLURM_DIR / "start_cluster.sh")], capture_output=True,
                              text=True, timeout=600)
     if started.returncode != 0 and "apt-get install failed" in started.stderr:
-        subprocess.run([str(SLURM_DIR / "stop_cluster.sh")], capture_output=True)
+        subprocess.run([str(SLURM_DIR / "stop_cluster.sh")], capture_output=True,
+                       timeout=3 * COMMAND_TIMEOUT)
         _cannot_run("the SLURM packages cannot be installed: " + started.stderr[-1500:])
     try:
         assert started.returncode == 0, f"start_cluster.sh failed:\n{started.stderr[-3000:]}"
@@ -61,12 +63,13 @@ def slurm_env():
         yield env
     finally:
         stopped = subprocess.run([str(SLURM_DIR / "stop_cluster.sh")], capture_output=True,
-                                 text=True)
+                                 text=True, timeout=3 * COMMAND_TIMEOUT)
         assert stopped.returncode == 0, stopped.stderr
 
 
 def _slurm(env, *args):
-    result = subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(list(args), env=env, capture_output=True, text=True,
+                            timeout=COMMAND_TIMEOUT)
     assert result.returncode == 0, f"{' '.join(args)}: {result.stderr}"
     return result.stdout
 
@@ -161,7 +164,7 @@ def _submit_driver(env, tmp_path, config):
 def _state(env, job_id):
     """The job's state while squeue knows it, else None."""
     result = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], env=env,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     return result.stdout.strip() or None
 
 
@@ -169,7 +172,7 @@ def _wait_until_done(env, job_id, log_path):
     deadline = time.monotonic() + JOB_TIMEOUT
     while _state(env, job_id) in ACTIVE_STATES:
         if time.monotonic() > deadline:
-            subprocess.run(["scancel", str(job_id)], env=env)
+            subprocess.run(["scancel", str(job_id)], env=env, timeout=COMMAND_TIMEOUT)
             tail = log_path.read_text()[-3000:] if log_path.exists() else "(no log)"
             pytest.fail(f"driver job {job_id} still running after {JOB_TIMEOUT} s:\n{tail}")
         time.sleep(1)
