@@ -502,6 +502,9 @@ def run_tasks(client, function, argument_tuples, description, *, show_progress=T
                          *zip(*argument_tuples), pure=False, retries=TASK_RETRIES,
                          key=[f"{function.__name__}-{uuid.uuid4().hex}" for _ in argument_tuples])
     arguments_of = dict(zip((f.key for f in futures), argument_tuples))
+    # read now: when a task has killed its last retry's worker, the replacement may not have
+    # joined yet, and no worker is left to ask
+    memory_limit = _memory_limit(client)
     finished = _finished(client, futures, no_worker_timeout, description)
     try:
         for future in progress(finished, len(futures), description, "task",
@@ -510,7 +513,7 @@ def run_tasks(client, function, argument_tuples, description, *, show_progress=T
                 result = _result(client, future, no_worker_timeout, description)
             except distributed.KilledWorker:
                 raise _killed_error(function, arguments_of[future.key], description,
-                                    _memory_limit(client)) from None
+                                    _memory_limit(client) or memory_limit) from None
             if isinstance(result, _BadInput):
                 raise result.error
             yield result
