@@ -57,6 +57,8 @@ def _dump(pid, out):
 
 
 def _report_and_exit(nodeid):
+    """Report the hung test ``nodeid`` (a file for the controller, and stderr) and end this
+    process."""
     report = Path(os.environ[REPORT_DIR_VARIABLE]) / f"{os.getpid()}.txt"
     with open(report, "w") as out:
         _report(nodeid, out)
@@ -100,12 +102,14 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def pytest_unconfigure(config):
+    """Remove the run's report directory (on the controller)."""
     if not hasattr(config, "workerinput"):
         shutil.rmtree(os.environ.pop(REPORT_DIR_VARIABLE), ignore_errors=True)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
+    """Run the test ``item`` (setup, call, teardown) under a timer of :data:`HANG_SECONDS`."""
     timer = threading.Timer(HANG_SECONDS, _report_and_exit, args=(item.nodeid,))
     timer.daemon = True
     timer.start()

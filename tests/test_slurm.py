@@ -28,7 +28,10 @@ SLURM_DIR = REPO / "tests" / "slurm"
 DRIVER_NAME = "stardist-hpc"      # #SBATCH --job-name of jobscript_template.sh
 WORKER_NAME = "dask-worker"       # dask-jobqueue's default job name
 JOB_TIMEOUT = 300                 # seconds a driver job may take
-COMMAND_TIMEOUT = 60              # seconds a SLURM command or stop_cluster.sh may take
+COMMAND_TIMEOUT = 60              # seconds a SLURM command may take
+# seconds start_cluster.sh (which may install the packages first) or stop_cluster.sh may take;
+# the stop script's own waits add up to ~7 min (lock 300 s, jobs 30 s, 3 daemons x 35 s)
+CLUSTER_SCRIPT_TIMEOUT = 600
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"}
 SUMMARY = re.compile(r"wrote \S+label\.h5: \d+ candidates -> \d+ objects")
 
@@ -49,10 +52,10 @@ def slurm_env():
     if not shutil.which("slurmctld", path=path) and not shutil.which("apt-get"):
         _cannot_run("neither slurmctld nor apt-get (to install it) is available")
     started = subprocess.run([str(SLURM_DIR / "start_cluster.sh")], capture_output=True,
-                             text=True, timeout=600)
+                             text=True, timeout=CLUSTER_SCRIPT_TIMEOUT)
     if started.returncode != 0 and "apt-get install failed" in started.stderr:
         subprocess.run([str(SLURM_DIR / "stop_cluster.sh")], capture_output=True,
-                       timeout=3 * COMMAND_TIMEOUT)
+                       timeout=CLUSTER_SCRIPT_TIMEOUT)
         _cannot_run("the SLURM packages cannot be installed: " + started.stderr[-1500:])
     try:
         assert started.returncode == 0, f"start_cluster.sh failed:\n{started.stderr[-3000:]}"
@@ -63,7 +66,7 @@ def slurm_env():
         yield env
     finally:
         stopped = subprocess.run([str(SLURM_DIR / "stop_cluster.sh")], capture_output=True,
-                                 text=True, timeout=3 * COMMAND_TIMEOUT)
+                                 text=True, timeout=CLUSTER_SCRIPT_TIMEOUT)
         assert stopped.returncode == 0, stopped.stderr
 
 
