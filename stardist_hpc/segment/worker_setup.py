@@ -1,6 +1,6 @@
 """Preloaded into every Dask worker process (local ones, and those of SLURM jobs through
 ``--preload``): Ctrl-C is the driver's to handle, threads hand the GIL over sooner, and the NMS
-kernels are loaded before the first task needs them.
+kernels are loaded before the worker joins.
 
 A Ctrl-C in the terminal reaches the whole foreground process group, so the local cluster's
 worker processes would each print a KeyboardInterrupt traceback under the driver's one-line
@@ -12,16 +12,17 @@ Python, that wait lasts up to Python's switch interval (5 ms by default), thousa
 per task. A shorter interval keeps the threads of one worker busy (``benchmarks/hpc_step.py``,
 1 worker x 2 threads).
 
-Loading the numba kernels from their on-disk cache takes each worker process about 0.8 s;
-a thread does it while the worker starts and the driver opens its input, and a task that
-calls a kernel sooner waits for it (numba compiles and loads under one lock).
+Importing and loading the numba kernels from their on-disk cache takes each worker process
+about 1.2 s of CPU. The preload does it before the worker joins the scheduler, so a worker
+joins ready: loading them in a thread while the first tasks ran made every worker's loading
+compete with the other workers' tasks for the job's cores, and the first task wait for it
+anyway (numba compiles and loads under one lock).
 """
 from __future__ import annotations
 
 import json
 import signal
 import sys
-import threading
 
 import numpy as np
 
@@ -56,5 +57,4 @@ def dask_setup(worker):
     """Dask's preload hook: runs in the worker's main thread before it takes tasks."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
-    threading.Thread(target=warm_up_nms_kernels, name="warm-up NMS kernels",
-                     daemon=True).start()
+    warm_up_nms_kernels()
