@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..geometry.tiling import Box, Grid
-from .atomic import directories_synced_once, sync_directory, write_bytes
+from .atomic import synced_at_end, sync_directory, write_bytes
 from .checkpoint import load_checkpoint, save_record
 from .chunks import DEFLATE_LEVEL, chunk_files, compress_chunk, split_stored
 from .voxel_size import VoxelSize
@@ -201,7 +201,7 @@ def _write_chunks(store, marker_dir, levels, level, task, pieces):
     """Write ``(lo, bytes)`` chunk files of ``level``, then the task's marker."""
     directory, chunks = level_dir(store, level), levels[level].chunks
     los, crcs = [], []
-    with directories_synced_once():   # all durable before the marker names them
+    with synced_at_end():   # all durable before the marker (synced at once) names them
         for lo, data in pieces:
             chunk = _chunk_path(directory, lo, chunks)
             chunk.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from ..geometry.cone_table import cone_table, prepare_polyhedra, rasterise, reac
 from ..geometry.hulls import hull_equations
 from ..geometry.rays import bbox_of_vertices, polyhedron_vertices, ray_geometry
 from ..geometry.tiling import Box
-from ..io.atomic import directories_synced_once
+from ..io.atomic import synced_at_end
 from ..io.checkpoint import save_record, write_bytes
 from ..io.chunks import NO_LABELS, ChunkIdentity, chunk_files, chunk_stats, compress_storage_chunks
 from ..io.input_pin import check_pinned
@@ -244,10 +244,10 @@ def batch_chunks(grid):
 def render_chunks(params: SegmentParams, tasks):
     """Task: render a batch of chunks (see :func:`render_chunk`); returns their
     RenderedChunks."""
-    # each chunk's two files are synced; the chunk folder once, before the task returns (a
-    # crash before that can leave a chunk's statistics without its labels file: chunk_done
-    # renders it again)
-    with directories_synced_once(), \
+    # the chunks' files are synced together before the task returns (a crash before that can
+    # leave a chunk's statistics without its labels file, or either torn: chunk_done finds
+    # it and the chunk is rendered again)
+    with synced_at_end(), \
             SurvivorFile(params.survivor_path).positions_reader() as read_survivors:
         return [render_chunk(params, task, read_survivors) for task in tasks]
 
