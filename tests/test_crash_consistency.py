@@ -49,7 +49,13 @@ from stardist_hpc.io.ome_zarr import temporary_store
 from stardist_hpc.io.run_lock import WORK_DIR_LOCK, lock_path_of, run_lock
 from stardist_hpc.segment import step as hpc
 from stardist_hpc.segment.cluster import run_in_process
-from stardist_hpc.segment.params import CHUNK_DIR, NMS_DIR, SETTING_CHECKPOINTS, SURVIVORS
+from stardist_hpc.segment.params import (
+    CHUNK_DIR,
+    NMS_DIR,
+    OME_ZARR_DIR,
+    SETTING_CHECKPOINTS,
+    SURVIVORS,
+)
 from stardist_hpc.synthetic import random_centres, synthetic_candidates, write_candidate_file
 
 pytestmark = pytest.mark.usefixtures("single_openmp_thread")
@@ -300,11 +306,13 @@ def _fill(mount, free_kib):
     return filler
 
 
-#: (what the work_dir already holds, KiB left free, the file the message names).
-FULL_AT = {"NMS checkpoint": ((), 40, f"{NMS_DIR}/round0/batch"),
-           "survivors.h5": ((NMS_DIR, "run.json"), 30, SURVIVORS),
-           "label chunk": ((NMS_DIR, "run.json", SURVIVORS), 30, f"{CHUNK_DIR}/"),
-           "label.h5": ((NMS_DIR, "run.json", SURVIVORS, CHUNK_DIR), 300, "label.h5")}
+#: (what the work_dir already holds, KiB left free, the files the message may name: a
+#: labeling task writes its chunks, then their OME-Zarr level 0 and its marker).
+FULL_AT = {"NMS checkpoint": ((), 40, (f"{NMS_DIR}/round0/batch",)),
+           "survivors.h5": ((NMS_DIR, "run.json"), 30, (SURVIVORS,)),
+           "label chunk": ((NMS_DIR, "run.json", SURVIVORS), 30,
+                           (f"{CHUNK_DIR}/", f"{OME_ZARR_DIR}/0/", "label.ome.zarr.tmp/")),
+           "label.h5": ((NMS_DIR, "run.json", SURVIVORS, CHUNK_DIR), 300, ("label.h5",))}
 
 
 @pytest.mark.parametrize("stage", FULL_AT)
@@ -325,8 +333,10 @@ def test_a_full_filesystem_is_one_line_and_a_rerun_with_space_resumes(
 
     code = segment_main([str(config_path)])
 
-    _assert_one_line_exit_2(code, caplog, f"no space left on {small_filesystem} while writing",
-                            named, "free space and rerun to resume")
+    message = _assert_one_line_exit_2(code, caplog,
+                                      f"no space left on {small_filesystem} while writing",
+                                      "free space and rerun to resume")
+    assert any(name in message for name in named), message
     assert not (small_filesystem / "label.h5").exists()
     filler.unlink()
     # a killed worker's temporary, cleaned up by the next run

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+import zarr
 from conftest import (
     SYNTHETIC_NMS_THRESH,
     SYNTHETIC_RAYS,
@@ -20,9 +21,11 @@ from scipy import ndimage
 
 from stardist_hpc.config import HpcConfig, load
 from stardist_hpc.errors import UserError
+from stardist_hpc.geometry.tiling import Grid
 from stardist_hpc.io.candidates import CandidateFile
 from stardist_hpc.segment import step as hpc
 from stardist_hpc.segment.cluster import run_in_process
+from stardist_hpc.segment.render import batch_chunks
 
 pytestmark = pytest.mark.usefixtures("single_openmp_thread")
 
@@ -177,6 +180,42 @@ def test_resume_redoes_only_deleted_checkpoints(tmp_path, nuclei_candidates):
     second = _stored_chunks(config.output.labels), _read_labels(config.output.labels)[1]
     assert second[0] == first[0]
     np.testing.assert_array_equal(second[1], first[1])
+
+
+def test_labeling_tasks_write_the_ome_zarr_level_0_of_the_batches_they_render(
+        tmp_path, nuclei_candidates):
+    """A labeling task writes its batch's OME-Zarr level 0 from the bytes it compressed; a
+    rerun copies the level 0 of the batches an earlier run rendered from their checkpoints.
+    Level 0 equals label.h5 either way."""
+    config = _config(tmp_path, nuclei_candidates, chunk_shape=(4, 8, 8))   # batches of chunks
+    params = hpc.resolve_params(config, CandidateFile(config.input.prediction))
+    copied = []
+
+    def recording_executor(function, argument_tuples, description):
+        if function.__name__ == "copy_base_chunks":   # (..., [(chunk index, stored), ...])
+            copied.extend(args[-1][0][0] for args in argument_tuples)
+        return run_in_process(function, argument_tuples, description)
+
+    def level_0():
+        return zarr.open_group(config.output.ome_zarr, mode="r")["labels/nuclei/0"][...]
+
+    _segment(config, recording_executor)
+    labels = _read_labels(config.output.labels)[0]
+    assert copied == []
+    np.testing.assert_array_equal(level_0(), labels)
+
+    work = config.output.work_dir
+    rendered = sorted(int(p.stem) for p in (work / "chunks").glob("*.npz"))
+    batch_of = batch_chunks(Grid(params.image_shape, params.chunk_shape))
+    firsts = sorted({min(i for i in rendered if batch_of[i] == batch_of[j]) for j in rendered})
+    redone = firsts[1]
+    assert sum(batch_of[i] == batch_of[redone] for i in rendered) > 1
+    for index in rendered:
+        if batch_of[index] == batch_of[redone]:
+            (work / "chunks" / f"{index}.npz").unlink()
+    _segment(config, recording_executor)
+    assert copied == [first for first in firsts if first != redone]
+    np.testing.assert_array_equal(level_0(), labels)
 
 
 def test_zero_candidates_give_background_only(tmp_path, in_process):

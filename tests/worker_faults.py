@@ -2,7 +2,8 @@
 
 Given to the HPC step's local cluster through Dask's own config
 (``DASK_DISTRIBUTED__WORKER__PRELOAD``), so the product runs unchanged. In each worker it wraps
-``render_chunk``; when the task of chunk ``FAULT_CHUNK`` runs:
+the labeling task ``render_chunks``; when the task of the batch holding chunk ``FAULT_CHUNK``
+runs:
 
 - ``FAULT=kill``: the worker process exits at once, as when the OOM killer stops it (every
   time the task runs, on whichever worker);
@@ -30,15 +31,16 @@ def dask_setup(worker):
     from stardist_hpc.segment import render
     fault, chunk, mark = os.environ["FAULT"], int(os.environ["FAULT_CHUNK"]), \
         Path(os.environ["FAULT_MARK"])
-    render_chunk = render.render_chunk
+    render_chunks = render.render_chunks
 
-    def faulty_render_chunk(params, task, read_survivors):
-        if fault == KILL and task.index == chunk:
+    def faulty_render_chunks(params, tasks, *arguments):
+        faulty = any(task.index == chunk for task in tasks)
+        if fault == KILL and faulty:
             os._exit(1)
-        if fault == LEAVE and (task.index == chunk or mark.exists()):
+        if fault == LEAVE and (faulty or mark.exists()):
             mark.touch()
             _leave(distributed.get_worker())
-            return task.index   # never fetched: the worker is gone with its results
-        return render_chunk(params, task, read_survivors)
+            return None   # never fetched: the worker is gone with its results
+        return render_chunks(params, tasks, *arguments)
     # tasks name the function by module and name: unpickled here, they get this one
-    render.render_chunk = faulty_render_chunk
+    render.render_chunks = faulty_render_chunks

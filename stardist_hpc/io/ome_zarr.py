@@ -8,7 +8,9 @@ Layout (what ``ome_zarr.reader`` and napari-ome-zarr, MoBIE and neuroglancer rea
           0/ 1/ 2/ ...              uint32 arrays, chunks = output.chunk_shape, zlib, "/" keys
 
 Level 0 equals ``label.h5`` voxel for voxel: its chunk files are the rendered storage chunks'
-own deflate streams (a Zarr v2 ``zlib`` chunk and an HDF5 gzip chunk are the same bytes).
+own deflate streams (a Zarr v2 ``zlib`` chunk and an HDF5 gzip chunk are the same bytes),
+written by each labeling task as it renders them (:func:`write_base_chunks`), or copied from
+the chunk checkpoints of a batch an earlier run rendered (:func:`copy_base_chunks`).
 Level ``l + 1`` takes every second voxel of level ``l`` (nearest) along each axis that is halved;
 an axis whose voxels are already :data:`ANISOTROPY_LIMIT` times coarser than the finest is not
 halved (as bioformats2raw keeps z). Levels are added until one fits a single chunk. Chunks
@@ -30,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..geometry.tiling import Box, Grid
-from .atomic import synced_at_end, sync_directory, write_bytes
+from .atomic import sync_directory, synced_at_end, write_bytes
 from .checkpoint import load_checkpoint, save_record
 from .chunks import DEFLATE_LEVEL, chunk_files, compress_chunk, split_stored
 from .voxel_size import VoxelSize
@@ -216,8 +218,30 @@ def _write_chunks(store, marker_dir, levels, level, task, pieces):
     return written.chunk_lo
 
 
+def write_base_chunks(store, marker_dir, levels, task, pieces):
+    """Write level-0 chunk files, then their marker (a labeling task, for its batch).
+
+    Parameters
+    ----------
+    store, marker_dir, levels
+        The temporary store, its markers and its levels.
+    task : int
+        The first task chunk of the labeling batch (the marker's name).
+    pieces : iterable of (tuple, bytes)
+        First voxel and deflate bytes of each storage chunk: the rendered chunks' own bytes,
+        as in their labels files.
+
+    Returns
+    -------
+    ndarray (n, 3)
+        First voxel of every chunk file written.
+    """
+    return _write_chunks(store, marker_dir, levels, 0, task, pieces)
+
+
 def copy_base_chunks(store, marker_dir, levels, chunk_dir, stored_chunks):
-    """Task: write the level-0 chunks of rendered task chunks (their own deflate bytes).
+    """Task: write the level-0 chunks of a labeling batch from its chunk checkpoints (for a
+    batch that an earlier run rendered; a labeling task writes those of its own batch).
 
     Parameters
     ----------
@@ -226,9 +250,9 @@ def copy_base_chunks(store, marker_dir, levels, chunk_dir, stored_chunks):
     chunk_dir : Path
         The labeling stage's chunk checkpoints.
     stored_chunks : sequence of (int, StoredChunks)
-        Each task chunk's index and the storage chunks in its labels file (what its
-        labeling task returned). One marker covers them all, named after the first index:
-        a marker per task chunk cost ~4 ms of syncs each, most of the level's time.
+        Each task chunk's index and the storage chunks in its labels file. One marker covers
+        them all, named after the first index: a marker per task chunk cost ~4 ms of syncs
+        each, most of the level's time.
 
     Returns
     -------
@@ -242,7 +266,7 @@ def copy_base_chunks(store, marker_dir, levels, chunk_dir, stored_chunks):
     pieces = (piece for index, stored in stored_chunks if len(stored.storage_size)
               for piece in split_stored(chunk_files(chunk_dir, index).labels.read_bytes(),
                                         stored))
-    return _write_chunks(store, marker_dir, levels, 0, task, pieces)
+    return write_base_chunks(store, marker_dir, levels, task, pieces)
 
 
 def read_region(store, levels, level, box: Box):

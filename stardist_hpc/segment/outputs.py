@@ -1,14 +1,17 @@
 """The HPC step's outputs beside label.h5: the OME-Zarr pyramid (tasks) and the tables.
 
-The OME-Zarr store is written by tasks on the cluster, level by level (level 0 from the
-rendered chunks' own bytes, every coarser level from the finer one, block by block), into
-``label.ome.zarr.tmp``; :func:`publish_outputs` renames it after label.h5 and the tables are
-written. The driver holds only the coordinates of the chunks written.
+The OME-Zarr store is written by tasks on the cluster, level by level, into
+``label.ome.zarr.tmp``: level 0 from the rendered chunks' own bytes (by the labeling tasks as
+they render, or copied from the chunk checkpoints of an earlier run), every coarser level from
+the finer one, block by block. :func:`publish_outputs` renames it after label.h5 and the
+tables are written. The driver holds only the coordinates of the chunks written.
 """
 from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -55,31 +58,52 @@ def _prepare_store(params, levels):
     return tmp_store
 
 
-def ome_zarr_stage(params: SegmentParams, chunk_batches, execute):
-    """Write every level of the OME-Zarr label image into its temporary store (by tasks).
+class OmeZarrTarget(NamedTuple):
+    """The temporary store being written, its markers in work_dir and its levels (the first
+    arguments of the OME-Zarr tasks)."""
+    store: Path
+    marker_dir: Path
+    levels: list
+
+
+def prepare_ome_zarr(params: SegmentParams):
+    """The OME-Zarr target of ``params``, its store created (before the labeling stage, whose
+    tasks write level 0); None without ``ome_zarr_path``."""
+    if params.ome_zarr_path is None:
+        return None
+    levels = plan_levels(params.image_shape, params.storage_chunks, voxel_size_of(params))
+    log.info("OME-Zarr: %d level(s), shapes %s", len(levels),
+             ", ".join("x".join(map(str, level.shape)) for level in levels))
+    return OmeZarrTarget(_prepare_store(params, levels), params.ome_zarr_marker_dir, levels)
+
+
+def ome_zarr_stage(params: SegmentParams, target: OmeZarrTarget, chunk_batches, base_written,
+                   execute):
+    """Write the levels of the OME-Zarr label image that the labeling tasks did not (by tasks).
 
     Parameters
     ----------
     params : SegmentParams
-        ``ome_zarr_path`` must be set.
+    target : OmeZarrTarget
+        From :func:`prepare_ome_zarr`.
     chunk_batches : sequence of sequence of (int, StoredChunks)
         The rendered task chunks and the storage chunks in their labels files
-        (``ChunkSummary.stored``), in batches (one task each) for level 0.
+        (``ChunkSummary.stored``), by labeling batch.
+    base_written : dict
+        First chunk index of a batch -> first voxels of the level-0 chunk files its labeling
+        task wrote; the other batches' level 0 is copied from their chunk checkpoints.
     execute : callable
         As for :func:`stardist_hpc.segment.step.segment`.
     """
-    levels = plan_levels(params.image_shape, params.storage_chunks, voxel_size_of(params))
-    tmp_store = _prepare_store(params, levels)
-    markers = params.ome_zarr_marker_dir
-    log.info("OME-Zarr: %d level(s), shapes %s", len(levels),
-             ", ".join("x".join(map(str, level.shape)) for level in levels))
-    arguments = [(tmp_store, markers, levels, params.chunk_dir,
-                  [(int(i), stored) for i, stored in batch]) for batch in chunk_batches]
-    written = list(execute(copy_base_chunks, arguments, "OME-Zarr level 0"))
+    arguments = [(*target, params.chunk_dir, [(int(i), stored) for i, stored in batch])
+                 for batch in chunk_batches if batch[0][0] not in base_written]
+    written = [*base_written.values(),
+               *execute(copy_base_chunks, arguments, "OME-Zarr level 0")]
+    levels = target.levels
     for level in range(1, len(levels)):
         finer = np.concatenate([np.zeros((0, 3), np.int64), *written])
         block_shape = block_shape_of(levels[level], params.chunk_shape)
-        arguments = [(tmp_store, markers, levels, level, block_shape, block)
+        arguments = [(*target, level, block_shape, block)
                      for block in blocks_to_downsample(levels, level, block_shape, finer)]
         written = list(execute(downsample_block, arguments, f"OME-Zarr level {level}"))
 

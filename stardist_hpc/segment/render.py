@@ -36,8 +36,16 @@ from ..geometry.rays import bbox_of_vertices, polyhedron_vertices, ray_geometry
 from ..geometry.tiling import Box
 from ..io.atomic import synced_at_end
 from ..io.checkpoint import save_record, write_bytes
-from ..io.chunks import NO_LABELS, ChunkIdentity, chunk_files, chunk_stats, compress_storage_chunks
+from ..io.chunks import (
+    NO_LABELS,
+    ChunkIdentity,
+    chunk_files,
+    chunk_stats,
+    compress_storage_chunks,
+    split_stored,
+)
 from ..io.input_pin import check_pinned
+from ..io.ome_zarr import write_base_chunks
 from ..io.survivors import SurvivorFile
 from .chunk_extras import RenderedChunk, chunk_extras
 from .params import MIN_TASKS, SegmentParams
@@ -241,15 +249,33 @@ def batch_chunks(grid):
     return grid.batches(np.prod(grid.box_shape), MIN_TASK_VOXELS, MIN_TASKS)
 
 
-def render_chunks(params: SegmentParams, tasks):
-    """Task: render a batch of chunks (see :func:`render_chunk`); returns their
-    RenderedChunks."""
+class RenderedBatch(NamedTuple):
+    """What a labeling task returns: the RenderedChunk of each chunk it rendered, and the
+    first voxels of the OME-Zarr level-0 chunk files it wrote (None: it wrote none)."""
+    chunks: list
+    base_chunk_lo: np.ndarray | None
+
+
+def render_chunks(params: SegmentParams, tasks, ome_zarr=None):
+    """Task: render a batch of chunks (see :func:`render_chunk`), and write their OME-Zarr
+    level 0 into ``ome_zarr`` (an :class:`~.outputs.OmeZarrTarget`; given for a whole batch).
+
+    Returns
+    -------
+    RenderedBatch
+    """
     # the chunks' files are synced together before the task returns (a crash before that can
     # leave a chunk's statistics without its labels file, or either torn: chunk_done finds
     # it and the chunk is rendered again)
     with synced_at_end(), \
             SurvivorFile(params.survivor_path).positions_reader() as read_survivors:
-        return [render_chunk(params, task, read_survivors) for task in tasks]
+        rendered = [render_chunk(params, task, read_survivors) for task in tasks]
+    chunks = [chunk for chunk, _ in rendered]
+    if ome_zarr is None:
+        return RenderedBatch(chunks, None)
+    # the bytes are at hand: copying them from the labels files later was a stage of its own
+    pieces = (piece for chunk, data in rendered for piece in split_stored(data, chunk.stored))
+    return RenderedBatch(chunks, write_base_chunks(*ome_zarr, tasks[0].index, pieces))
 
 
 def render_chunk(params: SegmentParams, task: ChunkTask, read_survivors):
@@ -269,6 +295,8 @@ def render_chunk(params: SegmentParams, task: ChunkTask, read_survivors):
     -------
     RenderedChunk
         The chunk's extras, object ids and voxel counts, for the driver's ExtrasCollector.
+    bytes
+        Its compressed storage chunks (as in its labels file).
     """
     check_pinned(params.candidate_pin)   # the survivors were found in it
     started = time.perf_counter()
@@ -284,4 +312,4 @@ def render_chunk(params: SegmentParams, task: ChunkTask, read_survivors):
         write_bytes(files.labels, compressed)
         crc = zlib.crc32(compressed)
     save_record(files.stats, stats, extras, stored, ChunkIdentity(task.index, crc))
-    return RenderedChunk(task.index, extras, stats, stored)
+    return RenderedChunk(task.index, extras, stats, stored), compressed

@@ -59,7 +59,7 @@ from .chunk_extras import ExtrasCollector, extras_done, intensity_tables
 from .cluster import check_cluster, run_tasks, start_cluster
 from .measure import resolve_measure
 from .nms import final_results, gather_tiles, plan_tiles, resolve_halo, run_rounds
-from .outputs import ome_zarr_stage, publish_outputs, write_tables
+from .outputs import ome_zarr_stage, prepare_ome_zarr, publish_outputs, write_tables
 from .params import CHECKPOINTS, INDEXED_INPUT, SETTING_CHECKPOINTS, SegmentParams
 from .render import batch_chunks, chunk_tasks, render_chunks
 from .report import write_report
@@ -269,22 +269,29 @@ def _by_batch(params, items, index):
     return list(grouped.values())
 
 
-def _labeling_stage(params, survivors, execute):
+def _labeling_stage(params, survivors, ome_zarr, execute):
     """Render every chunk that some survivor meets; returns their ChunkSummary (merged as the
-    tasks finish)."""
+    tasks finish) and the OME-Zarr level-0 chunks the tasks wrote (see ``ome_zarr_stage``)."""
     bbox_lo, bbox_hi = survivors.read_columns("bbox_lo", "bbox_hi")
     tasks = chunk_tasks(bbox_lo, bbox_hi, _chunk_grid(params))
     missing = [task for task in tasks if not (
         chunk_done(params.chunk_dir, task.index) and extras_done(params, task.index))]
     log.info("labeling (%s): %d chunk(s) of %s hold objects, %d to render",
              params.labeling_backend, len(tasks), params.chunk_shape, len(missing))
-    arguments = [(params, batch) for batch in _by_batch(params, missing, lambda t: t.index)]
+    # a task that renders its whole batch writes the batch's OME-Zarr level 0 too
+    batch_sizes = {batch[0].index: len(batch)
+                   for batch in _by_batch(params, tasks, lambda t: t.index)}
+    arguments = [(params, batch, ome_zarr if batch_sizes.get(batch[0].index) == len(batch)
+                  else None) for batch in _by_batch(params, missing, lambda t: t.index)]
     chunk_indices = [task.index for task in tasks]
     extras = ExtrasCollector(params, chunk_indices, len(survivors))
     extras.rendered_before(set(chunk_indices) - {task.index for task in missing})
+    base_written = {}
     for rendered in execute(render_chunks, arguments, "labeling"):
-        extras.rendered(rendered)
-    return extras.summary()
+        extras.rendered(rendered.chunks)
+        if rendered.base_chunk_lo is not None:
+            base_written[rendered.chunks[0].index] = rendered.base_chunk_lo
+    return extras.summary(), base_written
 
 
 def _provenance(params):
@@ -330,11 +337,12 @@ def _write_stage(params, survivors, extras, show_progress):
     return objects
 
 
-def _outputs_stage(params, extras, objects, execute):
+def _outputs_stage(params, extras, objects, ome_zarr, base_written, execute):
     """The OME-Zarr levels (tasks) and the tables; the OME-Zarr is published last."""
-    if params.ome_zarr_path is not None:
-        ome_zarr_stage(params, _by_batch(params, extras.stored.items(), lambda item: item[0]),
-                       execute)
+    if ome_zarr is not None:
+        ome_zarr_stage(params, ome_zarr,
+                       _by_batch(params, extras.stored.items(), lambda item: item[0]),
+                       base_written, execute)
     write_tables(params, objects)
     publish_outputs(params)
 
@@ -383,7 +391,8 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
     with _timed(seconds, "gather"):
         survivors = _gather_stage(params, plans, nms_summary, execute)
     with _timed(seconds, "labeling"):
-        extras = _labeling_stage(params, survivors, execute)
+        ome_zarr = prepare_ome_zarr(params)
+        extras, base_written = _labeling_stage(params, survivors, ome_zarr, execute)
     # the last look at the inputs before a file appears at the final path
     n_candidates = verify_pinned(params.candidate_pin).n_candidates
     _check_source_unchanged(params)
@@ -395,7 +404,7 @@ def segment(params: SegmentParams, execute, seconds=None, show_progress=True,
     # the report shows the seconds up to label.h5 (a copy: the outputs' are added below)
     reported = summary._replace(seconds=replace(seconds))
     with _timed(seconds, "outputs"):
-        _outputs_stage(params, extras, objects, execute)
+        _outputs_stage(params, extras, objects, ome_zarr, base_written, execute)
     if report_path is not None:
         with _timed(seconds, "report"):
             _report_stage(report_path, params, reported, extras, nms_summary)
