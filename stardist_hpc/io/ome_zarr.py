@@ -203,18 +203,20 @@ def _write_chunks(store, marker_dir, levels, level, task, pieces):
     """Write ``(lo, bytes)`` chunk files of ``level``, then the task's marker."""
     directory, chunks = level_dir(store, level), levels[level].chunks
     los, crcs = [], []
-    with synced_at_end():   # all durable before the marker (synced at once) names them
+    # the files and the marker are synced at once: a marker that a crash left without intact
+    # files is found out by _intact, and the task redone
+    with synced_at_end():
         for lo, data in pieces:
             chunk = _chunk_path(directory, lo, chunks)
             chunk.parent.mkdir(parents=True, exist_ok=True)
             write_bytes(chunk, data)
             los.append(lo)
             crcs.append(zlib.crc32(data))
-    written = WrittenChunks(level, task, np.asarray(los, np.int64).reshape(-1, 3),
-                            np.asarray(crcs, np.int64))
-    marker = _marker(marker_dir, level, task)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    save_record(marker, written)
+        written = WrittenChunks(level, task, np.asarray(los, np.int64).reshape(-1, 3),
+                                np.asarray(crcs, np.int64))
+        marker = _marker(marker_dir, level, task)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        save_record(marker, written)
     return written.chunk_lo
 
 

@@ -264,18 +264,18 @@ def render_chunks(params: SegmentParams, tasks, ome_zarr=None):
     -------
     RenderedBatch
     """
-    # the chunks' files are synced together before the task returns (a crash before that can
-    # leave a chunk's statistics without its labels file, or either torn: chunk_done finds
-    # it and the chunk is rendered again)
-    with synced_at_end(), \
-            SurvivorFile(params.survivor_path).positions_reader() as read_survivors:
-        rendered = [render_chunk(params, task, read_survivors) for task in tasks]
-    chunks = [chunk for chunk, _ in rendered]
-    if ome_zarr is None:
-        return RenderedBatch(chunks, None)
-    # the bytes are at hand: copying them from the labels files later was a stage of its own
-    pieces = (piece for chunk, data in rendered for piece in split_stored(data, chunk.stored))
-    return RenderedBatch(chunks, write_base_chunks(*ome_zarr, tasks[0].index, pieces))
+    # every file is synced at once before the task returns (a crash before that can leave a
+    # chunk's statistics without its labels file, or either torn: chunk_done finds it and the
+    # chunk is rendered again; the OME-Zarr marker is checked likewise)
+    with synced_at_end():
+        with SurvivorFile(params.survivor_path).positions_reader() as read_survivors:
+            rendered = [render_chunk(params, task, read_survivors) for task in tasks]
+        chunks = [chunk for chunk, _ in rendered]
+        if ome_zarr is None:
+            return RenderedBatch(chunks, None)
+        # the bytes are at hand: copying them from the labels files was a stage of its own
+        pieces = (piece for chunk, data in rendered for piece in split_stored(data, chunk.stored))
+        return RenderedBatch(chunks, write_base_chunks(*ome_zarr, tasks[0].index, pieces))
 
 
 def render_chunk(params: SegmentParams, task: ChunkTask, read_survivors):
