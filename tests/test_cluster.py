@@ -4,6 +4,8 @@ import dataclasses
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import dask
@@ -293,3 +295,25 @@ def test_the_driver_stops_when_no_worker_is_left():
                                             r"cluster.no_worker_timeout"):
             list(run_tasks(client, abs, [(-1,)], "labeling", show_progress=False,
                            no_worker_timeout=0.5))
+
+
+@pytest.mark.parametrize("seconds, joined_loaded", [(0.0, True), (5.0, False)])
+def test_the_preload_waits_for_the_nms_kernels_a_bounded_time(monkeypatch, seconds,
+                                                               joined_loaded):
+    """A worker joins once its kernels are loaded, or after WARM_UP_WAIT_SECONDS while they
+    still compile (a fresh installation: longer than a SLURM worker may take to start)."""
+    from stardist_hpc.segment import worker_setup
+    loaded = threading.Event()
+
+    def warm_up():
+        time.sleep(seconds)
+        loaded.set()
+
+    monkeypatch.setattr(worker_setup, "warm_up_nms_kernels", warm_up)
+    monkeypatch.setattr(worker_setup, "WARM_UP_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(worker_setup.signal, "signal", lambda *args: None)
+    monkeypatch.setattr(worker_setup.sys, "setswitchinterval", lambda interval: None)
+    started = time.monotonic()
+    worker_setup.dask_setup(worker=None)
+    assert loaded.is_set() == joined_loaded
+    assert time.monotonic() - started < 2.0

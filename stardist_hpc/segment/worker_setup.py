@@ -13,16 +13,21 @@ per task. A shorter interval keeps the threads of one worker busy (``benchmarks/
 1 worker x 2 threads).
 
 Importing and loading the numba kernels from their on-disk cache takes each worker process
-about 1.2 s of CPU. The preload does it before the worker joins the scheduler, so a worker
-joins ready: loading them in a thread while the first tasks ran made every worker's loading
-compete with the other workers' tasks for the job's cores, and the first task wait for it
-anyway (numba compiles and loads under one lock).
+about 1.2 s of CPU. The preload waits for it before the worker joins the scheduler, so a
+worker joins ready: loading them in a thread while the first tasks ran made every worker's
+loading compete with the other workers' tasks for the job's cores, and the first task wait
+for it anyway (numba compiles and loads under one lock). It waits at most
+:data:`WARM_UP_WAIT_SECONDS`: on a fresh installation the kernels are compiled instead,
+tens of seconds, and a SLURM worker that takes longer to start than dask-jobqueue's
+``death-timeout`` (60 s by default) is stopped by its nanny; then the worker joins and the
+compiling goes on in its thread.
 """
 from __future__ import annotations
 
 import json
 import signal
 import sys
+import threading
 
 import numpy as np
 
@@ -51,10 +56,15 @@ def warm_up_nms_kernels():
 
 #: Python's GIL switch interval in the workers (see above).
 GIL_SWITCH_SECONDS = 0.0005
+#: longest the preload waits for the NMS kernels before the worker joins (see above).
+WARM_UP_WAIT_SECONDS = 10.0
 
 
 def dask_setup(worker):
     """Dask's preload hook: runs in the worker's main thread before it takes tasks."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
-    warm_up_nms_kernels()
+    loading = threading.Thread(target=warm_up_nms_kernels, name="warm-up NMS kernels",
+                               daemon=True)
+    loading.start()
+    loading.join(WARM_UP_WAIT_SECONDS)
