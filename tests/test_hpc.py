@@ -218,6 +218,34 @@ def test_labeling_tasks_write_the_ome_zarr_level_0_of_the_batches_they_render(
     np.testing.assert_array_equal(level_0(), labels)
 
 
+def test_an_ome_zarr_marker_of_another_batching_is_not_taken(tmp_path, nuclei_candidates):
+    """A level-0 marker that names the first chunk of a batch but covers only that chunk (as
+    an older version's, one per chunk) does not stand for the batch: a resumed run writes the
+    batch's other chunk files."""
+    from stardist_hpc.io.checkpoint import load_checkpoint, save_record
+    from stardist_hpc.io.ome_zarr import WrittenChunks, _covering, temporary_store
+    config = _config(tmp_path, nuclei_candidates, chunk_shape=(4, 8, 8))
+    _segment(config)
+    labels = _read_labels(config.output.labels)[0]
+    markers = config.output.work_dir / "ome_zarr" / "0"
+    marker, record = max(((path, load_checkpoint(path, WrittenChunks, {}))
+                          for path in markers.glob("*.npz")),
+                         key=lambda item: len(item[1].chunk_lo))
+    assert len(record.chunk_lo) > 1
+    save_record(marker, record._replace(covers=_covering([record.task]),
+                                        chunk_lo=record.chunk_lo[:1],
+                                        chunk_crc=record.chunk_crc[:1]))
+    # as if interrupted before the store was published, the batch's other files not written
+    store = temporary_store(config.output.ome_zarr)
+    config.output.ome_zarr.rename(store)
+    level0 = store / "labels" / "nuclei" / "0"
+    for lo in record.chunk_lo[1:]:
+        level0.joinpath(*(str(v // c) for v, c in zip(lo, (4, 8, 8)))).unlink()
+    _segment(config)
+    ome = zarr.open_group(config.output.ome_zarr, mode="r")["labels/nuclei/0"][...]
+    np.testing.assert_array_equal(ome, labels)
+
+
 def test_zero_candidates_give_background_only(tmp_path, in_process):
     from stardist import Rays_GoldenSpiral
     rays = Rays_GoldenSpiral(SYNTHETIC_RAYS, anisotropy=(2, 1, 1))

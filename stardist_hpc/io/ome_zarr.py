@@ -170,24 +170,32 @@ def _chunk_path(directory, lo, chunks):
 
 
 class WrittenChunks(NamedTuple):
-    """A task's marker: its level and number, and the chunk files it wrote (first voxel of
-    each and the CRC-32 of its bytes)."""
+    """A task's marker: its level and number, what it covers, and the chunk files it wrote
+    (first voxel of each and the CRC-32 of its bytes)."""
     level: int
     task: int
+    covers: int             # see _covering
     chunk_lo: np.ndarray    # int64 (n, 3)
     chunk_crc: np.ndarray   # int64 (n,)
+
+
+def _covering(values):
+    """CRC-32 of what a task covers (its task chunks at level 0, its block shape above): the
+    marker of a task that covered something else (another version's batching) is not taken."""
+    return zlib.crc32(np.asarray(values, np.int64).tobytes())
 
 
 def _marker(marker_dir, level, task):
     return Path(marker_dir) / str(level) / f"{task}.npz"
 
 
-def _intact(store, marker_dir, levels, level, task):
+def _intact(store, marker_dir, levels, level, task, covers):
     """The chunks of a task whose marker and files are intact, else None."""
     path = _marker(marker_dir, level, task)
     if not path.exists():
         return None
-    record = load_checkpoint(path, WrittenChunks, {"level": level, "task": task})
+    record = load_checkpoint(path, WrittenChunks,
+                             {"level": level, "task": task, "covers": covers})
     if record is None:
         return None
     directory, chunks = level_dir(store, level), levels[level].chunks
@@ -199,7 +207,7 @@ def _intact(store, marker_dir, levels, level, task):
     return record.chunk_lo
 
 
-def _write_chunks(store, marker_dir, levels, level, task, pieces):
+def _write_chunks(store, marker_dir, levels, level, task, covers, pieces):
     """Write ``(lo, bytes)`` chunk files of ``level``, then the task's marker."""
     directory, chunks = level_dir(store, level), levels[level].chunks
     los, crcs = [], []
@@ -212,7 +220,7 @@ def _write_chunks(store, marker_dir, levels, level, task, pieces):
             write_bytes(chunk, data)
             los.append(lo)
             crcs.append(zlib.crc32(data))
-        written = WrittenChunks(level, task, np.asarray(los, np.int64).reshape(-1, 3),
+        written = WrittenChunks(level, task, covers, np.asarray(los, np.int64).reshape(-1, 3),
                                 np.asarray(crcs, np.int64))
         marker = _marker(marker_dir, level, task)
         marker.parent.mkdir(parents=True, exist_ok=True)
@@ -220,15 +228,15 @@ def _write_chunks(store, marker_dir, levels, level, task, pieces):
     return written.chunk_lo
 
 
-def write_base_chunks(store, marker_dir, levels, task, pieces):
+def write_base_chunks(store, marker_dir, levels, task_chunks, pieces):
     """Write level-0 chunk files, then their marker (a labeling task, for its batch).
 
     Parameters
     ----------
     store, marker_dir, levels
         The temporary store, its markers and its levels.
-    task : int
-        The first task chunk of the labeling batch (the marker's name).
+    task_chunks : sequence of int
+        The task chunks of the labeling batch (the first names the marker).
     pieces : iterable of (tuple, bytes)
         First voxel and deflate bytes of each storage chunk: the rendered chunks' own bytes,
         as in their labels files.
@@ -238,7 +246,8 @@ def write_base_chunks(store, marker_dir, levels, task, pieces):
     ndarray (n, 3)
         First voxel of every chunk file written.
     """
-    return _write_chunks(store, marker_dir, levels, 0, task, pieces)
+    return _write_chunks(store, marker_dir, levels, 0, task_chunks[0], _covering(task_chunks),
+                         pieces)
 
 
 def copy_base_chunks(store, marker_dir, levels, chunk_dir, stored_chunks):
@@ -261,14 +270,14 @@ def copy_base_chunks(store, marker_dir, levels, chunk_dir, stored_chunks):
     ndarray (n, 3)
         First voxel of every chunk file written (chunks with objects only).
     """
-    task = stored_chunks[0][0]
-    done = _intact(store, marker_dir, levels, 0, task)
+    task_chunks = [index for index, _ in stored_chunks]
+    done = _intact(store, marker_dir, levels, 0, task_chunks[0], _covering(task_chunks))
     if done is not None:
         return done
     pieces = (piece for index, stored in stored_chunks if len(stored.storage_size)
               for piece in split_stored(chunk_files(chunk_dir, index).labels.read_bytes(),
                                         stored))
-    return write_base_chunks(store, marker_dir, levels, task, pieces)
+    return write_base_chunks(store, marker_dir, levels, task_chunks, pieces)
 
 
 def read_region(store, levels, level, box: Box):
@@ -298,7 +307,8 @@ def downsample_block(store, marker_dir, levels, level, block_shape, index):
     ndarray (n, 3)
         First voxel of every chunk file written.
     """
-    done = _intact(store, marker_dir, levels, level, index)
+    covers = _covering(block_shape)
+    done = _intact(store, marker_dir, levels, level, index, covers)
     if done is not None:
         return done
     current, finer = levels[level], levels[level - 1]
@@ -310,7 +320,7 @@ def downsample_block(store, marker_dir, levels, level, block_shape, index):
     pieces = ((tuple(np.add(part.lo, box.lo)), compress_chunk(labels[part.slices()],
                                                                current.chunks))
               for part in Grid(labels.shape, current.chunks) if labels[part.slices()].any())
-    return _write_chunks(store, marker_dir, levels, level, index, pieces)
+    return _write_chunks(store, marker_dir, levels, level, index, covers, pieces)
 
 
 def block_shape_of(level: Level, task_shape):

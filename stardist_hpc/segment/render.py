@@ -275,7 +275,8 @@ def render_chunks(params: SegmentParams, tasks, ome_zarr=None):
             return RenderedBatch(chunks, None)
         # the bytes are at hand: copying them from the labels files was a stage of its own
         pieces = (piece for chunk, data in rendered for piece in split_stored(data, chunk.stored))
-        return RenderedBatch(chunks, write_base_chunks(*ome_zarr, tasks[0].index, pieces))
+        return RenderedBatch(chunks, write_base_chunks(
+            *ome_zarr, [task.index for task in tasks], pieces))
 
 
 def render_chunk(params: SegmentParams, task: ChunkTask, read_survivors):
