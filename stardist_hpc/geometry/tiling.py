@@ -106,6 +106,18 @@ class Grid:
         ndarray of int64 (len(self),)
             Batch index of each box (flat C-order index); batches are numbered in C order.
         """
+        counts = np.asarray(self.counts)
+        factor = self.batch_factor(load_per_box, min_batch_load, min_batches)
+        position = np.stack(np.unravel_index(np.arange(len(self)), self.counts), axis=1)
+        return np.ravel_multi_index(tuple((position // factor).T), tuple(-(-counts // factor)))
+
+    def batch_factor(self, load_per_box, min_batch_load, min_batches):
+        """Boxes per batch along z, y and x (see :meth:`batches`).
+
+        Returns
+        -------
+        ndarray of int64 (3,)
+        """
         counts, box = np.asarray(self.counts), np.asarray(self.box_shape)
         factor = np.ones(N_AXES, np.int64)
         while load_per_box * np.prod(factor) < min_batch_load:
@@ -119,8 +131,7 @@ class Grid:
             if np.prod(-(-counts // trial)) < min_batches:
                 break
             factor = trial
-        position = np.stack(np.unravel_index(np.arange(len(self)), self.counts), axis=1)
-        return np.ravel_multi_index(tuple((position // factor).T), tuple(-(-counts // factor)))
+        return factor
 
     def index_of(self, points):
         """Flat index of the box containing each of ``points`` (N, 3), which must be inside."""

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..geometry.tiling import Grid
 from ..io.atomic import remove_stale_temporaries, remove_temporaries_below
 from ..io.ome_zarr import (
     OLD_SUFFIX,
@@ -29,7 +30,8 @@ from ..io.ome_zarr import (
 )
 from ..io.tables import table_columns, write_parquet, write_tsv
 from ..io.voxel_size import VoxelSize
-from .params import SegmentParams
+from .params import MIN_TASKS, SegmentParams
+from .render import MIN_TASK_VOXELS
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +104,23 @@ def ome_zarr_stage(params: SegmentParams, target: OmeZarrTarget, chunk_batches, 
     levels = target.levels
     for level in range(1, len(levels)):
         finer = np.concatenate([np.zeros((0, 3), np.int64), *written])
-        block_shape = block_shape_of(levels[level], params.chunk_shape)
+        block_shape = _block_shape(levels[level], params.chunk_shape)
         arguments = [(*target, level, block_shape, block)
                      for block in blocks_to_downsample(levels, level, block_shape, finer)]
         written = list(execute(downsample_block, arguments, f"OME-Zarr level {level}"))
+
+
+def _block_shape(level, task_shape):
+    """Blocks of whole chunks of ``level`` per downsampling task: each reads at least one task
+    chunk of the finer level, and neighbouring blocks go together, like the labeling batches,
+    until a task reads about :data:`~.render.MIN_TASK_VOXELS` while the level keeps at least
+    :data:`~.params.MIN_TASKS` tasks (tiny tasks pay a fixed cost, ~10 ms of driver and worker
+    time each, over and over)."""
+    block = np.asarray(block_shape_of(level, task_shape))
+    read_voxels = float(np.prod(block * np.asarray(level.step)))
+    factor = Grid(level.shape, tuple(block)).batch_factor(read_voxels, MIN_TASK_VOXELS,
+                                                          MIN_TASKS)
+    return tuple(int(v) for v in block * factor)
 
 
 def write_tables(params: SegmentParams, objects):
