@@ -496,9 +496,11 @@ def batch_tiles(image_shape, tile_shape, n_candidates):
     return grid.batches(n_candidates / len(grid), MIN_TASK_CANDIDATES, MIN_TASKS)
 
 
-def _execute_round(params, round_, plans, versions, batches, execute):
+def _execute_round(params, round_, plans, versions, batches, execute, tile_seconds):
     """Outcomes of one round over ``plans``, loading the batches already checkpointed; the
-    others run in one task per batch (``batches``: the batch of each tile)."""
+    others run in one task per batch (``batches``: the batch of each tile), the batches whose
+    tiles took longest so far (``tile_seconds``) first: the short ones fill the round's end,
+    when workers would otherwise wait for the last long one."""
     by_batch = {}
     for plan in plans:
         by_batch.setdefault(int(batches[plan.index]), []).append(plan)
@@ -511,6 +513,7 @@ def _execute_round(params, round_, plans, versions, batches, execute):
         located = {t: ResultAt(versions[t], int(batches[t]))
                    for plan in members for t in (plan.index, *plan.neighbours)}
         arguments.append((params, batch, members, round_, located))
+    arguments.sort(key=lambda task: -sum(tile_seconds[plan.index] for plan in task[2]))
     for outcomes_of_batch in execute(nms_tiles, arguments, f"NMS round {round_}"):
         outcomes.extend(outcomes_of_batch)
     return outcomes
@@ -541,7 +544,8 @@ def run_rounds(params, plans, execute):
     round_, to_process = 0, plans
     work = [NmsWork(), NmsWork()]   # round 0, later rounds
     while to_process:
-        outcomes = _execute_round(params, round_, to_process, versions, batches, execute)
+        outcomes = _execute_round(params, round_, to_process, versions, batches, execute,
+                                  tile_seconds)
         for outcome in outcomes:
             n_owned_kept[outcome.index] = outcome.n_owned_kept
             work[round_ > 0] += NmsWork(outcome.decided, outcome.pairs, outcome.nms_seconds)

@@ -281,8 +281,11 @@ def _labeling_stage(params, survivors, ome_zarr, execute):
     # a task that renders its whole batch writes the batch's OME-Zarr level 0 too
     batch_sizes = {batch[0].index: len(batch)
                    for batch in _by_batch(params, tasks, lambda t: t.index)}
+    # the batches meeting the most survivors first: the small ones fill the stage's end
+    batches = sorted(_by_batch(params, missing, lambda t: t.index),
+                     key=lambda batch: -sum(len(task.positions) for task in batch))
     arguments = [(params, batch, ome_zarr if batch_sizes.get(batch[0].index) == len(batch)
-                  else None) for batch in _by_batch(params, missing, lambda t: t.index)]
+                  else None) for batch in batches]
     chunk_indices = [task.index for task in tasks]
     extras = ExtrasCollector(params, chunk_indices, len(survivors))
     extras.rendered_before(set(chunk_indices) - {task.index for task in missing})
