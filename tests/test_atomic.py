@@ -1,6 +1,8 @@
 """Publishing files (``io/atomic.py``): each file synced before its rename and its directory
 after it, or, in a ``synced_at_end`` block, all at the block's end: one ``syncfs`` per
 filesystem (without one in libc: every file, then each directory once)."""
+import errno
+
 import pytest
 
 from stardist_hpc.io import atomic
@@ -104,3 +106,13 @@ def test_a_failing_syncfs_is_an_os_error_naming_the_folder(tmp_path, monkeypatch
     monkeypatch.setattr(atomic, "_SYNCFS", lambda fd: -1)
     with pytest.raises(OSError, match=str(tmp_path)):
         atomic.sync_filesystem(tmp_path)
+
+
+def test_a_refused_syncfs_falls_back_to_syncing_each_file(tmp_path, synced, monkeypatch):
+    def refusing(directory):
+        raise OSError(errno.ENOSYS, "Function not implemented", str(directory))
+
+    monkeypatch.setattr(atomic, "sync_filesystem", refusing)
+    with synced_at_end():
+        write_bytes(tmp_path / "a", b"a")
+    assert _names(synced, tmp_path) == [("file", "a"), ("dir", ".")]

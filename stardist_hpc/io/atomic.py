@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import shutil
@@ -85,7 +86,7 @@ def publish(tmp_path, path):
 def synced_at_end():
     """Within the block, :func:`publish` renames each file unsynced; when the block succeeds,
     they are all made durable at once: one ``syncfs`` per filesystem they are on (where libc
-    has none, every file is synced, then each directory once).
+    has none or the filesystem refuses it, every file is synced, then each directory once).
 
     Only for checkpoints that their readers verify (an ``.npz``, whose zip CRCs are checked,
     and files whose CRC-32 another checkpoint records): a crash inside the block can leave
@@ -108,11 +109,25 @@ def synced_at_end():
     if outer is not None:   # the enclosing block syncs them
         outer.files.extend(pending.files)
         outer.directories.update(pending.directories)
-    elif _SYNCFS is not None:
+    elif _SYNCFS is None or not _synced_filesystems(pending):
+        _sync_each(pending)
+
+
+#: what a filesystem or sandbox that refuses ``syncfs`` answers (then files are synced one
+#: by one).
+_SYNCFS_REFUSED = (errno.ENOSYS, errno.EINVAL, errno.EPERM, errno.EOPNOTSUPP)
+
+
+def _synced_filesystems(pending: _Deferred):
+    """``syncfs`` each filesystem of a :func:`synced_at_end` block; False if one refused."""
+    try:
         for directory in {os.stat(d).st_dev: d for d in sorted(pending.directories)}.values():
             sync_filesystem(directory)
-    else:
-        _sync_each(pending)
+    except OSError as error:
+        if error.errno not in _SYNCFS_REFUSED:
+            raise
+        return False
+    return True
 
 
 def _sync_each(pending: _Deferred):
