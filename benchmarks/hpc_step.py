@@ -13,8 +13,9 @@ What it measures
    the NMS tiles and label chunks) and a fresh work_dir per run. Each child reports, as one
    JSON line, the driver's own peak RSS (``VmHWM``; ``ru_maxrss`` would be this parent's peak
    once it exceeds the child's, execve keeps it; the Dask worker processes are not
-   included), its RSS after the imports, its CPU seconds, the wall time of ``main``
-   and the ``RunSummary`` that ``hpc.run`` returns (including the seconds per stage).
+   included), its RSS after the imports, its CPU seconds, those of the driver and its
+   workers during the stages (``/proc`` of the process tree), the wall time of ``main`` and
+   the ``RunSummary`` that ``hpc.run`` returns (including the seconds per stage).
 3. Runs the large file once more with 1 worker, for the parallel efficiency, and, for each
    NMS backend, with 1 worker of 2 threads against 2 workers of 1 thread (the same cores:
    do threads of one worker process keep both busy?). With ``--repeats N`` every run of the
@@ -27,8 +28,9 @@ What it measures
      per-tile and per-object arrays, so its memory should not grow with the volume);
    * parallel efficiency t1 / (2 * t2) of ``hpc.run`` on the large file, target >= 0.9, and the
      best this machine allows it: on 2 cores the driver (which also writes the QC report) and
-     the workers of the 2-worker run share them, so its stages last at least their CPU seconds
-     / 2 (the 1-worker run leaves the driver a core of its own);
+     the workers of the 2-worker run share them, so its stages last at least the CPU seconds
+     that all of them spend in the stages / 2 (the 1-worker run leaves the driver a core of
+     its own);
    * per backend, throughput of 1 worker x 2 threads / 2 workers x 1 thread (the time of the
      latter over the time of the former), whole step and NMS stage, target >= 0.9 (StarDist's
      NMS holds the GIL: that is why SLURM jobs default to one process per core, and why a run
@@ -64,7 +66,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from measure import current_rss_mib, high_water_rss_mib, run_child, verdict
+from measure import current_rss_mib, high_water_rss_mib, run_child, tree_cpu_seconds, verdict
 
 from stardist_hpc.config import NMS_BACKEND_FAST, NMS_BACKEND_STARDIST, NmsSection
 from stardist_hpc.synthetic import random_centres, synthetic_candidates, write_candidate_file
@@ -160,6 +162,18 @@ def _recording(run, summaries):
     return wrapped
 
 
+def _cpu_recording(segment, stage_cpu):
+    """Wrap ``step.segment`` (the stages, once the cluster runs) to add the CPU seconds the
+    driver and its workers spend in it to ``stage_cpu``."""
+    def wrapped(*args, **kwargs):
+        before = tree_cpu_seconds()
+        try:
+            return segment(*args, **kwargs)
+        finally:
+            stage_cpu.append(tree_cpu_seconds() - before)
+    return wrapped
+
+
 def child_main(config_path, n_workers, n_threads, backend):
     """Run hpc_prediction's main on ``config_path``; print the measurements as one JSON line."""
     sys.path.insert(0, str(REPO))
@@ -169,8 +183,9 @@ def child_main(config_path, n_workers, n_threads, backend):
     from stardist_hpc.segment import step as hpc
     baseline = current_rss_mib()
     load = os.getloadavg()[0]
-    summaries = []
+    summaries, stage_cpu = [], []
     hpc.run = _recording(hpc.run, summaries)
+    hpc.segment = _cpu_recording(hpc.segment, stage_cpu)
     (busy_before, steal_before), (driver_before, _) = system_busy_seconds(), own_cpu_seconds()
     start = time.perf_counter()
     code = hpc_prediction.main([str(config_path), "--set",
@@ -191,7 +206,8 @@ def child_main(config_path, n_workers, n_threads, backend):
                   n_rounds=summary.n_rounds, n_reruns=summary.n_reruns,
                   seconds=asdict(summary.seconds), wall_seconds=wall,
                   peak_rss_mib=high_water_rss_mib(), baseline_rss_mib=baseline,
-                  cpu_seconds=driver_cpu, worker_cpu_seconds=worker_cpu, load_1min=load,
+                  cpu_seconds=driver_cpu, worker_cpu_seconds=worker_cpu,
+                  stage_cpu_seconds=sum(stage_cpu), load_1min=load,
                   other_cores=other_cores, steal_cores=steal_cores)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
@@ -331,17 +347,20 @@ def print_ratios(runs, backend):
                   for k in rounds], EFFICIENCY_TARGET)
     for k in rounds:
         t1, t2 = _stage_seconds(serial[k]), _stage_seconds(parallel[k])
-        # every CPU-second of the 2-worker run (driver, workers) shares the same cores, so
-        # its stages last about cpu / cores at least (cpu includes the cluster's start/stop)
+        # every CPU-second the 2-worker run's stages spend (driver, workers) shares the same
+        # cores, so they last stage_cpu / cores at least
         cpu = parallel[k]["cpu_seconds"] + parallel[k]["worker_cpu_seconds"]
-        bound = t1 * os.cpu_count() / (WORKERS_PARALLEL * max(cpu, EPSILON_SECONDS))
+        stage_cpu = parallel[k]["stage_cpu_seconds"]
+        bound = t1 * os.cpu_count() / (WORKERS_PARALLEL * max(stage_cpu, EPSILON_SECONDS))
         free = os.cpu_count() - parallel[k]["other_cores"]
         w1, w2 = serial[k]["wall_seconds"], parallel[k]["wall_seconds"]
         print(f"  round {k}: {t1:.1f} s vs {t2:.1f} s; CPU of the 2-worker run {cpu:.1f} s "
               f"(driver {parallel[k]['cpu_seconds']:.1f}, workers "
               f"{parallel[k]['worker_cpu_seconds']:.1f} vs "
-              f"{serial[k]['worker_cpu_seconds']:.1f} with 1 worker): at best {bound:.2f} on "
-              f"{os.cpu_count()} cores; {free:.1f} cores left by other processes (steal "
+              f"{serial[k]['worker_cpu_seconds']:.1f} with 1 worker), in its stages "
+              f"{stage_cpu:.1f} s (1 worker: {serial[k]['stage_cpu_seconds']:.1f} s): at best "
+              f"{bound:.2f} on {os.cpu_count()} cores; {free:.1f} cores left by other "
+              f"processes (steal "
               f"{parallel[k]['steal_cores']:.2f} / {serial[k]['steal_cores']:.2f}): at best "
               f"{free / WORKERS_PARALLEL:.2f}; from main()'s wall time (incl. cluster start) "
               f"{w1 / (WORKERS_PARALLEL * w2):.2f} ({w1:.1f} s vs {w2:.1f} s)")

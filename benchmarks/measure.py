@@ -32,6 +32,33 @@ def current_rss_mib():
     return pages * os.sysconf("SC_PAGE_SIZE") / KIB_PER_MIB ** 2
 
 
+def _stat_fields(pid):
+    """Fields of /proc/<pid>/stat after the command name (None: the process is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+#: positions of ppid, utime and stime among the fields after the command name (proc(5)).
+PPID_FIELD, UTIME_FIELD, STIME_FIELD = 1, 11, 12
+
+
+def tree_cpu_seconds():
+    """CPU seconds (user + system) that this process and its live descendants (e.g. a local
+    Dask cluster's workers) have spent so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats = {int(pid): fields for pid in os.listdir("/proc") if pid.isdigit()
+             for fields in [_stat_fields(pid)] if fields is not None}
+    tree, frontier = {os.getpid()}, {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, fields in stats.items()
+                    if int(fields[PPID_FIELD]) in frontier} - tree
+        tree |= frontier
+    return sum(int(stats[pid][UTIME_FIELD]) + int(stats[pid][STIME_FIELD])
+               for pid in tree if pid in stats) / ticks
+
+
 def verdict(ok):
     """PASS or MISS."""
     return "PASS" if ok else "MISS"
