@@ -40,7 +40,7 @@ def _libc_syncfs():
     """libc's ``syncfs(fd)`` (Linux: commits one filesystem's data and metadata), or None."""
     try:
         return ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):   # no libc symbol; Windows has no CDLL(None)
         return None
 
 
