@@ -505,7 +505,9 @@ def _execute_round(params, round_, plans, versions, batches, execute, tile_secon
     for plan in plans:
         by_batch.setdefault(int(batches[plan.index]), []).append(plan)
     outcomes, arguments = [], []
-    for batch, members in by_batch.items():
+    longest_first = sorted(by_batch.items(), key=lambda batch_members: -sum(
+        tile_seconds[plan.index] for plan in batch_members[1]))
+    for batch, members in longest_first:
         checkpoint = load_batch(params, round_, batch, [plan.index for plan in members])
         if checkpoint is not None:
             outcomes.extend(batch_outcomes(checkpoint))
@@ -513,7 +515,6 @@ def _execute_round(params, round_, plans, versions, batches, execute, tile_secon
         located = {t: ResultAt(versions[t], int(batches[t]))
                    for plan in members for t in (plan.index, *plan.neighbours)}
         arguments.append((params, batch, members, round_, located))
-    arguments.sort(key=lambda task: -sum(tile_seconds[plan.index] for plan in task[2]))
     for outcomes_of_batch in execute(nms_tiles, arguments, f"NMS round {round_}"):
         outcomes.extend(outcomes_of_batch)
     return outcomes

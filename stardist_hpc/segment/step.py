@@ -278,17 +278,17 @@ def _labeling_stage(params, survivors, ome_zarr, execute):
         chunk_done(params.chunk_dir, task.index) and extras_done(params, task.index))]
     log.info("labeling (%s): %d chunk(s) of %s hold objects, %d to render",
              params.labeling_backend, len(tasks), params.chunk_shape, len(missing))
-    # a task that renders its whole batch writes the batch's OME-Zarr level 0 too
-    batch_sizes = {batch[0].index: len(batch)
-                   for batch in _by_batch(params, tasks, lambda t: t.index)}
-    # the batches meeting the most survivors first: the small ones fill the stage's end
-    batches = sorted(_by_batch(params, missing, lambda t: t.index),
-                     key=lambda batch: -sum(len(task.positions) for task in batch))
-    arguments = [(params, batch, ome_zarr if batch_sizes.get(batch[0].index) == len(batch)
-                  else None) for batch in batches]
+    # a task renders the missing chunks of a batch, and the batch's OME-Zarr level 0 too if
+    # they are all of it; the most survivors first: the small tasks fill the stage's end
+    to_render = {task.index for task in missing}
+    batches = [([task for task in batch if task.index in to_render], batch)
+               for batch in _by_batch(params, tasks, lambda t: t.index)]
+    batches.sort(key=lambda todo_of: -sum(len(task.positions) for task in todo_of[0]))
+    arguments = [(params, todo, ome_zarr if len(todo) == len(batch) else None)
+                 for todo, batch in batches if todo]
     chunk_indices = [task.index for task in tasks]
     extras = ExtrasCollector(params, chunk_indices, len(survivors))
-    extras.rendered_before(set(chunk_indices) - {task.index for task in missing})
+    extras.rendered_before(set(chunk_indices) - to_render)
     base_written = {}
     for rendered in execute(render_chunks, arguments, "labeling"):
         extras.rendered(rendered.chunks)
