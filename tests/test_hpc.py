@@ -223,7 +223,7 @@ def test_an_ome_zarr_marker_of_another_batching_is_not_taken(tmp_path, nuclei_ca
     an older version's, one per chunk) does not stand for the batch: a resumed run writes the
     batch's other chunk files."""
     from stardist_hpc.io.checkpoint import load_checkpoint, save_record
-    from stardist_hpc.io.ome_zarr import WrittenChunks, _covering, temporary_store
+    from stardist_hpc.io.ome_zarr import WrittenChunks, _chunk_path, _covering, temporary_store
     config = _config(tmp_path, nuclei_candidates, chunk_shape=(4, 8, 8))
     _segment(config)
     labels = _read_labels(config.output.labels)[0]
@@ -240,7 +240,7 @@ def test_an_ome_zarr_marker_of_another_batching_is_not_taken(tmp_path, nuclei_ca
     config.output.ome_zarr.rename(store)
     level0 = store / "labels" / "nuclei" / "0"
     for lo in record.chunk_lo[1:]:
-        level0.joinpath(*(str(v // c) for v, c in zip(lo, (4, 8, 8)))).unlink()
+        _chunk_path(level0, lo, (4, 8, 8)).unlink()
     _segment(config)
     ome = zarr.open_group(config.output.ome_zarr, mode="r")["labels/nuclei/0"][...]
     np.testing.assert_array_equal(ome, labels)
