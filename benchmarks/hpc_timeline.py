@@ -10,7 +10,8 @@ A diagnostic beside ``hpc_step.py`` (which prints the ratios against their targe
   or the driver still planning) and how long before its end its last one ended (``tail``);
 * per task function: tasks, wall seconds, the CPU seconds of the thread that ran them, and
   its voluntary / involuntary context switches (waiting for the GIL or I/O / preempted by
-  another process on the same core), measured inside the workers.
+  another process on the same core), measured where they ran: in the worker, or in its task
+  processes for a worker of several threads.
 
 How to run
 ----------
@@ -46,23 +47,28 @@ STAGE_SLACK = 1e-3
 
 
 def _record_task_threads():
-    """In a worker: wrap the task runner so each task records its thread's CPU and switches."""
-    from stardist_hpc.segment import cluster
-    run_task = cluster._reporting_bad_input
+    """In a worker: wrap the task runner so each task records its thread's CPU and switches,
+    measured where the task runs (the worker's thread, or a task process of the worker)."""
+    from stardist_hpc.segment import cluster, task_processes
     cluster.thread_records = []
 
     def recording(function, *arguments):
-        wall, cpu = time.perf_counter(), time.thread_time()
-        before = resource.getrusage(resource.RUSAGE_THREAD)
-        try:
-            return run_task(function, *arguments)
-        finally:
-            after = resource.getrusage(resource.RUSAGE_THREAD)
-            cluster.thread_records.append((
-                function.__name__, time.perf_counter() - wall, time.thread_time() - cpu,
-                after.ru_nvcsw - before.ru_nvcsw, after.ru_nivcsw - before.ru_nivcsw))
+        result, record = task_processes.run(_measuring, cluster._catching_bad_input, function,
+                                            arguments)
+        cluster.thread_records.append(record)
+        return result
     # tasks name the runner by module and attribute: unpickled here, they get this one
     cluster._reporting_bad_input = recording
+
+
+def _measuring(run, function, arguments):
+    """``run(function, *arguments)`` and (name, wall, thread CPU, context switches) of it."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    before = resource.getrusage(resource.RUSAGE_THREAD)
+    result = run(function, *arguments)
+    after = resource.getrusage(resource.RUSAGE_THREAD)
+    return result, (function.__name__, time.perf_counter() - wall, time.thread_time() - cpu,
+                    after.ru_nvcsw - before.ru_nvcsw, after.ru_nivcsw - before.ru_nivcsw)
 
 
 def _thread_records():
@@ -138,7 +144,8 @@ class Timeline:
         for name, (n, wall, cpu, voluntary, involuntary) in totals.items():
             print(f"{name:<18}{n:>6}{wall:>8.2f}{cpu:>8.2f}{voluntary:>8}{involuntary:>7}")
         print("drvCPU / wkCPU: CPU s of the driver (with the scheduler) / all worker processes "
-              "in the stage; thrCPU: CPU s of the threads that ran the tasks; volCS / invCS: "
+              "in the stage (task processes included); thrCPU: CPU s of the threads that ran "
+              "the tasks; volCS / invCS: "
               "their voluntary / involuntary context switches")
 
 

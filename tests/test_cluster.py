@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import dask
@@ -23,7 +24,6 @@ from stardist_hpc.errors import UserError
 from stardist_hpc.segment.cluster import (
     WORKER_SETUP,
     _wait_for_slurm_workers,
-    check_cluster,
     job_script,
     run_tasks,
     slurm_cluster_kwargs,
@@ -194,24 +194,6 @@ def test_processes_default_to_one_per_core_unless_set(site_config, tmp_path):
     _assert_lines(_script(tmp_path), present=("--nworkers 3", "--nthreads 2"))
 
 
-@pytest.mark.parametrize("cluster, backend, warned", [
-    (ClusterSection(mode="slurm", slurm=SlurmSection(cores=4, processes=2, memory="8GB")),
-     "stardist", "cluster.slurm.processes: null"),
-    (ClusterSection(mode="slurm", slurm=SlurmSection(cores=4, memory="8GB")), "stardist", None),
-    (ClusterSection(mode="slurm", slurm=SlurmSection(cores=4, processes=2, memory="8GB")),
-     "fast", None),
-    (ClusterSection(mode="local", local=LocalClusterSection(threads_per_worker=2)), "stardist",
-     "cluster.local.threads_per_worker: 1"),
-])
-def test_stardist_backend_on_threads_warns_with_the_fix(site_config, caplog, cluster, backend,
-                                                       warned):
-    """StarDist's NMS holds the GIL: threads of one worker would wait for each other."""
-    check_cluster(cluster, backend)
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert [w for w in warnings if warned and warned in w and "2 threads" in w] or \
-        (warned is None and not warnings), warnings
-
-
 def _die_once(marker, value):
     """A task whose first attempt kills its worker process, as a lost SLURM job would."""
     if not os.path.exists(marker):
@@ -220,9 +202,11 @@ def _die_once(marker, value):
     return value * 2
 
 
-def test_local_cluster_redoes_the_tasks_of_a_lost_worker(tmp_path):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_local_cluster_redoes_the_tasks_of_a_lost_worker(tmp_path, threads):
+    """With 2 threads the task dies in its task process: the worker exits and is restarted."""
     cluster = ClusterSection(mode="local",
-                             local=LocalClusterSection(n_workers=2, threads_per_worker=1),
+                             local=LocalClusterSection(n_workers=2, threads_per_worker=threads),
                              slurm=SLURM)
     with start_cluster(cluster) as client:
         workers = client.scheduler_info()["workers"]
@@ -231,6 +215,43 @@ def test_local_cluster_redoes_the_tasks_of_a_lost_worker(tmp_path):
         results = run_tasks(client, _die_once,
                             [(str(tmp_path / "died"), i) for i in range(4)], "test")
         assert sorted(results) == [0, 2, 4, 6]
+
+
+def _task_process_ids(seconds):
+    """(pid, parent pid) of the process that runs this task, after ``seconds`` of work."""
+    time.sleep(seconds)
+    return os.getpid(), os.getppid()
+
+
+#: seconds for a task process to notice that its worker is gone (it looks every second).
+TASK_PROCESS_EXIT_SECONDS = 10.0
+
+
+def test_the_threads_of_a_worker_run_their_tasks_in_processes_that_leave_with_it():
+    """Threads of one process would wait for each other's GIL: each task gets a process."""
+    cluster = ClusterSection(mode="local",
+                             local=LocalClusterSection(n_workers=1, threads_per_worker=2),
+                             slurm=SLURM)
+    with start_cluster(cluster) as client:
+        [worker_pid] = client.run(os.getpid).values()
+        # two tasks at once, one per thread: each in a process of its own under the worker
+        ran = sorted(run_tasks(client, _task_process_ids, [(1.0,), (1.0,)], "test",
+                               show_progress=False))
+        assert len({pid for pid, _ in ran}) == 2
+        assert {parent for _, parent in ran} == {worker_pid}
+        os.kill(worker_pid, 9)   # as SLURM or the OOM killer would: no teardown runs
+        deadline = time.monotonic() + TASK_PROCESS_EXIT_SECONDS
+        while any(_alive(pid) for pid, _ in ran) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid, _ in ran if _alive(pid)]
+
+
+def _alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"   # a zombie has exited, and waits for its parent to collect it
 
 
 #: what a site's sbatch prints when it refuses a job.
@@ -314,6 +335,7 @@ def test_the_preload_waits_for_the_nms_kernels_a_bounded_time(monkeypatch, secon
     monkeypatch.setattr(worker_setup.signal, "signal", lambda *args: None)
     monkeypatch.setattr(worker_setup.sys, "setswitchinterval", lambda interval: None)
     started = time.monotonic()
-    worker_setup.dask_setup(worker=None)
+    one_thread = types.SimpleNamespace(state=types.SimpleNamespace(nthreads=1))
+    worker_setup.dask_setup(worker=one_thread)
     assert loaded.is_set() == joined_loaded
     assert time.monotonic() - started < 2.0

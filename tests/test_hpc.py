@@ -335,14 +335,17 @@ def test_an_in_process_run_imports_no_tensorflow(tmp_path, chain_candidates, in_
     assert not [m for m in set(sys.modules) - before if m.split(".")[0] == "tensorflow"]
 
 
+@pytest.mark.parametrize("workers, threads", [(2, 1), (1, 2)])
 def test_cli_on_a_local_cluster_equals_single_process_and_reruns_identically(
-        tmp_path, nuclei_candidates, nuclei_references):
+        tmp_path, nuclei_candidates, nuclei_references, workers, threads):
+    """Also on a worker of 2 threads, whose tasks run in its task processes."""
     nuclei_reference = nuclei_references["fast"]   # the default backend
     config = _config(tmp_path, nuclei_candidates, tile_shape=(None, 16, 40),
                      chunk_shape=(16, 20, 20))
     # -X importtime is passed on to the worker processes too: nothing may import TensorFlow
     command = [sys.executable, "-X", "importtime", str(REPO / "hpc_prediction.py"),
-               str(tmp_path / "hpc.yaml")]
+               str(tmp_path / "hpc.yaml"), "--set", f"cluster.local.n_workers={workers}",
+               "--set", f"cluster.local.threads_per_worker={threads}"]
     cli = subprocess.run(command, capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert "tensorflow" not in cli.stderr

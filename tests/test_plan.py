@@ -42,18 +42,21 @@ def test_plan_prints_the_run_without_running_it(tmp_path, candidates, capsys):
     assert "label chunks      at most 6 of 16x32x32" in out
     assert "Dask tasks        6 NMS + at most 6 gather + at most 6 labeling" in out
     for line in ("peak memory", "MiB per NMS task", "driver ~", "CPU-hours",
-                 "local: 2 worker process(es)", "wall time"):
+                 "local: 2 worker process(es) x 1 thread(s): 2 core(s) busy", "wall time"):
         assert line in out
     assert not (tmp_path / "out").exists()   # nothing written, not even the work_dir
 
 
-def test_plan_warns_when_a_task_exceeds_a_workers_memory(tmp_path, candidates, capsys, caplog):
-    cluster = {"mode": "slurm", "slurm": {"jobs": 2, "cores": 4, "processes": 4,
+def test_plan_warns_when_a_task_exceeds_its_share_of_the_job_memory(tmp_path, candidates,
+                                                                    capsys, caplog):
+    cluster = {"mode": "slurm", "slurm": {"jobs": 2, "cores": 4, "processes": 2,
                                           "memory": "200MB", "scheduler_host": "127.0.0.1"}}
     with caplog.at_level(logging.WARNING):
         assert segment_main([str(_config(tmp_path, candidates, cluster)), "--plan"]) == 0
-    assert "more than a worker's share of the job memory (48 MiB)" in caplog.text
-    assert "slurm: 2 jobs x 4 cores, 4 process(es) per job" in capsys.readouterr().out
+    # 2 processes of 2 threads: each of the 4 cores runs a task in a process of its own
+    assert "more than its share of the job memory (48 MiB, memory / cores)" in caplog.text
+    assert "slurm: 2 jobs x 4 cores, 2 process(es) per job, 200MB per job: 8 core(s) busy" in (
+        capsys.readouterr().out)
 
 
 def test_context_estimates_add_up_to_the_file(candidates):

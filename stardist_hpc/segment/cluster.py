@@ -16,9 +16,10 @@ import uuid
 from pathlib import Path
 from typing import NamedTuple
 
-from ..config import NMS_BACKEND_STARDIST, ClusterSection, LocalClusterSection, SlurmSection
+from ..config import ClusterSection, LocalClusterSection, SlurmSection
 from ..errors import UserError
 from ..progress import progress
+from . import task_processes
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +116,9 @@ def _check_required(given):
 def processes_per_job(slurm: SlurmSection):
     """Worker processes per job: ours, else the site's, else one per core (ours or the site's).
 
-    One single-threaded process per core keeps every core busy with either backend:
-    StarDist's C NMS holds the GIL, the fast backend's borderline pairs take it for SciPy's
-    convex hulls, and h5py runs one HDF5 call at a time per process. The numba kernels
-    release the GIL, so threads (``processes`` < ``cores``) still share the voxel work.
+    Every core computes whatever ``processes`` is (a worker of several threads runs each task
+    in a task process of its own, :mod:`.task_processes`); one process per core keeps each
+    task process under its nanny's memory limit, and no worker waits for another's task.
     """
     for value in (slurm.processes, site_setting("processes")):
         if value is not None:
@@ -145,11 +145,10 @@ def slurm_cluster_kwargs(slurm: SlurmSection):
 
     Config keys map one-to-one onto SLURMCluster arguments; a null key is left out, so
     dask-jobqueue takes the site's value (``jobqueue.slurm.*`` in ``~/.config/dask`` or
-    ``$DASK_CONFIG``), else its own default; but for ``processes``, where dask-jobqueue's own
-    default (about the square root of the cores) would leave threads waiting for the GIL, the
-    default is one process per core (see :func:`processes_per_job`). With ``scheduler_host``
-    set, the scheduler and its dashboard listen there only (the site's other scheduler options
-    are kept).
+    ``$DASK_CONFIG``), else its own default; but for ``processes``, where the default is one
+    process per core instead of dask-jobqueue's (about the square root of the cores; see
+    :func:`processes_per_job`). With ``scheduler_host`` set, the scheduler and its dashboard
+    listen there only (the site's other scheduler options are kept).
 
     Raises
     ------
@@ -169,17 +168,8 @@ def slurm_cluster_kwargs(slurm: SlurmSection):
     return kwargs
 
 
-def threads_per_worker(cluster: ClusterSection) -> int:
-    """Threads of each Dask worker process that ``cluster`` starts (site settings included)."""
-    if cluster.mode == "slurm":
-        cores = cluster.slurm.cores or site_setting("cores")
-        return max(1, cores // processes_per_job(cluster.slurm))
-    return cluster.local.threads_per_worker
-
-
-def check_cluster(cluster: ClusterSection, nms_backend: str | None = None):
-    """Refuse SLURM settings that could not start a job, before any work is done; warn when
-    ``nms_backend`` would leave a worker's threads waiting for the GIL.
+def check_cluster(cluster: ClusterSection):
+    """Refuse SLURM settings that could not start a job, before any work is done.
 
     Raises
     ------
@@ -188,13 +178,6 @@ def check_cluster(cluster: ClusterSection, nms_backend: str | None = None):
     """
     if cluster.mode == "slurm":
         slurm_cluster_kwargs(cluster.slurm)
-    threads = threads_per_worker(cluster)
-    if nms_backend == NMS_BACKEND_STARDIST and threads > 1:
-        fix = ("cluster.slurm.processes: null (one process per core)" if cluster.mode == "slurm"
-               else "cluster.local.threads_per_worker: 1 (and more n_workers)")
-        log.warning("nms.backend stardist holds the GIL: each worker process runs its NMS on "
-                    "one of its %d threads at a time; to keep every core busy set %s",
-                    threads, fix)
 
 
 @contextlib.contextmanager
@@ -406,11 +389,16 @@ class _BadInput(NamedTuple):
 
 
 def _reporting_bad_input(function, *arguments):
-    """Run a task; bad input it meets comes back as :class:`_BadInput`, not as an exception.
+    """Run a task (in a task process of the worker, if it has them: :mod:`.task_processes`);
+    bad input it meets comes back as :class:`_BadInput`, not as an exception.
 
     Raised on a worker, a UserError would be logged there with its traceback and retried
     like a lost worker, though rerunning cannot fix an input.
     """
+    return task_processes.run(_catching_bad_input, function, *arguments)
+
+
+def _catching_bad_input(function, *arguments):
     try:
         return function(*arguments)
     except UserError as error:

@@ -66,10 +66,6 @@ RENDER_BYTES_PER_VOXEL = 12.0
 #: rows at once with numpy's string functions, which had raised session 6's 16x peak to 479
 #: MiB); the largest, rounded up.
 DRIVER_BASE_MIB = 240.0
-#: cores a worker process keeps busy: StarDist's NMS, the fast backend's convex hulls (Qhull)
-#: and h5py hold the GIL (the numba kernels release it), so a process's extra threads wait
-#: (issue #10, item 1; benchmarks/hpc_step.py compares threads with processes).
-CORES_PER_PROCESS = 1
 
 
 @dataclass(frozen=True)
@@ -92,8 +88,8 @@ class Plan:
     render_task_mib: float
     driver_mib: float
     core_hours: dict
-    workers: int
-    worker_mib: float | None
+    busy_cores: int
+    task_share_mib: float | None   # of a SLURM job's memory, per task running at once
     cluster: str
 
 
@@ -138,23 +134,31 @@ def _core_hours(n_candidates, backend, n_tiles):
     return {stage: n_candidates / rate / SECONDS_PER_HOUR for stage, rate in rates.items()}
 
 
-def _slurm_workers(slurm):
-    """Worker processes of all jobs and each one's memory share (MiB), site settings included."""
+def _slurm_cores(slurm):
+    """Cores of all jobs, the job memory's share per task running at once (MiB), and the
+    description, site settings included.
+
+    Each thread of a worker runs its task in a task process of its own
+    (:mod:`.task_processes`), so every core of a job runs a task, whatever ``processes`` is.
+    """
     from dask.utils import parse_bytes
     cores = slurm.cores or site_setting("cores")
     memory = slurm.memory or site_setting("memory")
     processes = processes_per_job(slurm)
-    return (slurm.jobs * processes, parse_bytes(memory) / processes / MIB,
+    tasks_per_job = processes * max(1, cores // processes)
+    return (slurm.jobs * tasks_per_job, parse_bytes(memory) / tasks_per_job / MIB,
             f"slurm: {slurm.jobs} jobs x {cores} cores, {processes} process(es) per job, "
             f"{memory} per job")
 
 
-def _workers(cluster):
-    """(worker processes, memory per worker in MiB or None, description) of the cluster."""
+def _cluster_cores(cluster):
+    """(cores that run tasks, memory share per task in MiB or None, description)."""
     if cluster.mode == "slurm":
-        return _slurm_workers(cluster.slurm)
-    n = cluster.local.n_workers or os.cpu_count()
-    return n, None, f"local: {n} worker process(es)"
+        return _slurm_cores(cluster.slurm)
+    local = cluster.local
+    n = local.n_workers or os.cpu_count()
+    return (n * local.threads_per_worker, None,
+            f"local: {n} worker process(es) x {local.threads_per_worker} thread(s)")
 
 
 def _batch_contexts(params, tiles, candidates):
@@ -173,7 +177,7 @@ def make_plan(config: HpcConfig) -> Plan:
     UserError
         As a run would for its input and model; also for an original-format input.
     """
-    check_cluster(config.cluster, config.nms.backend)
+    check_cluster(config.cluster)
     candidates = _candidate_file(config)
     params = resolve_params(config, candidates, configured_model(config))
     tiles = plan_tiles(params.image_shape, params.tile_shape, params.halo)
@@ -183,30 +187,30 @@ def make_plan(config: HpcConfig) -> Plan:
     n_rays = candidates.meta.n_rays
     nms_mib = WORKER_BASE_MIB + per_task.max(initial=0) * n_rays * NMS_BYTES_PER_CANDIDATE_RAY / MIB
     render_mib = WORKER_BASE_MIB + math.prod(params.chunk_shape) * RENDER_BYTES_PER_VOXEL / MIB
-    workers, worker_mib, cluster = _workers(config.cluster)
+    busy_cores, task_share_mib, cluster = _cluster_cores(config.cluster)
     chunks = Grid(params.image_shape, params.chunk_shape)
     return Plan(candidates.n_candidates, len(candidates.blocks), params.image_shape, n_rays,
                 params.tile_shape, params.halo, len(tiles), len(per_task),
                 int(per_tile.max(initial=0)),
                 params.chunk_shape, len(chunks), len(np.unique(batch_chunks(chunks))),
                 max(nms_mib, render_mib), nms_mib, render_mib, DRIVER_BASE_MIB,
-                _core_hours(candidates.n_candidates, params.nms_backend, len(tiles)), workers,
-                worker_mib, cluster)
+                _core_hours(candidates.n_candidates, params.nms_backend, len(tiles)), busy_cores,
+                task_share_mib, cluster)
 
 
 def wall_hours(plan: Plan) -> float:
     """Hours of the stages on the cluster: each stage's core-hours over the cores it can use."""
-    cores = plan.workers * CORES_PER_PROCESS
+    cores = plan.busy_cores
     parallel = {"NMS": min(cores, plan.n_nms_tasks), "gather": min(cores, plan.n_nms_tasks),
                 "labeling": min(cores, plan.n_label_tasks)}
     return sum(hours / max(parallel[stage], 1) for stage, hours in plan.core_hours.items())
 
 
 def _warn_about_memory(plan: Plan):
-    if plan.worker_mib is not None and plan.task_mib > plan.worker_mib:
-        log.warning("a task needs an estimated %.0f MiB, more than a worker's share of the job "
-                    "memory (%.0f MiB): raise cluster.slurm.memory, lower processes, or use a "
-                    "smaller nms.tile_shape", plan.task_mib, plan.worker_mib)
+    if plan.task_share_mib is not None and plan.task_mib > plan.task_share_mib:
+        log.warning("a task needs an estimated %.0f MiB, more than its share of the job memory "
+                    "(%.0f MiB, memory / cores): raise cluster.slurm.memory or use a smaller "
+                    "nms.tile_shape", plan.task_mib, plan.task_share_mib)
 
 
 def _shape(shape):
@@ -229,13 +233,13 @@ def format_plan(plan: Plan) -> str:
         f"{plan.n_label_tasks} labeling (+ reruns of tiles whose halo assumptions were wrong)",
         f"peak memory       ~{plan.nms_task_mib:,.0f} MiB per NMS task, "
         f"~{plan.render_task_mib:,.0f} MiB per labeling task, driver ~{plan.driver_mib:,.0f} MiB"
-        + ("" if plan.worker_mib is None else
-           f"; a worker's share of the job memory: {plan.worker_mib:,.0f} MiB"),
+        + ("" if plan.task_share_mib is None else
+           f"; a task's share of the job memory: {plan.task_share_mib:,.0f} MiB"),
         f"CPU time          ~{sum(hours.values()):.2f} CPU-hours (NMS {hours['NMS']:.2f}, "
         f"gather {hours['gather']:.2f}, labeling {hours['labeling']:.2f}; rates of "
         f"benchmarks/scale.py)",
-        f"cluster           {plan.cluster}: {plan.workers * CORES_PER_PROCESS} core(s) busy "
-        f"(one per worker process)",
+        f"cluster           {plan.cluster}: {plan.busy_cores} core(s) busy "
+        f"(one task on each)",
         f"wall time         ~{wall_hours(plan) * 60:.1f} min of tasks, plus queue waits, "
         f"start-up and writing label.h5",
     ])

@@ -441,7 +441,7 @@ def segment_config(config: HpcConfig, *, client=None, show_progress=True) -> Run
     _check_outputs_apart(config)
     check_parquet(config.output.objects_parquet)
     if client is None:
-        check_cluster(config.cluster, config.nms.backend)
+        check_cluster(config.cluster)
     work_dir = config.output.work_dir
     with run_lock((work_dir / WORK_DIR_LOCK, work_dir),
                   (lock_path_of(config.output.labels), config.output.labels)):

@@ -1,6 +1,7 @@
 """Preloaded into every Dask worker process (local ones, and those of SLURM jobs through
-``--preload``): Ctrl-C is the driver's to handle, threads hand the GIL over sooner, and the NMS
-kernels are loaded before the worker joins.
+``--preload``): Ctrl-C is the driver's to handle, threads hand the GIL over sooner, a worker
+of several threads starts one task process per thread (:mod:`.task_processes`), and the NMS
+kernels are loaded before the worker joins, in each process that runs tasks.
 
 A Ctrl-C in the terminal reaches the whole foreground process group, so the local cluster's
 worker processes would each print a KeyboardInterrupt traceback under the driver's one-line
@@ -31,6 +32,8 @@ import threading
 
 import numpy as np
 
+from . import task_processes
+
 #: the warm-up candidates: three overlapping polyhedra of a few rays, enough to load the
 #: kernels every NMS task runs (their types do not depend on the ray count).
 WARM_UP_RAYS = 8
@@ -60,11 +63,25 @@ GIL_SWITCH_SECONDS = 0.0005
 WARM_UP_WAIT_SECONDS = 10.0
 
 
+def prepare_task_process():
+    """What a task process runs as it starts: Ctrl-C is the driver's, the kernels loaded."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warm_up_nms_kernels()
+
+
 def dask_setup(worker):
     """Dask's preload hook: runs in the worker's main thread before it takes tasks."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    if worker.state.nthreads > 1:
+        task_processes.start(worker.state.nthreads, prepare_task_process, WARM_UP_WAIT_SECONDS)
+        return
     loading = threading.Thread(target=warm_up_nms_kernels, name="warm-up NMS kernels",
                                daemon=True)
     loading.start()
     loading.join(WARM_UP_WAIT_SECONDS)
+
+
+def dask_teardown(worker):
+    """Dask's preload hook as the worker closes."""
+    task_processes.stop()
