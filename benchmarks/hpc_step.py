@@ -32,10 +32,9 @@ What it measures
      that all of them spend in the stages / 2 (the 1-worker run leaves the driver a core of
      its own);
    * per backend, throughput of 1 worker x 2 threads / 2 workers x 1 thread (the time of the
-     latter over the time of the former), whole step and NMS stage, target >= 0.9 (StarDist's
-     NMS holds the GIL: that is why SLURM jobs default to one process per core, and why a run
-     of the stardist backend on threaded workers logs a warning with the fix; its ratio is
-     printed as information).
+     latter over the time of the former), whole step and NMS stage, target >= 0.9 (a worker
+     of several threads runs each task in a task process of its own, so that neither
+     StarDist's C NMS nor the GIL-holding parts of the fast backend make its threads wait).
 
 How to run
 ----------
@@ -322,12 +321,12 @@ def _stage_seconds(result):
     return sum(result["seconds"].values())
 
 
-def _median_line(name, values, target, verdict_text=None):
+def _median_line(name, values, target):
     """``name``: each round's value, their median, the target and the median's verdict."""
     middle = statistics.median(values)
-    shown = verdict(middle >= target) if verdict_text is None else verdict_text
     print(f"{name}: median {middle:.2f} over {len(values)} round(s) "
-          f"({', '.join(f'{v:.2f}' for v in values)})  target >= {target}  {shown}")
+          f"({', '.join(f'{v:.2f}' for v in values)})  target >= {target}  "
+          f"{verdict(middle >= target)}")
 
 
 def print_ratios(runs, backend):
@@ -378,10 +377,7 @@ def print_threads(runs):
             f"{backend}: throughput 1 worker x {THREADS_PARALLEL} threads / {WORKERS_PARALLEL} "
             "workers x 1 thread, whole step",
             [_stage_seconds(processes[k]) / _stage_seconds(threaded[k]) for k in rounds],
-            THREADS_TARGET,
-            None if backend != NMS_BACKEND_STARDIST else
-            "n/a: StarDist's C NMS holds the GIL, so its default layout is one single-thread "
-            "process per core (the 2 x 1 run; a threaded layout is warned about)")
+            THREADS_TARGET)
         nms = [processes[k]["seconds"]["nms"] / threaded[k]["seconds"]["nms"] for k in rounds]
         print(f"  NMS stage alone: median {statistics.median(nms):.2f} "
               f"({', '.join(f'{v:.2f}' for v in nms)}); step seconds threaded / processes: "
