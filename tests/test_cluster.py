@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import dask
+import psutil
 import pytest
 import yaml
 
@@ -247,11 +248,11 @@ def test_the_threads_of_a_worker_run_their_tasks_in_processes_that_leave_with_it
 
 
 def _alive(pid):
+    """Whether ``pid`` still runs (a zombie has stopped), as test_interruptions looks."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except FileNotFoundError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return state != "Z"   # a zombie has exited, and waits for its parent to collect it
 
 
 #: what a site's sbatch prints when it refuses a job.

@@ -117,8 +117,8 @@ def processes_per_job(slurm: SlurmSection):
     """Worker processes per job: ours, else the site's, else one per core (ours or the site's).
 
     Every core computes whatever ``processes`` is (a worker of several threads runs each task
-    in a task process of its own, :mod:`.task_processes`); one process per core keeps each
-    task process under its nanny's memory limit, and no worker waits for another's task.
+    in a task process of its own, :mod:`.task_processes`); one process per core needs no task
+    processes, so every task runs under its nanny's memory limit.
     """
     for value in (slurm.processes, site_setting("processes")):
         if value is not None:
